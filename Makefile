@@ -1,0 +1,32 @@
+# The two entry points of the README: `make demo` and `make test`. Both build .venv themselves.
+PY      ?= python3
+VENV    ?= .venv
+PYBIN   := $(VENV)/bin/python
+STAMP   := $(VENV)/.medmix-installed
+CORES   ?= all
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+
+.PHONY: venv demo test lint clean
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(PYBIN) || $(PY) -m venv $(VENV)
+	$(PYBIN) -m pip install --quiet --upgrade pip
+	$(PYBIN) -m pip install --quiet -r requirements.txt
+	$(PYBIN) -m pip install --quiet --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+# Synthesise the embedded MIMIC-IV-layout dataset, run the whole DAG, print the results table.
+demo: $(STAMP)
+	$(PYBIN) -m snakemake --cores $(CORES) results/demo/metrics.json
+	@cat results/demo/metrics.md
+
+test: $(STAMP)
+	$(PYBIN) -m pytest -q tests
+
+lint: $(STAMP)
+	$(PYBIN) -m snakemake --lint
+
+clean:
+	rm -rf results/demo .snakemake

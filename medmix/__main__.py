@@ -1,0 +1,3 @@
+from medmix.cli import main
+
+raise SystemExit(main())

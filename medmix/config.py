@@ -1,0 +1,145 @@
+"""Load, validate and complete the experiment config (JSON Schema draft 2020-12).
+
+The schema in medmix/schemas/config.schema.json is the single source of keys, types and
+defaults; workflow/schemas/config.schema.json links to it so the Snakefile validates the same.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from medmix.io import MedmixError, stable_hash
+from medmix.methods import METHODS, method_spec
+
+SCHEMA_PATH = Path(__file__).parent / "schemas" / "config.schema.json"
+
+
+@cache
+def schema() -> dict:
+    return json.loads(SCHEMA_PATH.read_text())
+
+
+def _resolve_ref(node: dict) -> dict:
+    while "$ref" in node:
+        name = node["$ref"].rsplit("/", 1)[-1]
+        node = schema()["$defs"][name]
+    return node
+
+
+def _fill_defaults(node: dict, inst: Any) -> Any:
+    node = _resolve_ref(node)
+    if not isinstance(inst, dict) or node.get("type") != "object":
+        return inst
+    for key, sub in node.get("properties", {}).items():
+        sub_r = _resolve_ref(sub)
+        if key not in inst and "default" in sub:
+            inst[key] = copy.deepcopy(sub["default"])
+        elif key not in inst and "default" in sub_r and sub_r.get("type") == "object":
+            inst[key] = copy.deepcopy(sub_r["default"])
+        if key in inst:
+            inst[key] = _fill_defaults(sub, inst[key])
+    extra = node.get("additionalProperties")
+    if isinstance(extra, dict):
+        for key in inst:
+            if key not in node.get("properties", {}):
+                inst[key] = _fill_defaults(extra, inst[key])
+    return inst
+
+
+def _key_path(err: jsonschema.ValidationError) -> str:
+    return "/".join(str(p) for p in err.absolute_path) or "<top level>"
+
+
+def validate(cfg: dict, source: str = "config") -> dict:
+    """Validate `cfg` against the schema and cross-check references; return a completed copy.
+
+    Raises MedmixError naming the key path of the first problem (unknown key, wrong type,
+    unknown encoder or method).
+    """
+    cfg = copy.deepcopy(cfg)
+    validator = jsonschema.Draft202012Validator(schema())
+    errors = sorted(validator.iter_errors(cfg), key=lambda e: (len(list(e.absolute_path)), str(e.absolute_path)))
+    if errors:
+        e = errors[0]
+        msg = e.message
+        if e.validator == "additionalProperties":
+            msg = f"unknown key: {msg}"
+        raise MedmixError(f"{source}: invalid config at '{_key_path(e)}': {msg}")
+    cfg = _fill_defaults(schema(), cfg)
+    for name, ds in cfg["datasets"].items():
+        for mod, spec in ds["modalities"].items():
+            for role in ("experts", "teachers"):
+                for slug in spec[role]:
+                    if slug not in cfg["encoders"]:
+                        raise MedmixError(
+                            f"{source}: invalid config at 'datasets/{name}/modalities/{mod}/{role}': "
+                            f"unknown encoder '{slug}' (known: {', '.join(sorted(cfg['encoders']))})")
+    for i, m in enumerate(cfg["methods"]):
+        try:
+            method_spec(m)
+        except KeyError:
+            raise MedmixError(f"{source}: invalid config at 'methods/{i}': unknown method '{m}' "
+                              f"(known: {', '.join(METHODS)}, unimodal_<modality>)") from None
+    for i, t in enumerate(cfg["targets"]):
+        if t not in cfg["datasets"]:
+            raise MedmixError(f"{source}: invalid config at 'targets/{i}': unknown dataset '{t}'")
+    return cfg
+
+
+def load(path: str | Path) -> dict:
+    """Read a YAML or JSON config file and validate it."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise MedmixError(f"{path}: config file not found") from None
+    except yaml.YAMLError as e:
+        raise MedmixError(f"{path}: not valid YAML: {e}") from None
+    return validate(raw or {}, source=str(path))
+
+
+def dataset(cfg: dict, name: str) -> dict:
+    try:
+        return cfg["datasets"][name]
+    except KeyError:
+        raise MedmixError(f"dataset '{name}' is not in the config (known: {', '.join(cfg['datasets'])})") from None
+
+
+def encoder(cfg: dict, slug: str) -> dict:
+    try:
+        return cfg["encoders"][slug]
+    except KeyError:
+        raise MedmixError(f"encoder '{slug}' is not in the config (known: {', '.join(cfg['encoders'])})") from None
+
+
+def prepare_spec(cfg: dict, name: str) -> dict:
+    """The part of the config that determines a dataset's cohort (rerun trigger of `prepare`)."""
+    ds = dataset(cfg, name)
+    return {k: v for k, v in ds.items() if k not in ("modalities", "task")}
+
+
+def embed_spec(cfg: dict, name: str, modality: str, slug: str) -> dict:
+    """The part of the config that determines one embedding cache (rerun trigger of `embed`)."""
+    return {"dataset": name, "modality": modality, "encoder": slug, "spec": encoder(cfg, slug)}
+
+
+def train_spec(cfg: dict, name: str, method: str) -> dict:
+    """Everything `train` needs for (dataset, method): the rerun trigger of `train`."""
+    ds = dataset(cfg, name)
+    return {
+        "dataset": name,
+        "method": method,
+        "task": ds["task"],
+        "modalities": ds["modalities"],
+        "encoders": {s: stable_hash(encoder(cfg, s)) for m in ds["modalities"].values()
+                     for s in m["experts"] + m["teachers"]},
+        "train": cfg["train"],
+        "bootstrap": cfg["train"]["bootstrap"],
+    }

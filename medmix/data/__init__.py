@@ -1,0 +1,1 @@
+"""Raw data → cohort: loaders (one per layout) and the cohort contract."""
