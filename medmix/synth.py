@@ -113,7 +113,7 @@ def synth_mimic4(out: str | Path, n: int = 1500, seed: int = 0, image_size: int 
     gender = rng.choice(["F", "M"], size=n)
     anchor_year = rng.integers(2110, 2190, n)
     r = rng.normal(size=(n, 5))  # r_ehr, r_head, r_tail, r_diff, r_nod
-    logit = -2.2 + 1.0 * r.sum(axis=1) + 0.015 * (age - 60)
+    logit = -2.6 + 1.3 * r.sum(axis=1) + 0.015 * (age - 60)
     dead = rng.random(n) < 1 / (1 + np.exp(-logit))
 
     admit = [_T0 + timedelta(days=int((y - 2110) * 365 + rng.integers(0, 300)), hours=float(rng.uniform(0, 24)))
@@ -174,7 +174,7 @@ def synth_mimic4(out: str | Path, n: int = 1500, seed: int = 0, image_size: int 
         "glucose": (130, 30, 15, 12), "hemoglobin": (10.8, 1.6, -0.8, 0.3), "platelets": (210, 60, -40, 12),
         "bicarbonate": (24, 2.5, -2.5, 1),
     }
-    level = {k: m + s * rng.normal(size=n) + e * r[:, 0] for k, (m, s, e, _) in base.items()}
+    level = {k: m + 0.5 * s * rng.normal(size=n) + e * r[:, 0] for k, (m, s, e, _) in base.items()}
     ce, le = [], []
     lab_id = 1
     for i in range(n):

@@ -1,0 +1,32 @@
+# medmix workflow: raw → cohort → embeddings → runs → metrics.
+#
+# Output paths (the contract of DESIGN.md):
+#   results/{dataset}/raw/                                  synthetic raw data (datasets with `synth:`)
+#   results/{dataset}/cohort.parquet, cohort.json           prepare
+#   results/{dataset}/embeddings/{modality}/{encoder}.h5    embed: one job per dataset × modality × encoder
+#   results/{dataset}/runs/{method}/seed{seed}/             train: model.pt, metrics.json, predictions.parquet
+#   results/{dataset}/metrics.json (+ metrics.md)           aggregate
+# Wildcards are config slugs. Logs in results/{dataset}/logs/, benchmarks in results/{dataset}/benchmarks/.
+
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+validate(config, schema="workflow/schemas/config.schema.json")
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/prepare.smk"
+include: "workflow/rules/embed.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/aggregate.smk"
+
+
+rule all:
+    input:
+        all_targets,
+    default_target: True

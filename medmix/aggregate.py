@@ -1,0 +1,86 @@
+"""The aggregate stage: runs of one dataset → results/{dataset}/metrics.json and a Markdown table.
+
+Per method and metric: mean ± sd over seeds, and a bootstrap 95% CI on the test split of the
+seed-mean metric (all seeds resampled with the same indices).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from medmix.io import atomic_path, write_json
+from medmix.metrics import METRICS, bootstrap_ci
+
+
+def _summary(values: list[float | None], reasons: list[str]) -> dict:
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return {"mean": None, "sd": None, "per_seed": values, "reason": reasons[0] if reasons else "undefined"}
+    return {"mean": float(np.mean(vals)), "sd": float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0,
+            "per_seed": values}
+
+
+def aggregate(dataset: str, runs: list[str | Path], out: str | Path, cohort_json: str | Path | None = None,
+              n_boot: int = 1000) -> dict:
+    """`runs`: run directories (each with metrics.json and predictions.parquet)."""
+    by_method: dict[str, list[Path]] = {}
+    for r in map(Path, runs):
+        m = json.loads((r / "metrics.json").read_text())
+        by_method.setdefault(m["method"], []).append(r)
+    result: dict = {"dataset": dataset, "methods": {}}
+    for method, dirs in by_method.items():
+        ms = [json.loads((d / "metrics.json").read_text()) for d in sorted(dirs)]
+        result["task"] = ms[0]["task"]
+        entry: dict = {"seeds": [m["seed"] for m in ms]}
+        for split in ("val", "test"):
+            entry[split] = {}
+            for name in METRICS:
+                vals = [m[split][name]["value"] for m in ms]
+                reasons = [m[split][name].get("reason") for m in ms if m[split][name].get("reason")]
+                entry[split][name] = _summary(vals, reasons)
+            entry[split]["n"] = ms[0][split]["n"]
+            entry[split]["positives"] = ms[0][split]["positives"]
+        preds = [pl.read_parquet(d / "predictions.parquet").filter(pl.col("split") == "test") for d in sorted(dirs)]
+        ys = [p["y"].to_numpy() for p in preds]
+        ok = ~np.isnan(ys[0])
+        for name in METRICS:
+            e = entry["test"][name]
+            if e["mean"] is not None and n_boot:
+                e["ci_low"], e["ci_high"] = bootstrap_ci([y[ok].astype(int) for y in ys],
+                                                         [p["prob"].to_numpy()[ok] for p in preds], name, n_boot)
+        entry["n_params"] = ms[0]["n_params"]
+        entry["train_seconds"] = float(np.mean([m["seconds"] for m in ms]))
+        result["methods"][method] = entry
+    if cohort_json and Path(cohort_json).exists():
+        result["cohort"] = json.loads(Path(cohort_json).read_text())
+    write_json(out, result)
+    with atomic_path(Path(out).with_suffix(".md")) as tmp:
+        tmp.write_text(markdown_table(result))
+    return result
+
+
+def _fmt(e: dict) -> str:
+    if e["mean"] is None:
+        return f"n/a ({e.get('reason', 'undefined')})"
+    s = f"{e['mean']:.3f} ± {e['sd']:.3f}"
+    if e.get("ci_low") is not None:
+        s += f" [{e['ci_low']:.3f}, {e['ci_high']:.3f}]"
+    return s
+
+
+def markdown_table(result: dict) -> str:
+    """Methods × test metrics: mean ± sd over seeds [bootstrap 95% CI]."""
+    rows = [f"### {result['dataset']} — task {result.get('task')} (test split; mean ± sd over seeds [95% CI])", "",
+            "| method | seeds | AUROC | AUPRC | params |", "| --- | --- | --- | --- | --- |"]
+    order = sorted(result["methods"], key=lambda k: -(result["methods"][k]["test"]["auroc"]["mean"] or -1))
+    for m in order:
+        e = result["methods"][m]
+        rows.append(f"| {m} | {len(e['seeds'])} | {_fmt(e['test']['auroc'])} | {_fmt(e['test']['auprc'])} | "
+                    f"{e['n_params']:,} |")
+    t = next(iter(result["methods"].values()))["test"] if result["methods"] else {"n": 0, "positives": 0}
+    rows += ["", f"Test split: {t['n']} samples, {t['positives']} positive.", ""]
+    return "\n".join(rows)

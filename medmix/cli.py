@@ -1,0 +1,148 @@
+"""`python -m medmix <verb>` (also installed as `medmix`): what each Snakemake rule calls.
+
+Every verb takes its settings either from a config file (`--config config.yaml`, validated) or,
+as the workflow passes them, from `--spec JSON` (exactly the config subset the job depends on,
+which is also the rule's rerun trigger).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from medmix.io import MedmixError
+
+
+def _spec(args, build) -> dict:
+    if getattr(args, "spec", None):
+        try:
+            return json.loads(args.spec)
+        except json.JSONDecodeError as e:
+            raise MedmixError(f"--spec is not valid JSON: {e}") from None
+    from medmix import config
+    cfg = config.load(args.config) if args.config else config.validate(
+        {"datasets": {}, "encoders": {}}, source="built-in defaults")
+    return build(cfg)
+
+
+def cmd_synth(args) -> None:
+    from medmix.synth import synth_mimic4
+    counts = synth_mimic4(args.out, n=args.n, seed=args.seed)
+    print(json.dumps(counts))
+
+
+def cmd_prepare(args) -> None:
+    from medmix import config
+    from medmix.data import cohort as cohort_mod
+    from medmix.data.mimic4 import build_cohort
+
+    def build(cfg):
+        if args.dataset in cfg["datasets"]:
+            return config.prepare_spec(cfg, args.dataset)
+        # a dataset not in the config: the mimic4 loader with the schema's defaults
+        full = config.validate({"datasets": {args.dataset: {"kind": "mimic4", "modalities": {"ehr": {"experts": ["x"]}}}},
+                                "encoders": {"x": {"kind": "ehr_tabular"}}}, source="built-in defaults")
+        return config.prepare_spec(full, args.dataset)
+
+    spec = _spec(args, build)
+    root = args.root or spec.get("root")
+    if not root:
+        raise MedmixError(f"dataset {args.dataset}: no raw data root (give --root or set datasets/{args.dataset}/root)")
+    cohort, report = build_cohort(root, note_root=spec.get("note_root") or None, cxr_root=spec.get("cxr_root") or None,
+                                  prediction_hours=spec.get("prediction_hours", 48), min_age=spec.get("min_age", 18),
+                                  lab_lookback_hours=spec.get("lab_lookback_hours", 24))
+    sp = spec.get("split", {})
+    cohort = cohort_mod.assign_splits(cohort, sp.get("train", 0.7), sp.get("val", 0.15), sp.get("seed", 0))
+    cohort, report = cohort_mod.finalize(cohort, report)
+    report["dataset"] = args.dataset
+    report["spec"] = spec
+    cohort_mod.write(cohort, report, args.out)
+    print(json.dumps(report["counts"], indent=1))
+
+
+def cmd_embed(args) -> None:
+    from medmix import config
+    from medmix.embed import run_embed
+    spec = _spec(args, lambda cfg: config.embed_spec(cfg, "", args.modality, args.encoder))
+    summary = run_embed(args.cohort, args.modality, args.encoder, spec["spec"], args.out, device=args.device)
+    print(json.dumps(summary))
+
+
+def cmd_train(args) -> None:
+    from medmix import config
+    from medmix.train import train_run
+    spec = _spec(args, lambda cfg: config.train_spec(cfg, args.dataset, args.method))
+    m = train_run(spec, args.seed, args.out, results=args.results, device=args.device, progress=not args.quiet)
+    print(json.dumps({k: m[k] for k in ("method", "seed", "best_epoch", "test")}))
+
+
+def cmd_aggregate(args) -> None:
+    from medmix.aggregate import aggregate
+    res = aggregate(args.dataset, args.runs, args.out, cohort_json=args.cohort_json, n_boot=args.bootstrap)
+    from medmix.aggregate import markdown_table
+    print(markdown_table(res))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="medmix", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="verb", required=True)
+
+    s = sub.add_parser("synth", help="write a synthetic raw dataset in the real MIMIC-IV layout")
+    s.add_argument("--kind", choices=["mimic4"], default="mimic4")
+    s.add_argument("--out", required=True)
+    s.add_argument("--n", type=int, default=1500, help="patients")
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=cmd_synth)
+
+    s = sub.add_parser("prepare", help="raw dataset → cohort.parquet + cohort.json")
+    s.add_argument("dataset")
+    s.add_argument("--root", help="raw data root (overrides the config)")
+    s.add_argument("--out", required=True)
+    s.add_argument("--config")
+    s.add_argument("--spec", help=argparse.SUPPRESS)
+    s.set_defaults(func=cmd_prepare)
+
+    s = sub.add_parser("embed", help="one modality × encoder of a cohort → HDF5 embedding cache")
+    s.add_argument("--cohort", required=True)
+    s.add_argument("--modality", required=True)
+    s.add_argument("--encoder", required=True)
+    s.add_argument("--out", required=True)
+    s.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
+    s.add_argument("--config")
+    s.add_argument("--spec", help=argparse.SUPPRESS)
+    s.set_defaults(func=cmd_embed)
+
+    s = sub.add_parser("train", help="cached embeddings → model.pt, metrics.json, predictions.parquet")
+    s.add_argument("--dataset", required=True)
+    s.add_argument("--method", required=True)
+    s.add_argument("--seed", type=int, required=True)
+    s.add_argument("--out", required=True)
+    s.add_argument("--results", default="results", help="results root holding {dataset}/cohort.parquet and embeddings")
+    s.add_argument("--device", default=None)
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.add_argument("--config")
+    s.add_argument("--spec", help=argparse.SUPPRESS)
+    s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("aggregate", help="runs of a dataset → metrics.json (mean ± sd over seeds, bootstrap CI)")
+    s.add_argument("--dataset", required=True)
+    s.add_argument("--runs", nargs="+", required=True, help="run directories")
+    s.add_argument("--out", required=True)
+    s.add_argument("--cohort-json")
+    s.add_argument("--bootstrap", type=int, default=1000)
+    s.set_defaults(func=cmd_aggregate)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
+    try:
+        args.func(args)
+    except MedmixError as e:
+        print(f"medmix {args.verb}: error: {e}", file=sys.stderr)
+        return 1
+    return 0

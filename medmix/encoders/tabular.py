@@ -1,0 +1,83 @@
+"""`ehr_tabular`: the serialised EHR text (`variable_name: value; ...`) read back as numbers.
+
+The variable vocabulary, means and standard deviations are fitted on the train split only and
+stored with the cache (`fit_state`). Output per variable: the standardised value (0 when absent)
+and a missing indicator, so absence itself is a feature. Categorical values become
+indicator variables (`gender=F`); NaN/inf values are counted and treated as absent; values
+beyond 10 train standard deviations are clipped there.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from medmix.encoders.base import EncodeResult, Encoder, register_encoder
+
+
+def parse_serialised(text: str) -> tuple[dict[str, float], int]:
+    """'a: 1; b: x; c: nan' → ({'a': 1.0, 'b=x': 1.0}, 1 non-finite value)."""
+    out, bad = {}, 0
+    for part in text.split(";"):
+        name, sep, val = part.rpartition(":")
+        name = name.strip()
+        if not sep or not name:
+            continue
+        val = val.strip()
+        try:
+            v = float(val)
+        except ValueError:  # a categorical value becomes an indicator variable, e.g. "gender=F"
+            out[f"{name}={val}"] = 1.0
+            continue
+        if not math.isfinite(v):
+            bad += 1
+            continue
+        out[name] = v
+    return out, bad
+
+
+@register_encoder("ehr_tabular")
+class TabularEncoder(Encoder):
+    input = "text"
+    fitted = True
+
+    def model_name(self) -> str:
+        return "ehr_tabular"
+
+    def weights_hash(self) -> str:
+        return "fitted-on-train"
+
+    def encode(self, values, split) -> EncodeResult:
+        n = len(values)
+        parsed: list[dict | None] = []
+        bad = 0
+        for v in values:
+            if v is None or not v.strip():
+                parsed.append(None)
+                continue
+            d, b = parse_serialised(v)
+            bad += b
+            parsed.append(d or None)
+        train = [p for p, s in zip(parsed, split) if p is not None and s == "train"]
+        names = sorted({k for p in train for k in p})
+        col = {k: j for j, k in enumerate(names)}
+        x = np.full((n, len(names)), np.nan, np.float32)
+        for i, p in enumerate(parsed):
+            if p is not None:
+                for k, v in p.items():
+                    if k in col:
+                        x[i, col[k]] = v
+        is_train = np.array([s == "train" for s in split]) & np.array([p is not None for p in parsed])
+        mu = np.nanmean(x[is_train], axis=0) if is_train.any() else np.zeros(len(names))
+        sd = np.nanstd(x[is_train], axis=0) if is_train.any() else np.ones(len(names))
+        mu = np.nan_to_num(mu)
+        sd = np.where(np.isfinite(sd) & (sd > 0), sd, 1.0)
+        z = (x - mu) / sd
+        miss = np.isnan(z)
+        z = np.clip(np.where(miss, 0.0, z), -10, 10)  # clip absurd values at 10 sd
+        emb = np.concatenate([z, miss.astype(np.float32)], axis=1).astype(np.float32)
+        present = np.array([p is not None for p in parsed])
+        emb[~present] = 0
+        state = {"variables": names, "mean": [float(m) for m in mu], "sd": [float(s) for s in sd]}
+        return EncodeResult(emb, present, {"non_finite_values": bad} if bad else {}, fit_state=state)

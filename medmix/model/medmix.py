@@ -1,0 +1,152 @@
+"""MedMIX: intra-modality expert fusion, inter-modality fusion over available modalities, and a
+training-only teacher branch (DESIGN.md "The method", items 1-6).
+
+Inputs (one batch):
+    x[m]     list of expert embeddings of modality m, each (B, d_mk), standardised, 0 where absent
+    mask[m]  (B, K_m) bool, expert k of modality m present
+    tx, tmask  the same for teachers (training only; absent at inference)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from medmix.model.fusion import create_fusion
+
+
+@dataclass
+class FusionConfig:
+    d: int = 64                   # shared width of projected expert embeddings
+    hidden: int = 64              # head MLP width
+    dropout: float = 0.2
+    intra: str = "gated"
+    inter: str = "gated"
+    modality_dropout: float = 0.2  # per available modality, at least one kept
+    expert_dropout: float = 0.1    # per present expert, at least one per modality kept
+    lambda_align: float = 0.5
+    lambda_kd: float = 0.5
+    tau: float = 2.0              # distillation temperature
+    align: str = "cosine"         # cosine (stop-gradient on the teacher) | infonce
+
+
+def keep_at_least_one(mask: torch.Tensor, p: float, gen: torch.Generator | None = None) -> torch.Tensor:
+    """Drop each True entry of `mask` (B, T) with prob p; a row that had any True keeps one."""
+    if p <= 0:
+        return mask
+    drop = torch.rand(mask.shape, generator=gen, device=mask.device) < p
+    kept = mask & ~drop
+    lost = mask.any(1) & ~kept.any(1)
+    if lost.any():
+        score = torch.rand(mask.shape, generator=gen, device=mask.device).masked_fill(~mask, -1)
+        pick = F.one_hot(score.argmax(1), mask.shape[1]).bool()
+        kept = torch.where(lost.unsqueeze(1), pick, kept)
+    return kept
+
+
+def mlp(d_in: int, hidden: int, d_out: int, dropout: float) -> nn.Module:
+    return nn.Sequential(nn.Linear(d_in, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, d_out))
+
+
+class Branch(nn.Module):
+    """Expert projection → intra fusion per modality → inter fusion over available modalities."""
+
+    def __init__(self, dims: dict[str, list[int]], cfg: FusionConfig):
+        super().__init__()
+        self.mods = list(dims)
+        self.proj = nn.ModuleDict({m: nn.ModuleList(
+            nn.Sequential(nn.Linear(dk, cfg.d), nn.LayerNorm(cfg.d), nn.Dropout(cfg.dropout)) for dk in dims[m])
+            for m in self.mods})
+        self.intra = nn.ModuleDict({m: create_fusion("intra", cfg.intra, cfg.d, len(dims[m])) for m in self.mods})
+        self.inter = create_fusion("inter", cfg.inter, cfg.d, len(self.mods))
+
+    def forward(self, x: dict, mask: dict):
+        zs, alphas, avail = [], {}, []
+        for m in self.mods:
+            h = torch.stack([p(e) for p, e in zip(self.proj[m], x[m])], 1)  # (B, K, d)
+            z, a = self.intra[m](h, mask[m])                                  # (B, d), (B, K)
+            zs.append(z)
+            alphas[m] = a
+            avail.append(mask[m].any(1))
+        z = torch.stack(zs, 1)                                                # (B, M, d)
+        avail = torch.stack(avail, 1)                                         # (B, M)
+        u, beta = self.inter(z, avail)                                        # (B, d), (B, M)
+        return u, z, avail, alphas, beta
+
+
+class MedMIX(nn.Module):
+    """Student (small experts) with an optional teacher branch used only while training."""
+
+    def __init__(self, dims: dict[str, list[int]], cfg: FusionConfig, n_out: int = 1,
+                 teacher_dims: dict[str, list[int]] | None = None):
+        super().__init__()
+        self.cfg = cfg
+        self.student = Branch(dims, cfg)
+        self.head = mlp(cfg.d, cfg.hidden, n_out, cfg.dropout)
+        self.teacher = self.teacher_head = None
+        self.align = nn.ModuleDict()
+        if teacher_dims:
+            self.teacher = Branch(teacher_dims, cfg)
+            self.teacher_head = mlp(cfg.d, cfg.hidden, n_out, cfg.dropout)
+            self.align = nn.ModuleDict({m: nn.Linear(cfg.d, cfg.d) for m in teacher_dims if m in dims})
+
+    def forward(self, batch: dict, train: bool = False, gen: torch.Generator | None = None) -> dict:
+        mask = batch["mask"]
+        if train:
+            mods = self.student.mods
+            mask = {m: keep_at_least_one(mask[m], self.cfg.expert_dropout, gen) for m in mods}
+            avail = torch.stack([mask[m].any(1) for m in mods], 1)
+            keep = keep_at_least_one(avail, self.cfg.modality_dropout, gen)
+            mask = {m: mask[m] & keep[:, i:i + 1] for i, m in enumerate(mods)}
+        u, z, avail, alphas, beta = self.student(batch["x"], mask)
+        out = {"logit": self.head(u).squeeze(-1), "z": z, "avail": avail, "alpha": alphas, "beta": beta}
+        if train and self.teacher is not None and batch.get("tx") is not None:
+            tu, tz, tavail, _, _ = self.teacher(batch["tx"], batch["tmask"])
+            out.update(t_logit=self.teacher_head(tu).squeeze(-1), tz=tz, tavail=tavail)
+        return out
+
+    def loss(self, out: dict, y: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """L = L_task(student) + L_task(teacher) + λ_align L_align + λ_kd L_kd (rows with a label)."""
+        lab = ~torch.isnan(y)
+        yl = torch.nan_to_num(y)
+        task = _masked_bce(out["logit"], yl, lab)
+        parts = {"task": float(task)}
+        total = task
+        if "t_logit" in out:
+            has_t = out["tavail"].any(1)
+            t_task = _masked_bce(out["t_logit"], yl, lab & has_t)
+            align = self._align_loss(out)
+            tau = self.cfg.tau
+            soft = torch.sigmoid(out["t_logit"].detach() / tau)
+            kd = _masked_bce(out["logit"] / tau, soft, has_t) * tau ** 2
+            total = total + t_task + self.cfg.lambda_align * align + self.cfg.lambda_kd * kd
+            parts.update(teacher=float(t_task), align=float(align), kd=float(kd))
+        return total, parts
+
+    def _align_loss(self, out: dict) -> torch.Tensor:
+        terms = []
+        tmods = self.teacher.mods
+        for i, m in enumerate(self.student.mods):
+            if m not in self.align:
+                continue
+            j = tmods.index(m)
+            both = out["avail"][:, i] & out["tavail"][:, j]
+            if not both.any():
+                continue
+            p = self.align[m](out["z"][both, i])
+            g = out["tz"][both, j].detach()
+            if self.cfg.align == "infonce":
+                logits = F.normalize(p, dim=-1) @ F.normalize(g, dim=-1).T / 0.1
+                terms.append(F.cross_entropy(logits, torch.arange(len(p), device=p.device)))
+            else:
+                terms.append((1 - F.cosine_similarity(p, g, dim=-1)).mean())
+        return torch.stack(terms).mean() if terms else out["logit"].new_zeros(())
+
+
+def _masked_bce(logit: torch.Tensor, target: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    if not rows.any():
+        return logit.new_zeros(())
+    return F.binary_cross_entropy_with_logits(logit[rows], target[rows])

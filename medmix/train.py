@@ -1,0 +1,186 @@
+"""The train stage: cached embeddings → one fitted fusion network per (dataset, method, seed).
+
+Cached tensors are held in memory and batched by index (no per-sample Python in the loop).
+AdamW, early stopping on validation AUROC (validation loss when AUROC is undefined), a progress
+bar, deterministic under a seed on CPU. Teacher embeddings are read for training samples only.
+Outputs (each written atomically): model.pt (weights + the config that made it), metrics.json,
+predictions.parquet (probabilities and the per-sample weights α, β).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import torch
+from tqdm.auto import tqdm
+
+from medmix import __version__
+from medmix.data import cohort as cohort_mod
+from medmix.encoders.cache import cohort_hash, read_cache
+from medmix.io import MedmixError, atomic_path, write_json
+from medmix.methods import method_spec
+from medmix.metrics import binary_metrics
+from medmix.model import create_model, fusion_config
+
+log = logging.getLogger("medmix.train")
+
+
+def _load_role(results: Path, spec: dict, cohort: pl.DataFrame, role: str, mods: list[str],
+               rows: np.ndarray | None = None) -> tuple[dict, dict, dict, list[str]]:
+    """Read the caches of one role (experts|teachers) → X[m] list, mask[m] (N, K), dims, dropped.
+
+    Each embedding is standardised with its train-split statistics; absent rows are 0 (= the
+    train mean). `rows`: keep presence only on these rows (teachers: train only).
+    """
+    ids = cohort["sample_id"].to_list()
+    is_train = (cohort["split"] == "train").to_numpy()
+    X, M, dims, dropped = {}, {}, {}, []
+    for m in mods:
+        h = cohort_hash(ids, cohort[m].to_list())
+        xs, ms = [], []
+        for slug in spec["modalities"][m][role]:
+            path = results / spec["dataset"] / "embeddings" / m / f"{slug}.h5"
+            emb, present = read_cache(path, expect={"encoder": slug, "spec_hash": spec["encoders"][slug],
+                                                    "cohort_hash": h}, ids=ids)
+            if rows is not None:
+                present = present & rows
+            fit = present & is_train
+            if emb.shape[1] == 0 or not fit.any():
+                dropped.append(f"{m}/{slug}: no embedding on the train split")
+                continue
+            mu = emb[fit].mean(0)
+            sd = emb[fit].std(0)
+            sd = np.where(sd > 1e-6, sd, 1.0)
+            z = np.where(present[:, None], (emb - mu) / sd, 0.0).astype(np.float32)
+            xs.append(torch.from_numpy(z))
+            ms.append(torch.from_numpy(present))
+        if xs:
+            X[m], M[m], dims[m] = xs, torch.stack(ms, 1), [x.shape[1] for x in xs]
+        elif role == "experts":
+            dropped.append(f"{m}: no expert has an embedding on the train split; modality left out")
+    return X, M, dims, dropped
+
+
+def _batch(X, M, idx, TX=None, TM=None) -> dict:
+    b = {"x": {m: [x[idx] for x in xs] for m, xs in X.items()}, "mask": {m: v[idx] for m, v in M.items()}}
+    if TX:
+        b["tx"] = {m: [x[idx] for x in xs] for m, xs in TX.items()}
+        b["tmask"] = {m: v[idx] for m, v in TM.items()}
+    return b
+
+
+def _val_score(y: np.ndarray, p: np.ndarray, loss: float) -> float:
+    ok = ~np.isnan(y)
+    if ok.any() and len(np.unique(y[ok])) == 2:
+        from sklearn.metrics import roc_auc_score
+        return float(roc_auc_score(y[ok], p[ok]))
+    return -loss
+
+
+def train_run(spec: dict, seed: int, out: str | Path, results: str | Path = "results",
+              device: str | None = None, progress: bool = True) -> dict:
+    """Train one (dataset, method, seed) on cached embeddings; write model.pt, metrics.json, predictions."""
+    t_start = time.perf_counter()
+    out, results = Path(out), Path(results)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    method = method_spec(spec["method"])
+    tcfg = spec["train"]
+    cfg = fusion_config(method, tcfg)
+    cohort = cohort_mod.read(results / spec["dataset"] / "cohort.parquet")
+    ycol = f"y_{spec['task']}"
+    if ycol not in cohort.columns:
+        raise MedmixError(f"{results / spec['dataset'] / 'cohort.parquet'}: no label column '{ycol}'")
+    mods = [m for m in spec["modalities"] if m in cohort.columns]
+    if method.get("only"):
+        if method["only"] not in mods:
+            raise MedmixError(f"method {spec['method']}: modality '{method['only']}' is not an input of "
+                              f"dataset {spec['dataset']} ({', '.join(mods)})")
+        mods = [method["only"]]
+    split = cohort["split"].to_numpy()
+    y = cohort[ycol].cast(pl.Float64).fill_null(float("nan")).to_numpy()
+    X, M, dims, dropped = _load_role(results, spec, cohort, "experts", mods)
+    if not X:
+        raise MedmixError(f"dataset {spec['dataset']}: no modality has any expert embedding on the train split")
+    TX = TM = tdims = None
+    if method.get("teacher"):
+        tm = [m for m in mods if spec["modalities"][m]["teachers"]]
+        TX, TM, tdims, tdrop = _load_role(results, spec, cohort, "teachers", tm, rows=split == "train")
+        dropped += tdrop
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    model = create_model(method, dims, cfg, teacher_dims=tdims).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=tcfg["lr"], weight_decay=tcfg["weight_decay"])
+    yt = torch.from_numpy(y.astype(np.float32))
+    tr = np.flatnonzero((split == "train") & ~np.isnan(y))
+    va = np.flatnonzero(split == "val")
+    bs = tcfg["batch_size"]
+
+    def predict(idx: np.ndarray) -> tuple[np.ndarray, float, dict]:
+        model.eval()
+        with torch.no_grad():
+            o = model(_batch(X, M, torch.from_numpy(idx)), train=False)
+            loss, _ = model.loss(o, yt[idx])
+        return torch.sigmoid(o["logit"]).numpy(), float(loss), o
+
+    best, best_state, best_epoch, bad = -np.inf, None, 0, 0
+    history = []
+    bar = tqdm(range(tcfg["max_epochs"]), desc=f"train {spec['dataset']}/{spec['method']}/seed{seed}",
+               disable=not progress, mininterval=2)
+    for epoch in bar:
+        model.train()
+        perm = torch.from_numpy(tr)[torch.randperm(len(tr), generator=gen)]
+        tot = 0.0
+        for s in range(0, len(perm), bs):
+            idx = perm[s:s + bs]
+            o = model(_batch(X, M, idx, TX, TM), train=True, gen=gen)
+            loss, parts = model.loss(o, yt[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            tot += float(loss) * len(idx)
+        p_va, l_va, _ = predict(va)
+        score = _val_score(y[va], p_va, l_va)
+        history.append({"epoch": epoch, "train_loss": tot / max(len(tr), 1), "val_loss": l_va, "val_score": score})
+        bar.set_postfix(val=f"{score:.3f}")
+        if score > best + 1e-6:
+            best, best_state, best_epoch, bad = score, copy.deepcopy(model.state_dict()), epoch, 0
+        else:
+            bad += 1
+            if bad >= tcfg["patience"]:
+                break
+    model.load_state_dict(best_state)
+
+    every = np.arange(len(cohort))
+    p_all, _, o_all = predict(every)
+    n_boot = spec.get("bootstrap", tcfg.get("bootstrap", 0))
+    metrics = {
+        "dataset": spec["dataset"], "method": spec["method"], "seed": seed, "task": spec["task"],
+        "val": binary_metrics(y[split == "val"], p_all[split == "val"]),
+        "test": binary_metrics(y[split == "test"], p_all[split == "test"], n_boot=n_boot, seed=seed),
+        "best_epoch": best_epoch, "epochs": len(history), "modalities": list(dims), "left_out": dropped,
+        "n_params": sum(p.numel() for n, p in model.named_parameters() if not n.startswith(("teacher", "align"))),
+        "seconds": round(time.perf_counter() - t_start, 2), "medmix_version": __version__,
+    }
+    cols = {"sample_id": cohort["sample_id"], "split": cohort["split"],
+            "y": pl.Series(y), "prob": pl.Series(p_all.astype(np.float64))}
+    for m, a in (o_all.get("alpha") or {}).items():
+        for k, slug in enumerate(s for s in spec["modalities"][m]["experts"] if f"{m}/{s}" not in
+                                 {d.split(":")[0] for d in dropped}):
+            cols[f"alpha_{m}_{slug}"] = pl.Series(a[:, k].numpy().astype(np.float64))
+    if o_all.get("beta") is not None:
+        for i, m in enumerate(dims):
+            cols[f"beta_{m}"] = pl.Series(o_all["beta"][:, i].numpy().astype(np.float64))
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out / "predictions.parquet") as tmp:
+        pl.DataFrame(cols).write_parquet(tmp)
+    student = {k: v for k, v in model.state_dict().items() if not k.startswith(("teacher", "align"))}
+    with atomic_path(out / "model.pt") as tmp:
+        torch.save({"state_dict": student, "spec": spec, "seed": seed, "dims": dims, "method": method,
+                    "history": history, "medmix_version": __version__}, tmp)
+    write_json(out / "metrics.json", metrics)
+    return metrics

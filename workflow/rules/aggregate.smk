@@ -1,0 +1,19 @@
+localrules:
+    aggregate,
+
+
+rule aggregate:
+    input:
+        runs=dataset_runs,
+        cohort="results/{dataset}/cohort.json",
+    output:
+        metrics=report("results/{dataset}/metrics.json", category="Results", caption="../report/metrics.rst"),
+        table=report("results/{dataset}/metrics.md", category="Results", caption="../report/metrics.rst"),
+    params:
+        runs=run_dirs,
+        bootstrap=config["train"]["bootstrap"],
+    log:
+        "results/{dataset}/logs/aggregate.log",
+    shell:
+        "python -m medmix aggregate --dataset {wildcards.dataset} --runs {params.runs} --out {output.metrics} "
+        "--cohort-json {input.cohort} --bootstrap {params.bootstrap} > {log} 2>&1"

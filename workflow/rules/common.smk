@@ -1,0 +1,80 @@
+# Helpers for the rules: target lists and the per-job specs (the config subset a job depends
+# on, passed as --spec and used as the rule's params, so a change reruns exactly the jobs it affects).
+
+import json
+from pathlib import Path
+
+from medmix import config as mcfg
+from medmix.methods import uses_teacher
+
+# complete the config with the schema's defaults and cross-check encoder and method names
+config.update(mcfg.validate(config))
+
+DATASETS = list(config["datasets"])
+ENCODERS = list(config["encoders"])
+MODALITIES = sorted({m for ds in config["datasets"].values() for m in ds["modalities"]})
+
+
+wildcard_constraints:
+    dataset="|".join(DATASETS),
+    modality="|".join(MODALITIES),
+    encoder="|".join(ENCODERS),
+    method="[a-z0-9_]+",
+    seed=r"\d+",
+
+
+def all_targets(wildcards):
+    return [f"results/{ds}/metrics.json" for ds in config["targets"]]
+
+
+def _js(obj):
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+
+
+def raw_input(wildcards):
+    """Synthetic datasets depend on their generated raw folder; real ones read `root` (not tracked)."""
+    if config["datasets"][wildcards.dataset].get("synth"):
+        return f"results/{wildcards.dataset}/raw"
+    return []
+
+
+def raw_root(wildcards):
+    ds = config["datasets"][wildcards.dataset]
+    return f"results/{wildcards.dataset}/raw" if ds.get("synth") else ds["root"]
+
+
+def synth_n(wildcards):
+    return config["datasets"][wildcards.dataset]["synth"]["n"]
+
+
+def synth_seed(wildcards):
+    return config["datasets"][wildcards.dataset]["synth"]["seed"]
+
+
+def prepare_spec(wildcards):
+    return _js(mcfg.prepare_spec(config, wildcards.dataset))
+
+
+def embed_spec(wildcards):
+    return _js(mcfg.embed_spec(config, wildcards.dataset, wildcards.modality, wildcards.encoder))
+
+
+def train_spec(wildcards):
+    return _js(mcfg.train_spec(config, wildcards.dataset, wildcards.method))
+
+
+def train_embeddings(wildcards):
+    """Expert caches of every modality (+ teacher caches for methods with a teacher branch)."""
+    ds = config["datasets"][wildcards.dataset]
+    roles = ["experts", "teachers"] if uses_teacher(wildcards.method) else ["experts"]
+    return sorted({f"results/{wildcards.dataset}/embeddings/{m}/{slug}.h5"
+                   for m, spec in ds["modalities"].items() for r in roles for slug in spec[r]})
+
+
+def dataset_runs(wildcards):
+    return [f"results/{wildcards.dataset}/runs/{m}/seed{s}/metrics.json"
+            for m in config["methods"] for s in config["seeds"]]
+
+
+def run_dirs(wildcards, input):
+    return " ".join(sorted({str(Path(p).parent) for p in input.runs}))

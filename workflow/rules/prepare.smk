@@ -1,0 +1,26 @@
+rule synth:
+    output:
+        directory("results/{dataset}/raw"),
+    params:
+        n=synth_n,
+        seed=synth_seed,
+    log:
+        "results/{dataset}/logs/synth.log",
+    shell:
+        "python -m medmix synth --kind mimic4 --out {output} --n {params.n} --seed {params.seed} > {log} 2>&1"
+
+
+rule prepare:
+    input:
+        raw_input,
+    output:
+        cohort="results/{dataset}/cohort.parquet",
+        report=report("results/{dataset}/cohort.json", category="Cohort", caption="../report/cohort.rst"),
+    params:
+        root=raw_root,
+        spec=prepare_spec,
+    log:
+        "results/{dataset}/logs/prepare.log",
+    shell:
+        "python -m medmix prepare {wildcards.dataset} --root {params.root:q} --out {output.cohort} "
+        "--spec {params.spec:q} > {log} 2>&1"

@@ -1,0 +1,22 @@
+rule train:
+    input:
+        cohort="results/{dataset}/cohort.parquet",
+        embeddings=train_embeddings,
+    output:
+        model="results/{dataset}/runs/{method}/seed{seed}/model.pt",
+        metrics="results/{dataset}/runs/{method}/seed{seed}/metrics.json",
+        predictions="results/{dataset}/runs/{method}/seed{seed}/predictions.parquet",
+    params:
+        spec=train_spec,
+        out="results/{dataset}/runs/{method}/seed{seed}",
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    log:
+        "results/{dataset}/logs/train/{method}/seed{seed}.log",
+    benchmark:
+        "results/{dataset}/benchmarks/train/{method}/seed{seed}.tsv"
+    shell:
+        "OMP_NUM_THREADS={threads} python -m medmix train --dataset {wildcards.dataset} --method {wildcards.method} "
+        "--seed {wildcards.seed} --out {params.out} --results results --spec {params.spec:q} > {log} 2>&1"
