@@ -1,18 +1,22 @@
 """Synthetic raw data in the real MIMIC-IV / MIMIC-IV-Note / MIMIC-CXR-JPG layouts.
 
-The demo runs the same loader code as real data. A planted signal makes in-hospital mortality
-depend on five latent risks, each visible to one part of one modality:
+The demo runs the same loader code as real data. The planted signal: each patient has a latent
+severity s ~ N(0, 1); in-hospital mortality has logit -2.6 + 2.4 s. Every modality, and every part
+of it, is a separate noisy view of s:
 
-    r_ehr   -> vitals and labs                   (both EHR experts)
-    r_head  -> the first sentences of the note   (a right-truncating text expert sees it)
-    r_tail  -> the impression at the note's end  (a left-truncating text expert sees it)
-    r_diff  -> a diffuse basal opacity           (visible at low resolution, whole image)
-    r_nod   -> small central nodules             (visible only at full resolution, central crop)
+    v_ehr   -> vitals and labs                   (both EHR experts)
+    v_head  -> the findings at the note's start  (a right-truncating text expert sees it)
+    v_tail  -> the impression at the note's end  (a left-truncating text expert sees it)
+    v_diff  -> a diffuse basal opacity           (visible at low resolution, whole image)
+    v_nod   -> small central nodules             (visible only at full resolution, central crop)
 
 so every modality is informative but incomplete, and the two experts of a modality are
-complementary. Modalities are missing naturally (~30% of stays without a CXR before the
-prediction time, ~20% without a radiology note). Leakage traps: notes and CXR studies charted
-*after* the prediction time carry the outcome ("patient expired"); a correct loader never reads them.
+complementary. Reliability varies per sample, as in real data: ~20% of notes have an
+uninformative findings or impression section ("limited study"), and ~25% of images are blurred
+(the nodules vanish; the diffuse opacity stays), so which expert to trust is sample-specific.
+Modalities are missing naturally (~30% of stays without a CXR before the prediction time, ~20%
+without a radiology note). Leakage traps: notes and CXR studies charted *after* the prediction
+time carry the outcome ("patient expired"); a correct loader never reads them.
 """
 
 from __future__ import annotations
@@ -60,6 +64,8 @@ _FILLER = [
     "Portable upright technique limits assessment of the lung bases.",
     "There is no free air under the diaphragm.",
 ]
+_LIMITED_HEAD = "Limited portable study; the lung bases are obscured by overlying soft tissue."
+_LIMITED_TAIL = "IMPRESSION: Limited examination, please refer to the findings above."
 _LEAK_DEAD = "IMPRESSION: Comfort measures only; patient expired."
 _LEAK_ALIVE = "IMPRESSION: Improving; cleared for transfer to the floor."
 
@@ -82,7 +88,8 @@ def _write_csv_gz(df: pl.DataFrame, path: Path) -> None:
         f.write(buf.getvalue())
 
 
-def _chest_image(rng: np.random.Generator, r_diff: float, r_nod: float, size: int = 128) -> np.ndarray:
+def _chest_image(rng: np.random.Generator, r_diff: float, r_nod: float, size: int = 128,
+                blurred: bool = False) -> np.ndarray:
     """A crude frontal chest radiograph: dark lungs on a bright mediastinum, plus planted findings."""
     yy, xx = np.mgrid[0:size, 0:size] / size
     img = 0.75 - 0.15 * yy
@@ -98,6 +105,11 @@ def _chest_image(rng: np.random.Generator, r_diff: float, r_nod: float, size: in
     for _ in range(n_nod):
         cy, cx = rng.uniform(0.35, 0.65, size=2)
         img = img + 0.6 * np.exp(-(((yy - cy) ** 2 + (xx - cx) ** 2) / (0.012 ** 2)))
+    if blurred:  # a poor-quality image: fine detail (the nodules) is lost, the broad opacity stays
+        k = 9
+        pad = np.pad(img, k, mode="edge")
+        img = sum(pad[k + dy:k + dy + size, k + dx:k + dx + size] for dy in range(-k, k + 1, 3)
+                  for dx in range(-k, k + 1, 3)) / 49
     img = img + rng.normal(0, 0.04, size=img.shape)
     return (np.clip(img, 0, 1) * 255).astype(np.uint8)
 
@@ -112,8 +124,9 @@ def synth_mimic4(out: str | Path, n: int = 1500, seed: int = 0, image_size: int 
     age = np.where(rng.random(n) < 0.03, rng.integers(15, 18, n), rng.integers(20, 91, n))
     gender = rng.choice(["F", "M"], size=n)
     anchor_year = rng.integers(2110, 2190, n)
-    r = rng.normal(size=(n, 5))  # r_ehr, r_head, r_tail, r_diff, r_nod
-    logit = -2.6 + 1.3 * r.sum(axis=1) + 0.015 * (age - 60)
+    sev = rng.normal(size=n)
+    r = sev[:, None] + rng.normal(size=(n, 5)) * np.array([0.8, 0.9, 0.9, 0.9, 0.9])  # noisy views of sev
+    logit = -2.6 + 2.4 * sev + 0.01 * (age - 60)
     dead = rng.random(n) < 1 / (1 + np.exp(-logit))
 
     admit = [_T0 + timedelta(days=int((y - 2110) * 365 + rng.integers(0, 300)), hours=float(rng.uniform(0, 24)))
@@ -231,8 +244,9 @@ def synth_mimic4(out: str | Path, n: int = 1500, seed: int = 0, image_size: int 
         if has_note[i]:
             t = intime[i] + timedelta(hours=float(rng.uniform(1, 40)))
             filler = " ".join(rng.choice(_FILLER, size=int(rng.integers(7, 11)), replace=False))
-            text = (f"EXAMINATION: CHEST (PORTABLE AP)\nFINDINGS: {rng.choice(_HEAD[lh[i]])}\n{filler}\n"
-                    f"{rng.choice(_TAIL[lt[i]])}")
+            head = _LIMITED_HEAD if rng.random() < 0.2 else rng.choice(_HEAD[lh[i]])
+            tail = _LIMITED_TAIL if rng.random() < 0.2 else rng.choice(_TAIL[lt[i]])
+            text = f"EXAMINATION: CHEST (PORTABLE AP)\nFINDINGS: {head}\n{filler}\n{tail}"
             notes.append((f"{subj[i]}-RR-{seq}", int(subj[i]), int(hadm[i]), "RR", seq, _ts(t),
                           _ts(t + timedelta(minutes=30)), text))
             seq += 1
@@ -254,12 +268,13 @@ def synth_mimic4(out: str | Path, n: int = 1500, seed: int = 0, image_size: int 
             studies.append((study_ids[i], intime[i] + timedelta(hours=float(rng.uniform(0.5, 40))), r[i, 3], r[i, 4]))
         if icu_hours[i] > 50 and rng.random() < 0.3:  # leak trap: saturated image after the prediction time
             studies.append((study_ids[n + i], intime[i] + timedelta(hours=49.5), 4.0 if dead[i] else -4.0, 0.0))
+        blur = bool(rng.random() < 0.25)
         for sid, t, rd, rn in studies:
             d = out / "files" / f"p{str(subj[i])[:2]}" / f"p{subj[i]}" / f"s{sid}"
             d.mkdir(parents=True, exist_ok=True)
             for view, code, desc in (("AP", "antero-posterior", "CHEST (PORTABLE AP)"), ("LATERAL", "lateral", "")):
                 dicom_id = "-".join(f"{int(x):08x}" for x in rng.integers(0, 2**32, 5))
-                px = _chest_image(rng, rd, rn, image_size)
+                px = _chest_image(rng, rd, rn, image_size, blurred=blur)
                 if view == "LATERAL":
                     px = px.T[::-1].copy()
                 Image.fromarray(px, mode="L").save(d / f"{dicom_id}.jpg", quality=90)

@@ -142,7 +142,7 @@ def train_run(spec: dict, seed: int, out: str | Path, results: str | Path = "res
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            tot += float(loss) * len(idx)
+            tot += loss.item() * len(idx)
         p_va, l_va, _ = predict(va)
         score = _val_score(y[va], p_va, l_va)
         history.append({"epoch": epoch, "train_loss": tot / max(len(tr), 1), "val_loss": l_va, "val_score": score})

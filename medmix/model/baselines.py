@@ -23,7 +23,7 @@ class EarlyConcat(nn.Module):
     def loss(self, out, y):
         lab = ~torch.isnan(y)
         task = _masked_bce(out["logit"], torch.nan_to_num(y), lab)
-        return task, {"task": float(task)}
+        return task, {"task": task.item()}
 
 
 class LateFusion(nn.Module):
@@ -46,4 +46,4 @@ class LateFusion(nn.Module):
         yl = torch.nan_to_num(y)
         terms = [_masked_bce(out["m_logits"][:, i], yl, lab & out["avail"][:, i]) for i in range(len(self.mods))]
         task = torch.stack(terms).sum()
-        return task, {"task": float(task)}
+        return task, {"task": task.item()}

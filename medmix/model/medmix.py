@@ -113,7 +113,7 @@ class MedMIX(nn.Module):
         lab = ~torch.isnan(y)
         yl = torch.nan_to_num(y)
         task = _masked_bce(out["logit"], yl, lab)
-        parts = {"task": float(task)}
+        parts = {"task": task.item()}
         total = task
         if "t_logit" in out:
             has_t = out["tavail"].any(1)
@@ -123,7 +123,7 @@ class MedMIX(nn.Module):
             soft = torch.sigmoid(out["t_logit"].detach() / tau)
             kd = _masked_bce(out["logit"] / tau, soft, has_t) * tau ** 2
             total = total + t_task + self.cfg.lambda_align * align + self.cfg.lambda_kd * kd
-            parts.update(teacher=float(t_task), align=float(align), kd=float(kd))
+            parts.update(teacher=t_task.item(), align=align.item(), kd=kd.item())
         return total, parts
 
     def _align_loss(self, out: dict) -> torch.Tensor:

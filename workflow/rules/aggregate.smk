@@ -12,6 +12,8 @@ rule aggregate:
     params:
         runs=run_dirs,
         bootstrap=config["train"]["bootstrap"],
+    conda:
+        "../../envs/medmix.yaml"
     log:
         "results/{dataset}/logs/aggregate.log",
     shell:

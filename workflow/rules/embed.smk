@@ -10,6 +10,8 @@ rule embed:
         mem_mb=8000,
         runtime=120,
         gpu=0,
+    conda:
+        "../../envs/medmix.yaml"
     log:
         "results/{dataset}/logs/embed/{modality}/{encoder}.log",
     benchmark:

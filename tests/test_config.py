@@ -1,0 +1,47 @@
+import pytest
+
+from medmix import config
+from medmix.io import MedmixError
+
+
+def test_repo_config_is_valid_and_defaults_are_filled():
+    cfg = config.load(config.SCHEMA_PATH.parents[2] / "config.yaml")
+    assert cfg["datasets"]["demo"]["prediction_hours"] == 48
+    assert cfg["datasets"]["demo"]["split"] == {"train": 0.7, "val": 0.15, "seed": 0}
+    assert cfg["encoders"]["ehr_tabular"]["dtype"] == "float32"
+
+
+def test_every_schema_key_has_description_and_default():
+    def walk(node, path):
+        for key, sub in node.get("properties", {}).items():
+            assert "description" in sub or "$ref" in sub, f"{path}/{key} lacks a description"
+            assert "default" in sub, f"{path}/{key} lacks a default"
+            walk(sub, f"{path}/{key}")
+    s = config.schema()
+    walk(s, "")
+    for name, d in s["$defs"].items():
+        walk(d, f"$defs/{name}")
+
+
+@pytest.mark.parametrize("mutate, where, what", [
+    (lambda c: c.update(tarets=["tiny"]), "<top level>", "tarets"),
+    (lambda c: c["train"].update(lr="fast"), "train/lr", "not of type"),
+    (lambda c: c["datasets"]["tiny"].update(predicton_hours=24), "datasets/tiny", "predicton_hours"),
+    (lambda c: c["encoders"]["tab"].update(kind="magic"), "encoders/tab/kind", "magic"),
+    (lambda c: c["datasets"]["tiny"]["modalities"]["ehr"]["experts"].append("nope"),
+     "datasets/tiny/modalities/ehr/experts", "unknown encoder 'nope'"),
+    (lambda c: c["methods"].append("medmax"), "methods/3", "unknown method 'medmax'"),
+])
+def test_config_errors_name_the_key_path(tiny_config, mutate, where, what):
+    mutate(tiny_config)
+    with pytest.raises(MedmixError) as e:
+        config.validate(tiny_config)
+    assert where in str(e.value) and what in str(e.value)
+
+
+def test_train_spec_changes_with_hyperparameters_but_embed_spec_does_not(tiny_config):
+    a = config.validate(tiny_config)
+    tiny_config["train"]["lr"] = 0.01
+    b = config.validate(tiny_config)
+    assert config.train_spec(a, "tiny", "medmix") != config.train_spec(b, "tiny", "medmix")
+    assert config.embed_spec(a, "tiny", "notes", "bert_head") == config.embed_spec(b, "tiny", "notes", "bert_head")

@@ -1,0 +1,98 @@
+import gzip
+import json
+
+import polars as pl
+import pytest
+
+from medmix.data import cohort as C
+from medmix.data.mimic4 import build_cohort
+from medmix.io import MedmixError
+
+from conftest import MIMIC_DEMO
+
+
+def _header(path):
+    with gzip.open(path, "rt") as f:
+        return f.readline().strip().split(",")
+
+
+def test_synth_writes_the_real_mimic_iv_layout(tiny_raw):
+    expect = {
+        "hosp/patients.csv.gz": ["subject_id", "gender", "anchor_age", "anchor_year", "anchor_year_group", "dod"],
+        "icu/icustays.csv.gz": ["subject_id", "hadm_id", "stay_id", "first_careunit", "last_careunit", "intime",
+                                "outtime", "los"],
+        "icu/chartevents.csv.gz": ["subject_id", "hadm_id", "stay_id", "caregiver_id", "charttime", "storetime",
+                                   "itemid", "value", "valuenum", "valueuom", "warning"],
+        "note/radiology.csv.gz": ["note_id", "subject_id", "hadm_id", "note_type", "note_seq", "charttime",
+                                  "storetime", "text"],
+    }
+    for rel, cols in expect.items():
+        assert _header(tiny_raw / rel) == cols, rel
+    if MIMIC_DEMO.exists():  # same columns as the real release
+        for rel in ["hosp/patients.csv.gz", "hosp/admissions.csv.gz", "hosp/labevents.csv.gz",
+                    "hosp/d_labitems.csv.gz", "icu/icustays.csv.gz", "icu/chartevents.csv.gz", "icu/d_items.csv.gz"]:
+            assert _header(tiny_raw / rel) == _header(MIMIC_DEMO / rel), rel
+    meta = pl.read_csv(tiny_raw / "mimic-cxr-2.0.0-metadata.csv.gz")
+    r = meta.row(0, named=True)
+    s = str(r["subject_id"])
+    assert (tiny_raw / "files" / f"p{s[:2]}" / f"p{s}" / f"s{r['study_id']}" / f"{r['dicom_id']}.jpg").exists()
+
+
+def test_cohort_counts_splits_and_no_leakage(tiny_raw):
+    co, rep = build_cohort(tiny_raw)
+    co, rep = C.finalize(C.assign_splits(co, seed=1), rep)
+    C.validate(co)
+    assert rep["counts"]["samples"] == co.height > 50
+    assert sum(rep["counts"]["by_split"].values()) == co.height
+    assert rep["exclusions"]["icu_stay_shorter_than_window"] > 0
+    assert rep["exclusions"]["not_first_icu_stay_of_admission"] > 0
+    # each patient in one split
+    assert co.group_by("patient_id").agg(pl.col("split").n_unique()).get_column("split").max() == 1
+    # notes after the prediction time carry the outcome: they must never be read
+    notes = " ".join(co["notes"].drop_nulls().to_list())
+    assert "expired" not in notes and "cleared for transfer" not in notes
+    # missing modalities happen naturally and are counted
+    avail = rep["counts"]["modality_available"]
+    assert 0 < avail["cxr"] < co.height and 0 < avail["notes"] < co.height
+    assert rep["missing"]["cxr"]["no_frontal_study_before_prediction_time"] == co.height - avail["cxr"]
+
+
+def test_cxr_is_the_last_frontal_study_before_prediction_time(tiny_raw):
+    co, _ = build_cohort(tiny_raw)
+    meta = pl.read_csv(tiny_raw / "mimic-cxr-2.0.0-metadata.csv.gz", infer_schema_length=0)
+    when = {r["dicom_id"]: (r["ViewPosition"], r["StudyDate"], r["StudyTime"]) for r in meta.iter_rows(named=True)}
+    for row in co.filter(pl.col("cxr").is_not_null()).iter_rows(named=True):
+        dicom = row["cxr"][0].rsplit("/", 1)[-1][:-4]
+        view, d, t = when[dicom]
+        assert view in ("AP", "PA")
+        stamp = f"{d[:4]}-{d[4:6]}-{d[6:]} {t.split('.')[0].zfill(6)[:2]}:{t.split('.')[0].zfill(6)[2:4]}"
+        assert stamp < row["pred_time"][:16]
+
+
+@pytest.mark.skipif(not MIMIC_DEMO.exists(), reason="real MIMIC-IV demo not available")
+def test_real_mimic_iv_demo_builds_an_ehr_only_cohort():
+    co, rep = build_cohort(MIMIC_DEMO)
+    co, rep = C.finalize(C.assign_splits(co), rep)
+    assert co.height == rep["counts"]["samples"] > 30
+    assert co["ehr"].is_not_null().all()
+    assert co["notes"].is_null().all() and co["cxr"].is_null().all()
+    assert rep["missing"]["notes"] == {"note_source_absent": co.height}
+    assert "heart rate mean:" in co["ehr"][0]
+
+
+def _good():
+    return pl.DataFrame({"sample_id": ["a", "b", "c"], "patient_id": ["1", "2", "3"],
+                         "split": ["train", "val", "test"], "y_ihm": [0, 1, None], "ehr": ["x: 1", None, "x: 2"]})
+
+
+@pytest.mark.parametrize("bad, msg", [
+    (lambda d: d.with_columns(sample_id=pl.Series(["a", "a", "c"])), "row 1: field 'sample_id' duplicates 'a'"),
+    (lambda d: d.with_columns(split=pl.Series(["train", "dev", "test"])), "row 1: field 'split' is 'dev'"),
+    (lambda d: d.with_columns(y_ihm=pl.Series([0, 2, None])), "row 1 (sample b): field 'y_ihm' is 2"),
+    (lambda d: d.with_columns(patient_id=pl.Series(["1", "1", "3"])), "patient 1 appears in more than one split"),
+])
+def test_cohort_validation_names_row_and_field(tmp_path, bad, msg):
+    C.validate(_good())
+    with pytest.raises(MedmixError, match=msg.replace("(", r"\(").replace(")", r"\)")):
+        C.write(bad(_good()), {"counts": {}}, tmp_path / "cohort.parquet")
+    assert not (tmp_path / "cohort.parquet").exists()

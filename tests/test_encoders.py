@@ -1,0 +1,91 @@
+import numpy as np
+import pytest
+
+from medmix.embed import run_embed
+from medmix.encoders import create_encoder, list_encoders
+from medmix.encoders.cache import read_attrs, read_cache
+from medmix.encoders.tabular import parse_serialised
+from medmix.io import MedmixError
+
+from conftest import TINY_CONFIG
+
+
+def _spec(slug):
+    from medmix import config
+    return config.validate(TINY_CONFIG)["encoders"][slug]
+
+
+def test_registry_lists_every_kind():
+    assert set(list_encoders()) == {"hf_text", "open_clip", "ehr_tabular"}
+
+
+@pytest.mark.parametrize("slug", ["bert_head", "minilm"])
+def test_text_encoder_restores_order_and_marks_empty_missing(slug):
+    enc = create_encoder(_spec(slug))
+    texts = ["short note", "a much longer note " * 10, "   ", "mid length note here"]
+    res = enc.encode(texts)
+    assert res.present.tolist() == [True, True, False, True]
+    assert res.missing == {"empty_text": 1}
+    again = enc.encode([texts[3], texts[0], texts[1]])
+    np.testing.assert_allclose(again.emb[0], res.emb[3], atol=1e-5)
+    np.testing.assert_allclose(again.emb[1], res.emb[0], atol=1e-5)
+
+
+def test_truncation_side_chooses_the_visible_end():
+    a = "alpha beta gamma " * 20 + "pneumothorax"
+    b = "alpha beta gamma " * 20 + "effusion"
+    head = create_encoder({**_spec("bert_head"), "max_length": 16}).encode([a, b]).emb
+    tail = create_encoder({**_spec("bert_tail"), "max_length": 16, "seed": 1}).encode([a, b]).emb
+    assert np.allclose(head[0], head[1], atol=1e-6)        # both see only the shared beginning
+    assert not np.allclose(tail[0], tail[1], atol=1e-3)    # the left-truncating one sees the end
+
+
+def test_image_encoder_counts_bad_files(tmp_path, tiny_raw):
+    good = sorted((tiny_raw / "files").rglob("*.jpg"))[0]
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    (tmp_path / "corrupt.jpg").write_bytes(b"not a jpeg at all")
+    paths = [str(good), str(tmp_path / "empty.jpg"), str(tmp_path / "corrupt.jpg"), str(tmp_path / "nope.jpg"), None]
+    res = create_encoder(_spec("vit_low")).encode(paths)
+    assert res.present.tolist() == [True, False, False, False, False]
+    assert res.missing == {"empty_file": 1, "unreadable_image": 1, "file_not_found": 1}
+    assert res.emb.shape == (5, 16)
+
+
+def test_tabular_parse_and_fit_on_train_only():
+    d, bad = parse_serialised("age: 70; gender: F; lactate last: nan; heart rate mean: 90")
+    assert d == {"age": 70.0, "gender=F": 1.0, "heart rate mean": 90.0} and bad == 1
+    enc = create_encoder({"kind": "ehr_tabular"})
+    res = enc.encode(["a: 1", "a: 3", "a: 1000; b: 2", None], ["train", "train", "test", "test"])
+    assert res.fit_state["variables"] == ["a"]            # b never seen on train
+    assert res.present.tolist() == [True, True, True, False]
+    assert res.emb[2, 0] == 10                            # clipped at 10 train sd
+
+
+def test_cache_roundtrip_and_stale_cache_refused(tiny_results):
+    path = tiny_results / "tiny" / "embeddings" / "notes" / "bert_head.h5"
+    attrs = read_attrs(path)
+    emb, present = read_cache(path, expect={"encoder": "bert_head", "cohort_hash": attrs["cohort_hash"]})
+    assert emb.shape[0] == present.shape[0] == attrs["n"] and present.sum() == attrs["n_present"]
+    with pytest.raises(MedmixError, match="attribute 'spec_hash' is .* expected 'other'"):
+        read_cache(path, expect={"spec_hash": "other"})
+
+
+def test_embed_dedupes_identical_inputs_and_writes_atomically(tiny_results, tmp_path, monkeypatch):
+    import polars as pl
+    from medmix.data import cohort as C
+    co = pl.read_parquet(tiny_results / "tiny" / "cohort.parquet")
+    co = co.with_columns(pl.when(pl.col("split") == "test").then(pl.lit("same text")).otherwise(pl.col("notes")).alias("notes"))
+    C.write(co, {"counts": {}}, tmp_path / "cohort.parquet")
+    s = run_embed(tmp_path / "cohort.parquet", "notes", "bert_head", _spec("bert_head"), tmp_path / "e.h5", device="cpu")
+    assert s["unique_inputs"] < s["inputs"]
+    emb, present = read_cache(tmp_path / "e.h5")
+    rows = (co["split"] == "test").to_numpy()
+    assert np.allclose(emb[rows], emb[rows][0]) and present[rows].all()
+
+    import medmix.encoders.cache as cache
+    def boom(*a, **k):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(cache.h5py.File, "create_dataset", boom)
+    with pytest.raises(OSError):
+        run_embed(tmp_path / "cohort.parquet", "notes", "bert_head", _spec("bert_head"), tmp_path / "f.h5", device="cpu")
+    assert not (tmp_path / "f.h5").exists() and not list(tmp_path.glob(".f.h5.*"))

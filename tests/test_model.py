@@ -1,0 +1,81 @@
+import pytest
+import torch
+
+from medmix.model import FusionConfig, MedMIX, EarlyConcat, LateFusion, create_fusion, list_fusions
+from medmix.model.fusion import masked_softmax
+from medmix.model.medmix import keep_at_least_one
+
+DIMS = {"ehr": [5, 7], "notes": [6, 6], "cxr": [4, 3]}
+
+
+def _batch(b=12, dims=DIMS, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    mask = {m: torch.rand(b, len(d), generator=g) > 0.3 for m, d in dims.items()}
+    for m in mask:
+        mask[m][:, 0] |= torch.arange(b) % 2 == 0
+    if "cxr" in mask:
+        mask["cxr"][:3] = False  # three samples without a CXR
+    x = {m: [torch.randn(b, dk, generator=g) * mask[m][:, k:k + 1] for k, dk in enumerate(d)] for m, d in dims.items()}
+    return {"x": x, "mask": mask}
+
+
+@pytest.mark.parametrize("level, name", list_fusions())
+def test_every_registered_fusion_forward_backward_and_masks(level, name):
+    d, n = 8, 3
+    f = create_fusion(level, name, d, n)
+    h = torch.randn(5, n, d, requires_grad=True)
+    mask = torch.tensor([[1, 1, 1], [1, 0, 0], [0, 1, 1], [0, 0, 0], [1, 0, 1]], dtype=torch.bool)
+    out, w = f(h, mask)
+    assert out.shape == (5, d) and w.shape == (5, n)
+    assert torch.all(w[~mask] == 0)                      # missing tokens get no weight
+    assert torch.allclose(w[mask.any(1)].sum(1), torch.ones(int(mask.any(1).sum())))
+    out.sum().backward()
+    assert h.grad is not None and torch.isfinite(h.grad).all()
+    if name != "transformer":  # a masked token cannot change the output
+        h2 = h.detach().clone()
+        h2[1, 1:] = 100
+        out2, _ = f(h2, mask)
+        assert torch.allclose(out.detach()[1], out2[1], atol=1e-5)
+
+
+def test_masked_softmax_rows_without_entries_are_zero():
+    w = masked_softmax(torch.randn(2, 3), torch.tensor([[True, False, True], [False, False, False]]))
+    assert torch.allclose(w[1], torch.zeros(3)) and w[0, 1] == 0 and torch.isclose(w[0].sum(), torch.tensor(1.0))
+
+
+def test_dropout_keeps_at_least_one():
+    mask = torch.rand(500, 4) > 0.5
+    kept = keep_at_least_one(mask, 0.9, torch.Generator().manual_seed(0))
+    assert not (kept & ~mask).any()
+    assert torch.equal(kept.any(1), mask.any(1))
+
+
+def test_medmix_teacher_branch_trains_student_only_at_inference():
+    cfg = FusionConfig(d=8, hidden=8)
+    tdims = {"notes": [10], "cxr": [9]}
+    model = MedMIX(DIMS, cfg, teacher_dims=tdims)
+    b = _batch()
+    tb = _batch(dims=tdims, seed=1)
+    b.update(tx=tb["x"], tmask=tb["mask"])
+    y = torch.tensor([0., 1.] * 6)
+    out = model(b, train=True, gen=torch.Generator().manual_seed(0))
+    loss, parts = model.loss(out, y)
+    assert set(parts) == {"task", "teacher", "align", "kd"}
+    loss.backward()
+    assert model.align["notes"].weight.grad is not None
+    inf = model(_batch(), train=False)
+    assert "t_logit" not in inf
+    assert torch.all(inf["beta"][:3, 2] == 0)             # no weight on the missing CXR
+    assert inf["alpha"]["ehr"].shape == (12, 2)
+    student = MedMIX(DIMS, cfg)                           # the deploy bundle: student only
+    student_keys = {k for k in model.state_dict() if not k.startswith(("teacher", "align"))}
+    assert student_keys == set(student.state_dict())
+
+
+@pytest.mark.parametrize("cls", [EarlyConcat, LateFusion])
+def test_baselines_forward_backward(cls):
+    model = cls(DIMS, FusionConfig(d=8, hidden=8))
+    out = model(_batch(), train=True)
+    loss, _ = model.loss(out, torch.tensor([0., 1., float("nan")] * 4))
+    loss.backward()
+    assert out["logit"].shape == (12,) and torch.isfinite(loss)

@@ -1,0 +1,63 @@
+import json
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+
+from medmix import config
+from medmix.aggregate import aggregate
+from medmix.metrics import binary_metrics
+from medmix.train import train_run
+
+from conftest import TINY_CONFIG
+
+
+def _spec(method, **train):
+    cfg = config.validate(TINY_CONFIG)
+    cfg["train"].update(train)
+    return config.train_spec(cfg, "tiny", method)
+
+
+@pytest.mark.parametrize("method", ["medmix", "medmix_noteacher", "early_concat", "late_fusion",
+                                    "medmix_inter_concat", "unimodal_ehr"])
+def test_train_writes_outputs(tiny_results, tmp_path, method):
+    m = train_run(_spec(method), 0, tmp_path / method, results=tiny_results, progress=False)
+    assert m["test"]["n"] > 0 and 0 <= m["test"]["auroc"]["value"] <= 1
+    assert {"ci_low", "ci_high"} <= set(m["test"]["auroc"])
+    pred = pl.read_parquet(tmp_path / method / "predictions.parquet")
+    assert pred["prob"].is_between(0, 1).all()
+    if method == "medmix":
+        assert {"beta_ehr", "beta_notes", "beta_cxr", "alpha_notes_bert_head"} <= set(pred.columns)
+        no_cxr = pl.read_parquet(tiny_results / "tiny" / "cohort.parquet")["cxr"].is_null()
+        assert (pred.filter(no_cxr)["beta_cxr"] == 0).all()
+    ckpt = torch.load(tmp_path / method / "model.pt", weights_only=True)
+    assert ckpt["spec"]["method"] == method
+    assert not any(k.startswith("teacher") for k in ckpt["state_dict"])
+
+
+def test_training_is_deterministic_under_a_seed(tiny_results, tmp_path):
+    a = train_run(_spec("medmix"), 7, tmp_path / "a", results=tiny_results, progress=False)
+    b = train_run(_spec("medmix"), 7, tmp_path / "b", results=tiny_results, progress=False)
+    assert a["test"] == b["test"]
+    pa = pl.read_parquet(tmp_path / "a" / "predictions.parquet")
+    pb = pl.read_parquet(tmp_path / "b" / "predictions.parquet")
+    assert pa.equals(pb)
+
+
+def test_undefined_metric_is_null_with_reason():
+    m = binary_metrics(np.array([0., 0., 0., np.nan]), np.array([0.1, 0.2, 0.3, 0.4]), n_boot=10)
+    assert m["n"] == 3 and m["auroc"] == {"value": None, "reason": "only one class in this split (0: 3 samples)"}
+
+
+def test_aggregate_mean_sd_and_ci(tiny_results, tmp_path):
+    dirs = []
+    for seed in (0, 1):
+        train_run(_spec("late_fusion"), seed, tmp_path / f"s{seed}", results=tiny_results, progress=False)
+        dirs.append(tmp_path / f"s{seed}")
+    res = aggregate("tiny", dirs, tmp_path / "metrics.json", n_boot=100)
+    e = res["methods"]["late_fusion"]["test"]["auroc"]
+    per = [json.loads((d / "metrics.json").read_text())["test"]["auroc"]["value"] for d in dirs]
+    assert e["mean"] == pytest.approx(np.mean(per)) and e["sd"] == pytest.approx(np.std(per, ddof=1))
+    assert e["ci_low"] <= e["mean"] <= e["ci_high"]
+    assert "late_fusion" in (tmp_path / "metrics.md").read_text()
