@@ -16,7 +16,8 @@ min_version("9.0")
 configfile: "config.yaml"
 
 
-validate(config, schema="workflow/schemas/config.schema.json")
+# defaults are filled by medmix.config.validate (common.smk), the same code the CLI uses
+validate(config, schema="workflow/schemas/config.schema.json", set_default=False)
 
 
 include: "workflow/rules/common.smk"

@@ -45,3 +45,9 @@ def test_train_spec_changes_with_hyperparameters_but_embed_spec_does_not(tiny_co
     b = config.validate(tiny_config)
     assert config.train_spec(a, "tiny", "medmix") != config.train_spec(b, "tiny", "medmix")
     assert config.embed_spec(a, "tiny", "notes", "bert_head") == config.embed_spec(b, "tiny", "notes", "bert_head")
+
+
+def test_real_datasets_are_not_synthesised():
+    cfg = config.load(config.SCHEMA_PATH.parents[2] / "config.yaml")
+    assert cfg["datasets"]["demo"]["synth"]["n"] > 0
+    assert cfg["datasets"]["mimiciv_demo"]["synth"] is None and cfg["datasets"]["mimic"]["synth"] is None

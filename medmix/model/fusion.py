@@ -119,7 +119,7 @@ class InterGated(nn.Module):
         self.gate = _Gate(d)
 
     def forward(self, z, avail):  # z (B, M, d), avail (B, M)
-        beta = masked_softmax(self.gate(z + self.emb), avail)
+        beta = masked_softmax(self.gate(z + self.emb), avail)  # scores of the modality tokens z_m + e_m
         return (beta.unsqueeze(-1) * z).sum(1), beta
 
 

@@ -20,15 +20,15 @@ from medmix.model.fusion import create_fusion
 
 @dataclass
 class FusionConfig:
-    d: int = 64                   # shared width of projected expert embeddings
-    hidden: int = 64              # head MLP width
+    d: int = 32                   # shared width of projected expert embeddings
+    hidden: int = 32              # head MLP width
     dropout: float = 0.2
     intra: str = "gated"
     inter: str = "gated"
-    modality_dropout: float = 0.2  # per available modality, at least one kept
-    expert_dropout: float = 0.1    # per present expert, at least one per modality kept
-    lambda_align: float = 0.5
-    lambda_kd: float = 0.5
+    modality_dropout: float = 0.4  # per available modality, at least one kept
+    expert_dropout: float = 0.3    # per present expert, at least one per modality kept
+    lambda_align: float = 1.0
+    lambda_kd: float = 1.0
     tau: float = 2.0              # distillation temperature
     align: str = "cosine"         # cosine (stop-gradient on the teacher) | infonce
 
