@@ -24,7 +24,7 @@ def _spec(args, build) -> dict:
             raise MedmixError(f"--spec is not valid JSON: {e}") from None
     from medmix import config
     cfg = config.load(args.config) if args.config else config.validate(
-        {"datasets": {}, "encoders": {}}, source="built-in defaults")
+        {"targets": [], "datasets": {}, "encoders": {}}, source="built-in defaults")
     return build(cfg)
 
 
@@ -43,7 +43,8 @@ def cmd_prepare(args) -> None:
         if args.dataset in cfg["datasets"]:
             return config.prepare_spec(cfg, args.dataset)
         # a dataset not in the config: the mimic4 loader with the schema's defaults
-        full = config.validate({"datasets": {args.dataset: {"kind": "mimic4", "modalities": {"ehr": {"experts": ["x"]}}}},
+        full = config.validate({"targets": [],
+                                "datasets": {args.dataset: {"kind": "mimic4", "modalities": {"ehr": {"experts": ["x"]}}}},
                                 "encoders": {"x": {"kind": "ehr_tabular"}}}, source="built-in defaults")
         return config.prepare_spec(full, args.dataset)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -30,19 +31,30 @@ from medmix.model import create_model, fusion_config
 log = logging.getLogger("medmix.train")
 
 
+@dataclass
+class Inputs:
+    """One role's cached embeddings, standardised, per modality."""
+    X: dict = field(default_factory=dict)      # m -> list of (N, d_mk) float32 tensors
+    M: dict = field(default_factory=dict)      # m -> (N, K_m) bool presence
+    dims: dict = field(default_factory=dict)   # m -> [d_mk]
+    slugs: dict = field(default_factory=dict)  # m -> [encoder slug]
+    norm: dict = field(default_factory=dict)   # m -> [(mean, sd)] train-split statistics
+    dropped: list = field(default_factory=list)
+
+
 def _load_role(results: Path, spec: dict, cohort: pl.DataFrame, role: str, mods: list[str],
-               rows: np.ndarray | None = None) -> tuple[dict, dict, dict, list[str]]:
-    """Read the caches of one role (experts|teachers) → X[m] list, mask[m] (N, K), dims, dropped.
+               rows: np.ndarray | None = None) -> Inputs:
+    """Read the caches of one role (experts|teachers) of the given modalities.
 
     Each embedding is standardised with its train-split statistics; absent rows are 0 (= the
     train mean). `rows`: keep presence only on these rows (teachers: train only).
     """
     ids = cohort["sample_id"].to_list()
     is_train = (cohort["split"] == "train").to_numpy()
-    X, M, dims, dropped = {}, {}, {}, []
+    inp = Inputs()
     for m in mods:
         h = cohort_hash(ids, cohort[m].to_list())
-        xs, ms = [], []
+        xs, ms, kept, stats = [], [], [], []
         for slug in spec["modalities"][m][role]:
             path = results / spec["dataset"] / "embeddings" / m / f"{slug}.h5"
             emb, present = read_cache(path, expect={"encoder": slug, "spec_hash": spec["encoders"][slug],
@@ -51,7 +63,7 @@ def _load_role(results: Path, spec: dict, cohort: pl.DataFrame, role: str, mods:
                 present = present & rows
             fit = present & is_train
             if emb.shape[1] == 0 or not fit.any():
-                dropped.append(f"{m}/{slug}: no embedding on the train split")
+                inp.dropped.append(f"{m}/{slug}: no embedding on the train split")
                 continue
             mu = emb[fit].mean(0)
             sd = emb[fit].std(0)
@@ -59,11 +71,14 @@ def _load_role(results: Path, spec: dict, cohort: pl.DataFrame, role: str, mods:
             z = np.where(present[:, None], (emb - mu) / sd, 0.0).astype(np.float32)
             xs.append(torch.from_numpy(z))
             ms.append(torch.from_numpy(present))
+            kept.append(slug)
+            stats.append((torch.from_numpy(mu), torch.from_numpy(sd.astype(np.float32))))
         if xs:
-            X[m], M[m], dims[m] = xs, torch.stack(ms, 1), [x.shape[1] for x in xs]
+            inp.X[m], inp.M[m], inp.dims[m] = xs, torch.stack(ms, 1), [x.shape[1] for x in xs]
+            inp.slugs[m], inp.norm[m] = kept, stats
         elif role == "experts":
-            dropped.append(f"{m}: no expert has an embedding on the train split; modality left out")
-    return X, M, dims, dropped
+            inp.dropped.append(f"{m}: no expert has an embedding on the train split; modality left out")
+    return inp
 
 
 def _batch(X, M, idx, TX=None, TM=None) -> dict:
@@ -103,14 +118,16 @@ def train_run(spec: dict, seed: int, out: str | Path, results: str | Path = "res
         mods = [method["only"]]
     split = cohort["split"].to_numpy()
     y = cohort[ycol].cast(pl.Float64).fill_null(float("nan")).to_numpy()
-    X, M, dims, dropped = _load_role(results, spec, cohort, "experts", mods)
+    exp = _load_role(results, spec, cohort, "experts", mods)
+    X, M, dims, dropped = exp.X, exp.M, exp.dims, list(exp.dropped)
     if not X:
         raise MedmixError(f"dataset {spec['dataset']}: no modality has any expert embedding on the train split")
     TX = TM = tdims = None
     if method.get("teacher"):
         tm = [m for m in mods if spec["modalities"][m]["teachers"]]
-        TX, TM, tdims, tdrop = _load_role(results, spec, cohort, "teachers", tm, rows=split == "train")
-        dropped += tdrop
+        tea = _load_role(results, spec, cohort, "teachers", tm, rows=split == "train")
+        TX, TM, tdims = tea.X, tea.M, tea.dims
+        dropped += tea.dropped
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     model = create_model(method, dims, cfg, teacher_dims=tdims).to(device)
@@ -169,8 +186,7 @@ def train_run(spec: dict, seed: int, out: str | Path, results: str | Path = "res
     cols = {"sample_id": cohort["sample_id"], "split": cohort["split"],
             "y": pl.Series(y), "prob": pl.Series(p_all.astype(np.float64))}
     for m, a in (o_all.get("alpha") or {}).items():
-        for k, slug in enumerate(s for s in spec["modalities"][m]["experts"] if f"{m}/{s}" not in
-                                 {d.split(":")[0] for d in dropped}):
+        for k, slug in enumerate(exp.slugs[m]):
             cols[f"alpha_{m}_{slug}"] = pl.Series(a[:, k].numpy().astype(np.float64))
     if o_all.get("beta") is not None:
         for i, m in enumerate(dims):
@@ -181,6 +197,7 @@ def train_run(spec: dict, seed: int, out: str | Path, results: str | Path = "res
     student = {k: v for k, v in model.state_dict().items() if not k.startswith(("teacher", "align"))}
     with atomic_path(out / "model.pt") as tmp:
         torch.save({"state_dict": student, "spec": spec, "seed": seed, "dims": dims, "method": method,
+                    "experts": exp.slugs, "norm": exp.norm,
                     "history": history, "medmix_version": __version__}, tmp)
     write_json(out / "metrics.json", metrics)
     return metrics
