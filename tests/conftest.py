@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-MIMIC_DEMO = REPO.parent / "shared" / "data" / "mimic-iv-demo-2.2"
+# the real public MIMIC-IV demo (never committed): $MEDMIX_SHARED_DATA or ../shared/data beside the clone
+SHARED_DATA = Path(os.environ.get("MEDMIX_SHARED_DATA") or REPO.parent / "shared" / "data")
+MIMIC_DEMO = SHARED_DATA / "mimic-iv-demo-2.2"
 
 TINY_BERT = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64,
              "max_position_embeddings": 128}
