@@ -128,21 +128,29 @@ def train_run(spec: dict, seed: int, out: str | Path, results: str | Path = "res
         tea = _load_role(results, spec, cohort, "teachers", tm, rows=split == "train")
         TX, TM, tdims = tea.X, tea.M, tea.dims
         dropped += tea.dropped
+    # the whole cache lives on the training device; batches are index gathers
+    X = {m: [x.to(device) for x in xs] for m, xs in X.items()}
+    M = {m: v.to(device) for m, v in M.items()}
+    if TX:
+        TX = {m: [x.to(device) for x in xs] for m, xs in TX.items()}
+        TM = {m: v.to(device) for m, v in TM.items()}
     torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator(device=device).manual_seed(seed)
     model = create_model(method, dims, cfg, teacher_dims=tdims).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=tcfg["lr"], weight_decay=tcfg["weight_decay"])
-    yt = torch.from_numpy(y.astype(np.float32))
-    tr = np.flatnonzero((split == "train") & ~np.isnan(y))
+    yt = torch.from_numpy(y.astype(np.float32)).to(device)
+    tr = torch.from_numpy(np.flatnonzero((split == "train") & ~np.isnan(y))).to(device)
     va = np.flatnonzero(split == "val")
     bs = tcfg["batch_size"]
+    amp = device.startswith("cuda")  # bf16 autocast on GPU; full precision on CPU (deterministic)
 
     def predict(idx: np.ndarray) -> tuple[np.ndarray, float, dict]:
         model.eval()
-        with torch.no_grad():
-            o = model(_batch(X, M, torch.from_numpy(idx)), train=False)
-            loss, _ = model.loss(o, yt[idx])
-        return torch.sigmoid(o["logit"]).numpy(), float(loss), o
+        ix = torch.from_numpy(idx).to(device)
+        with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+            o = model(_batch(X, M, ix), train=False)
+            loss, _ = model.loss(o, yt[ix])
+        return torch.sigmoid(o["logit"].float()).cpu().numpy(), float(loss), o
 
     best, best_state, best_epoch, bad = -np.inf, None, 0, 0
     history = []
@@ -150,12 +158,13 @@ def train_run(spec: dict, seed: int, out: str | Path, results: str | Path = "res
                disable=not progress, mininterval=2)
     for epoch in bar:
         model.train()
-        perm = torch.from_numpy(tr)[torch.randperm(len(tr), generator=gen)]
+        perm = tr[torch.randperm(len(tr), generator=gen, device=device)]
         tot = 0.0
         for s in range(0, len(perm), bs):
             idx = perm[s:s + bs]
-            o = model(_batch(X, M, idx, TX, TM), train=True, gen=gen)
-            loss, parts = model.loss(o, yt[idx])
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+                o = model(_batch(X, M, idx, TX, TM), train=True, gen=gen)
+                loss, parts = model.loss(o, yt[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -181,20 +190,21 @@ def train_run(spec: dict, seed: int, out: str | Path, results: str | Path = "res
         "test": binary_metrics(y[split == "test"], p_all[split == "test"], n_boot=n_boot, seed=seed),
         "best_epoch": best_epoch, "epochs": len(history), "modalities": list(dims), "left_out": dropped,
         "n_params": sum(p.numel() for n, p in model.named_parameters() if not n.startswith(("teacher", "align"))),
+        "device": device,
         "seconds": round(time.perf_counter() - t_start, 2), "medmix_version": __version__,
     }
     cols = {"sample_id": cohort["sample_id"], "split": cohort["split"],
             "y": pl.Series(y), "prob": pl.Series(p_all.astype(np.float64))}
     for m, a in (o_all.get("alpha") or {}).items():
         for k, slug in enumerate(exp.slugs[m]):
-            cols[f"alpha_{m}_{slug}"] = pl.Series(a[:, k].numpy().astype(np.float64))
+            cols[f"alpha_{m}_{slug}"] = pl.Series(a[:, k].float().cpu().numpy().astype(np.float64))
     if o_all.get("beta") is not None:
         for i, m in enumerate(dims):
-            cols[f"beta_{m}"] = pl.Series(o_all["beta"][:, i].numpy().astype(np.float64))
+            cols[f"beta_{m}"] = pl.Series(o_all["beta"][:, i].float().cpu().numpy().astype(np.float64))
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(out / "predictions.parquet") as tmp:
         pl.DataFrame(cols).write_parquet(tmp)
-    student = {k: v for k, v in model.state_dict().items() if not k.startswith(("teacher", "align"))}
+    student = {k: v.cpu() for k, v in model.state_dict().items() if not k.startswith(("teacher", "align"))}
     with atomic_path(out / "model.pt") as tmp:
         torch.save({"state_dict": student, "spec": spec, "seed": seed, "dims": dims, "method": method,
                     "experts": exp.slugs, "norm": exp.norm,
