@@ -110,7 +110,7 @@ def train_run(spec: dict, seed: int, out: str | Path, results: str | Path = "res
     ycol = f"y_{spec['task']}"
     if ycol not in cohort.columns:
         raise MedmixError(f"{results / spec['dataset'] / 'cohort.parquet'}: no label column '{ycol}'")
-    mods = [m for m in spec["modalities"] if m in cohort.columns]
+    mods = sorted(m for m in spec["modalities"] if m in cohort.columns)  # canonical order: same model from CLI or API
     if method.get("only"):
         if method["only"] not in mods:
             raise MedmixError(f"method {spec['method']}: modality '{method['only']}' is not an input of "
