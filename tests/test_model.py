@@ -79,3 +79,54 @@ def test_baselines_forward_backward(cls):
     loss, _ = model.loss(out, torch.tensor([0., 1., float("nan")] * 4))
     loss.backward()
     assert out["logit"].shape == (12,) and torch.isfinite(loss)
+
+
+def _garbage(batch, seed=5):
+    """The same batch with absent experts' inputs replaced by huge garbage (and NaN)."""
+    g = torch.Generator().manual_seed(seed)
+    out = {"x": {}, "mask": batch["mask"]}
+    for m, xs in batch["x"].items():
+        out["x"][m] = []
+        for k, x in enumerate(xs):
+            junk = torch.randn(x.shape, generator=g) * 1e4
+            junk[0] = float("nan")
+            out["x"][m].append(torch.where(batch["mask"][m][:, k:k + 1], x, junk))
+    return out
+
+
+MODELS = {
+    "medmix": lambda: MedMIX(DIMS, FusionConfig(d=8, hidden=8)),
+    "medmix_intra_attention": lambda: MedMIX(DIMS, FusionConfig(d=8, hidden=8, intra="attention")),
+    "medmix_inter_transformer": lambda: MedMIX(DIMS, FusionConfig(d=8, hidden=8, inter="transformer")),
+    "medmix_intra_concat": lambda: MedMIX(DIMS, FusionConfig(d=8, hidden=8, intra="concat")),
+    "medmix_inter_concat": lambda: MedMIX(DIMS, FusionConfig(d=8, hidden=8, inter="concat")),
+    "early_concat": lambda: EarlyConcat(DIMS, FusionConfig(d=8, hidden=8)),
+    "late_fusion": lambda: LateFusion(DIMS, FusionConfig(d=8, hidden=8)),
+}
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_absent_inputs_have_no_influence_and_no_gradient(name):
+    torch.manual_seed(0)
+    model = MODELS[name]().eval()
+    clean = _batch()
+    for m, xs in clean["x"].items():  # absent experts hold zeros (what the trainer feeds)
+        clean["x"][m] = [x * clean["mask"][m][:, k:k + 1] for k, x in enumerate(xs)]
+    dirty = _garbage(clean)
+    for m in dirty["x"]:
+        for x in dirty["x"][m]:
+            x.requires_grad_(True)
+    a = model(clean)["logit"]
+    b = model(dirty)["logit"]
+    assert torch.equal(a, b), "an absent input changed the output"
+    b.sum().backward()
+    for m in dirty["x"]:
+        for k, x in enumerate(dirty["x"][m]):
+            absent = ~dirty["mask"][m][:, k]
+            assert torch.all(x.grad[absent] == 0)
+
+
+def test_beta_sums_to_one_over_available_modalities():
+    out = MedMIX(DIMS, FusionConfig(d=8, hidden=8)).eval()(_batch())
+    avail = out["avail"]
+    assert torch.allclose(out["beta"].sum(1), torch.ones(12)) and torch.all(out["beta"][~avail] == 0)

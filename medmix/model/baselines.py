@@ -8,6 +8,11 @@ import torch.nn as nn
 from medmix.model.medmix import FusionConfig, _masked_bce, mlp
 
 
+def _zero_fill(x: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+    """The definition of these baselines: an absent expert's input is 0 (the train mean)."""
+    return x.masked_fill(~present.unsqueeze(-1), 0.0)
+
+
 class EarlyConcat(nn.Module):
     """All expert embeddings concatenated (missing zero-filled, i.e. the train mean) → MLP."""
 
@@ -17,7 +22,8 @@ class EarlyConcat(nn.Module):
         self.net = mlp(sum(sum(v) for v in dims.values()), cfg.hidden, n_out, cfg.dropout)
 
     def forward(self, batch: dict, train: bool = False, gen=None) -> dict:
-        x = torch.cat([e for m in self.mods for e in batch["x"][m]], 1)  # (B, Σ d_mk)
+        x = torch.cat([_zero_fill(e, batch["mask"][m][:, k]) for m in self.mods
+                       for k, e in enumerate(batch["x"][m])], 1)  # (B, Σ d_mk)
         return {"logit": self.net(x).squeeze(-1)}
 
     def loss(self, out, y):
@@ -35,10 +41,12 @@ class LateFusion(nn.Module):
         self.heads = nn.ModuleDict({m: mlp(sum(dims[m]), cfg.hidden, n_out, cfg.dropout) for m in self.mods})
 
     def forward(self, batch: dict, train: bool = False, gen=None) -> dict:
-        logits = torch.stack([self.heads[m](torch.cat(batch["x"][m], 1)).squeeze(-1) for m in self.mods], 1)
+        logits = torch.stack([self.heads[m](torch.cat([_zero_fill(e, batch["mask"][m][:, k])
+                                                       for k, e in enumerate(batch["x"][m])], 1)).squeeze(-1)
+                              for m in self.mods], 1)
         avail = torch.stack([batch["mask"][m].any(1) for m in self.mods], 1)  # (B, M)
         w = avail.float() / avail.float().sum(1, keepdim=True).clamp(min=1)
-        p = (torch.sigmoid(logits) * w).sum(1).clamp(1e-6, 1 - 1e-6)
+        p = (torch.sigmoid(logits).masked_fill(~avail, 0.0) * w).sum(1).clamp(1e-6, 1 - 1e-6)
         return {"logit": torch.logit(p), "m_logits": logits, "avail": avail, "beta": w}
 
     def loss(self, out, y):

@@ -66,7 +66,10 @@ class Branch(nn.Module):
     def forward(self, x: dict, mask: dict):
         zs, alphas, avail = [], {}, []
         for m in self.mods:
-            h = torch.stack([p(e) for p, e in zip(self.proj[m], x[m])], 1)  # (B, K, d)
+            # absent experts: neither their (garbage) input nor its gradient takes part
+            h = torch.stack([p(e.masked_fill(~mask[m][:, k:k + 1], 0.0))
+                             for k, (p, e) in enumerate(zip(self.proj[m], x[m]))], 1)  # (B, K, d)
+            h = h.masked_fill(~mask[m].unsqueeze(-1), 0.0)
             z, a = self.intra[m](h, mask[m])                                  # (B, d), (B, K)
             zs.append(z)
             alphas[m] = a
