@@ -12,7 +12,12 @@ METHODS: dict[str, dict] = {
     "medmix_noteacher": {"arch": "medmix", "intra": "gated", "inter": "gated", "teacher": False},
     "medmix_intra_mean": {"arch": "medmix", "intra": "mean", "inter": "gated", "teacher": True},
     "medmix_inter_concat": {"arch": "medmix", "intra": "gated", "inter": "concat", "teacher": True},
+    "medmix_single_expert": {"arch": "medmix", "intra": "gated", "inter": "gated", "teacher": True,
+                             "single_expert": True},  # best expert per modality, chosen on validation
     "early_concat": {"arch": "early_concat", "teacher": False},
+    "logreg_concat": {"arch": "logreg", "teacher": False},
+    "teacher_deployed": {"arch": "medmix", "intra": "gated", "inter": "gated", "teacher": False,
+                         "inputs": "teachers"},  # the teacher branch used at inference: the cost reference
     "late_fusion": {"arch": "late_fusion", "teacher": False},
 }
 
@@ -28,4 +33,6 @@ def method_spec(name: str) -> dict:
 
 
 def uses_teacher(name: str) -> bool:
-    return bool(method_spec(name)["teacher"])
+    """Whether the method reads teacher embeddings (for training, or at inference for teacher_deployed)."""
+    spec = method_spec(name)
+    return bool(spec["teacher"]) or spec.get("inputs") == "teachers"

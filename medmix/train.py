@@ -97,6 +97,47 @@ def _val_score(y: np.ndarray, p: np.ndarray, loss: float) -> float:
     return -loss
 
 
+def _best_single_expert(inp: Inputs, y: np.ndarray, split: np.ndarray) -> dict[str, str]:
+    """Keep, per modality, the expert whose logistic-regression probe has the best validation AUROC."""
+    from sklearn.linear_model import LogisticRegression
+    chosen = {}
+    for m in list(inp.X):
+        scores = []
+        for k, x in enumerate(inp.X[m]):
+            pres = inp.M[m][:, k].cpu().numpy()
+            tr = pres & (split == "train") & ~np.isnan(y)
+            va = pres & (split == "val") & ~np.isnan(y)
+            score = -np.inf
+            if len(np.unique(y[tr])) == 2 and len(np.unique(y[va])) == 2:
+                clf = LogisticRegression(C=0.1, max_iter=2000).fit(x.numpy()[tr], y[tr])
+                score = _val_score(y[va], clf.predict_proba(x.numpy()[va])[:, 1], 0.0)
+            scores.append(score)
+        k = int(np.argmax(scores))
+        chosen[m] = inp.slugs[m][k]
+        inp.X[m], inp.dims[m], inp.slugs[m], inp.norm[m] = [inp.X[m][k]], [inp.dims[m][k]], [chosen[m]], [inp.norm[m][k]]
+        inp.M[m] = inp.M[m][:, k:k + 1]
+    return chosen
+
+
+def _fit_logreg(inp: Inputs, y: np.ndarray, split: np.ndarray, seed: int) -> tuple[np.ndarray, dict, dict]:
+    """logreg_concat: scikit-learn logistic regression on every expert embedding (zero-filled),
+    L2 strength chosen on validation AUROC."""
+    from sklearn.linear_model import LogisticRegression
+    x = torch.cat([xx for m in inp.X for xx in inp.X[m]], 1).numpy()
+    tr = (split == "train") & ~np.isnan(y)
+    va = split == "val"
+    best = None
+    for c in (0.001, 0.01, 0.1, 1.0):
+        clf = LogisticRegression(C=c, max_iter=3000, random_state=seed).fit(x[tr], y[tr])
+        score = _val_score(y[va], clf.predict_proba(x[va])[:, 1], 0.0)
+        if best is None or score > best[0] + 1e-9:
+            best = (score, c, clf)
+    _, c, clf = best
+    state = {"coef": torch.from_numpy(clf.coef_.astype(np.float32)),
+             "intercept": torch.from_numpy(clf.intercept_.astype(np.float32))}
+    return clf.predict_proba(x)[:, 1], state, {"C": c, "n_params": int(clf.coef_.size + clf.intercept_.size)}
+
+
 def train_run(spec: dict, seed: int, out: str | Path, results: str | Path = "results",
               device: str | None = None, progress: bool = True) -> dict:
     """Train one (dataset, method, seed) on cached embeddings; write model.pt, metrics.json, predictions."""
@@ -118,25 +159,71 @@ def train_run(spec: dict, seed: int, out: str | Path, results: str | Path = "res
         mods = [method["only"]]
     split = cohort["split"].to_numpy()
     y = cohort[ycol].cast(pl.Float64).fill_null(float("nan")).to_numpy()
-    exp = _load_role(results, spec, cohort, "experts", mods)
-    X, M, dims, dropped = exp.X, exp.M, exp.dims, list(exp.dropped)
-    if not X:
-        raise MedmixError(f"dataset {spec['dataset']}: no modality has any expert embedding on the train split")
-    TX = TM = tdims = None
-    if method.get("teacher"):
-        tm = [m for m in mods if spec["modalities"][m]["teachers"]]
-        tea = _load_role(results, spec, cohort, "teachers", tm, rows=split == "train")
-        TX, TM, tdims = tea.X, tea.M, tea.dims
-        dropped += tea.dropped
+    role = method.get("inputs", "experts")  # teacher_deployed: the teachers are its inputs, on every split
+    if role == "teachers":
+        mods = [m for m in mods if spec["modalities"][m]["teachers"]]
+    exp = _load_role(results, spec, cohort, role, mods)
+    dropped = list(exp.dropped)
+    if not exp.X:
+        raise MedmixError(f"dataset {spec['dataset']}: no modality has any {role[:-1]} embedding on the train split")
+    info: dict = {}
+    if method.get("single_expert"):
+        info["single_expert"] = _best_single_expert(exp, y, split)
+    if method["arch"] == "logreg":
+        p_all, state, more = _fit_logreg(exp, y, split, seed)
+        o_all: dict = {}
+        info.update(more)
+    else:
+        tea = None
+        if method.get("teacher"):
+            tm = [m for m in exp.X if spec["modalities"][m]["teachers"]]
+            tea = _load_role(results, spec, cohort, "teachers", tm, rows=split == "train")
+            dropped += tea.dropped
+        p_all, o_all, state, more = _fit_neural(spec, method, cfg, exp, tea, y, split, seed, device, progress)
+        info.update(more)
+
+    n_boot = spec.get("bootstrap", tcfg.get("bootstrap", 0))
+    metrics = {
+        "dataset": spec["dataset"], "method": spec["method"], "seed": seed, "task": spec["task"],
+        "val": binary_metrics(y[split == "val"], p_all[split == "val"]),
+        "test": binary_metrics(y[split == "test"], p_all[split == "test"], n_boot=n_boot, seed=seed),
+        "modalities": list(exp.dims), "inputs": exp.slugs, "left_out": dropped, "device": device,
+        **{k: v for k, v in info.items() if k != "history"},
+        "seconds": round(time.perf_counter() - t_start, 2), "medmix_version": __version__,
+    }
+    cols = {"sample_id": cohort["sample_id"], "split": cohort["split"],
+            "y": pl.Series(y), "prob": pl.Series(p_all.astype(np.float64))}
+    for m, a in (o_all.get("alpha") or {}).items():
+        for k, slug in enumerate(exp.slugs[m]):
+            cols[f"alpha_{m}_{slug}"] = pl.Series(a[:, k].float().cpu().numpy().astype(np.float64))
+    if o_all.get("beta") is not None:
+        for i, m in enumerate(exp.dims):
+            cols[f"beta_{m}"] = pl.Series(o_all["beta"][:, i].float().cpu().numpy().astype(np.float64))
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out / "predictions.parquet") as tmp:
+        pl.DataFrame(cols).write_parquet(tmp)
+    with atomic_path(out / "model.pt") as tmp:
+        torch.save({"state_dict": state, "spec": spec, "seed": seed, "dims": exp.dims, "method": method,
+                    "experts": exp.slugs, "norm": exp.norm, "history": info.get("history", []),
+                    "medmix_version": __version__}, tmp)
+    write_json(out / "metrics.json", metrics)
+    return metrics
+
+
+def _fit_neural(spec, method, cfg, exp: Inputs, tea: Inputs | None, y, split, seed, device, progress):
+    """AdamW with early stopping on the validation metric; returns (probabilities, outputs, student state, info)."""
+    tcfg = spec["train"]
     # the whole cache lives on the training device; batches are index gathers
-    X = {m: [x.to(device) for x in xs] for m, xs in X.items()}
-    M = {m: v.to(device) for m, v in M.items()}
-    if TX:
-        TX = {m: [x.to(device) for x in xs] for m, xs in TX.items()}
-        TM = {m: v.to(device) for m, v in TM.items()}
+    X = {m: [x.to(device) for x in xs] for m, xs in exp.X.items()}
+    M = {m: v.to(device) for m, v in exp.M.items()}
+    TX = TM = tdims = None
+    if tea is not None and tea.X:
+        TX = {m: [x.to(device) for x in xs] for m, xs in tea.X.items()}
+        TM = {m: v.to(device) for m, v in tea.M.items()}
+        tdims = tea.dims
     torch.manual_seed(seed)
     gen = torch.Generator(device=device).manual_seed(seed)
-    model = create_model(method, dims, cfg, teacher_dims=tdims).to(device)
+    model = create_model(method, exp.dims, cfg, teacher_dims=tdims).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=tcfg["lr"], weight_decay=tcfg["weight_decay"])
     yt = torch.from_numpy(y.astype(np.float32)).to(device)
     tr = torch.from_numpy(np.flatnonzero((split == "train") & ~np.isnan(y))).to(device)
@@ -180,34 +267,8 @@ def train_run(spec: dict, seed: int, out: str | Path, results: str | Path = "res
             if bad >= tcfg["patience"]:
                 break
     model.load_state_dict(best_state)
-
-    every = np.arange(len(cohort))
-    p_all, _, o_all = predict(every)
-    n_boot = spec.get("bootstrap", tcfg.get("bootstrap", 0))
-    metrics = {
-        "dataset": spec["dataset"], "method": spec["method"], "seed": seed, "task": spec["task"],
-        "val": binary_metrics(y[split == "val"], p_all[split == "val"]),
-        "test": binary_metrics(y[split == "test"], p_all[split == "test"], n_boot=n_boot, seed=seed),
-        "best_epoch": best_epoch, "epochs": len(history), "modalities": list(dims), "left_out": dropped,
-        "n_params": sum(p.numel() for n, p in model.named_parameters() if not n.startswith(("teacher", "align"))),
-        "device": device,
-        "seconds": round(time.perf_counter() - t_start, 2), "medmix_version": __version__,
-    }
-    cols = {"sample_id": cohort["sample_id"], "split": cohort["split"],
-            "y": pl.Series(y), "prob": pl.Series(p_all.astype(np.float64))}
-    for m, a in (o_all.get("alpha") or {}).items():
-        for k, slug in enumerate(exp.slugs[m]):
-            cols[f"alpha_{m}_{slug}"] = pl.Series(a[:, k].float().cpu().numpy().astype(np.float64))
-    if o_all.get("beta") is not None:
-        for i, m in enumerate(dims):
-            cols[f"beta_{m}"] = pl.Series(o_all["beta"][:, i].float().cpu().numpy().astype(np.float64))
-    out.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out / "predictions.parquet") as tmp:
-        pl.DataFrame(cols).write_parquet(tmp)
+    p_all, _, o_all = predict(np.arange(len(y)))
     student = {k: v.cpu() for k, v in model.state_dict().items() if not k.startswith(("teacher", "align"))}
-    with atomic_path(out / "model.pt") as tmp:
-        torch.save({"state_dict": student, "spec": spec, "seed": seed, "dims": dims, "method": method,
-                    "experts": exp.slugs, "norm": exp.norm,
-                    "history": history, "medmix_version": __version__}, tmp)
-    write_json(out / "metrics.json", metrics)
-    return metrics
+    info = {"best_epoch": best_epoch, "epochs": len(history), "history": history,
+            "n_params": sum(p.numel() for n, p in model.named_parameters() if not n.startswith(("teacher", "align")))}
+    return p_all, o_all, student, info

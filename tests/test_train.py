@@ -7,6 +7,7 @@ import torch
 
 from medmix import config
 from medmix.aggregate import aggregate
+from medmix.methods import METHODS
 from medmix.metrics import binary_metrics
 from medmix.train import train_run
 
@@ -19,8 +20,7 @@ def _spec(method, **train):
     return config.train_spec(cfg, "tiny", method)
 
 
-@pytest.mark.parametrize("method", ["medmix", "medmix_noteacher", "early_concat", "late_fusion",
-                                    "medmix_inter_concat", "unimodal_ehr"])
+@pytest.mark.parametrize("method", sorted(METHODS) + ["unimodal_ehr"])
 def test_train_writes_outputs(tiny_results, tmp_path, method):
     m = train_run(_spec(method), 0, tmp_path / method, results=tiny_results, progress=False)
     assert m["test"]["n"] > 0 and 0 <= m["test"]["auroc"]["value"] <= 1
@@ -61,3 +61,13 @@ def test_aggregate_mean_sd_and_ci(tiny_results, tmp_path):
     assert e["mean"] == pytest.approx(np.mean(per)) and e["sd"] == pytest.approx(np.std(per, ddof=1))
     assert e["ci_low"] <= e["mean"] <= e["ci_high"]
     assert "late_fusion" in (tmp_path / "metrics.md").read_text()
+
+
+def test_single_expert_and_teacher_deployed_inputs(tiny_results, tmp_path):
+    m = train_run(_spec("medmix_single_expert"), 0, tmp_path / "s", results=tiny_results, progress=False)
+    assert set(m["single_expert"]) == {"ehr", "notes", "cxr"}
+    assert all(len(v) == 1 for v in m["inputs"].values())
+    t = train_run(_spec("teacher_deployed"), 0, tmp_path / "t", results=tiny_results, progress=False)
+    assert t["inputs"] == {"cxr": ["vit_big"], "ehr": ["minilm"], "notes": ["minilm"]}
+    lr = train_run(_spec("logreg_concat"), 0, tmp_path / "l", results=tiny_results, progress=False)
+    assert lr["C"] in (0.001, 0.01, 0.1, 1.0)
