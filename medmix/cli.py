@@ -87,6 +87,18 @@ def cmd_aggregate(args) -> None:
     print(markdown_table(res))
 
 
+def cmd_export(args) -> None:
+    from medmix.bundle import export
+    meta = export(args.run, args.out, results=args.results)
+    print(json.dumps({k: meta[k] for k in ("method", "dataset", "seed", "threshold")}))
+
+
+def cmd_predict(args) -> None:
+    from medmix.bundle import predict
+    df = predict(args.bundle, args.embeddings, args.out)
+    print(f"{df.height} predictions written to {args.out}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="medmix", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="verb", required=True)
@@ -135,6 +147,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--cohort-json")
     s.add_argument("--bootstrap", type=int, default=1000)
     s.set_defaults(func=cmd_aggregate)
+
+    s = sub.add_parser("export", help="a run → deploy bundle (student only: no teacher is needed to load or run it)")
+    s.add_argument("--run", required=True, help="run directory with model.pt and predictions.parquet")
+    s.add_argument("--out", required=True, help="bundle directory")
+    s.add_argument("--results", default="results")
+    s.set_defaults(func=cmd_export)
+
+    s = sub.add_parser("predict", help="bundle + expert embedding caches → predictions.parquet")
+    s.add_argument("--bundle", required=True)
+    s.add_argument("--embeddings", required=True, help="folder with {modality}/{encoder}.h5")
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_predict)
     return p
 
 

@@ -1,0 +1,138 @@
+"""Deploy bundles: the student of a run, exported without anything of the teachers.
+
+A bundle is a folder with `weights.safetensors` (fusion weights and the train-split
+standardisation of every expert; no pickle) and `bundle.json` (method, fusion config, the expert
+list per modality with model name, weights hash and preprocessing hash, label name, decision
+threshold). `predict` needs only the bundle and the experts' embedding caches.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import torch
+from safetensors.torch import load_file, save_file
+
+from medmix import __version__
+from medmix.encoders.cache import read_attrs, read_cache
+from medmix.io import MedmixError, atomic_path, write_json
+from medmix.model import FusionConfig, create_model, fusion_config
+
+BUNDLE_VERSION = 1
+
+
+def _threshold(y: np.ndarray, p: np.ndarray) -> float:
+    """Decision threshold maximising F1 on the validation split (0.5 when undefined)."""
+    ok = ~np.isnan(y)
+    y, p = y[ok], p[ok]
+    if len(np.unique(y)) < 2:
+        return 0.5
+    best_f1, best_t = -1.0, 0.5
+    for t in np.unique(p):
+        pred = p >= t
+        tp = float((pred & (y == 1)).sum())
+        f1 = 2 * tp / (pred.sum() + (y == 1).sum())
+        if f1 > best_f1:
+            best_f1, best_t = f1, float(t)
+    return best_t
+
+
+def export(run: str | Path, out: str | Path, results: str | Path = "results") -> dict:
+    """Write the bundle of one run directory (model.pt + predictions.parquet)."""
+    run, out, results = Path(run), Path(out), Path(results)
+    ckpt = torch.load(run / "model.pt", map_location="cpu", weights_only=True)
+    spec, method = ckpt["spec"], ckpt["method"]
+    experts = {}
+    for m, slugs in ckpt["experts"].items():
+        experts[m] = []
+        for slug in slugs:
+            a = read_attrs(results / spec["dataset"] / "embeddings" / m / f"{slug}.h5")
+            experts[m].append({k: a.get(k) for k in ("encoder", "kind", "model_name", "weights_hash",
+                                                     "preprocessing_hash", "spec_hash")} | {"dim": int(a["dim"])})
+    pred = pl.read_parquet(run / "predictions.parquet").filter(pl.col("split") == "val")
+    tensors = {f"model.{k}": v.contiguous() for k, v in ckpt["state_dict"].items()}
+    for m, stats in ckpt["norm"].items():
+        for k, (mu, sd) in enumerate(stats):
+            tensors[f"norm.{m}.{k}.mean"] = mu.contiguous()
+            tensors[f"norm.{m}.{k}.sd"] = sd.contiguous()
+    meta = {
+        "bundle_version": BUNDLE_VERSION, "medmix_version": __version__, "method": spec["method"],
+        "arch": method, "fusion": dataclasses.asdict(fusion_config(method, spec["train"])),
+        "dims": ckpt["dims"], "experts": experts, "label": f"y_{spec['task']}", "dataset": spec["dataset"],
+        "seed": ckpt["seed"], "threshold": _threshold(pred["y"].to_numpy(), pred["prob"].to_numpy()),
+        "threshold_rule": "max F1 on the validation split",
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out / "weights.safetensors") as tmp:
+        save_file(tensors, str(tmp))
+    write_json(out / "bundle.json", meta)
+    return meta
+
+
+def load(bundle: str | Path) -> tuple[dict, dict]:
+    """(metadata, tensors) of a bundle; safetensors only, so loading runs no code."""
+    bundle = Path(bundle)
+    if not (bundle / "bundle.json").exists():
+        raise MedmixError(f"{bundle}: not a medmix bundle (no bundle.json)")
+    meta = json.loads((bundle / "bundle.json").read_text())
+    if meta.get("bundle_version") != BUNDLE_VERSION:
+        raise MedmixError(f"{bundle}/bundle.json: bundle_version {meta.get('bundle_version')} is not {BUNDLE_VERSION}")
+    return meta, load_file(str(bundle / "weights.safetensors"))
+
+
+def predict(bundle: str | Path, embeddings: str | Path, out: str | Path | None = None) -> pl.DataFrame:
+    """Predict from the experts' caches under `embeddings/{modality}/{encoder}.h5`."""
+    meta, tensors = load(bundle)
+    embeddings = Path(embeddings)
+    X, M, ids = {}, {}, None
+    for m, exps in meta["experts"].items():
+        xs, ms = [], []
+        for k, e in enumerate(exps):
+            path = embeddings / m / f"{e['encoder']}.h5"
+            emb, present = read_cache(path, expect={"weights_hash": e["weights_hash"],
+                                                    "preprocessing_hash": e["preprocessing_hash"]})
+            these = [x.decode() if isinstance(x, bytes) else x for x in _ids(path)]
+            if ids is None:
+                ids = these
+            elif these != ids:
+                raise MedmixError(f"{path}: sample ids differ from the other caches of this prediction")
+            mu, sd = tensors[f"norm.{m}.{k}.mean"].numpy(), tensors[f"norm.{m}.{k}.sd"].numpy()
+            xs.append(torch.from_numpy(np.where(present[:, None], (emb - mu) / sd, 0.0).astype(np.float32)))
+            ms.append(torch.from_numpy(present))
+        X[m], M[m] = xs, torch.stack(ms, 1)
+    arch = meta["arch"]
+    state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    if arch["arch"] == "logreg":
+        x = torch.cat([xx for m in X for xx in X[m]], 1)
+        prob = torch.sigmoid(x @ state["coef"].T + state["intercept"]).squeeze(-1).numpy()
+        o = {}
+    else:
+        model = create_model({**arch, "teacher": False}, meta["dims"], FusionConfig(**meta["fusion"]))
+        model.load_state_dict(state)
+        model.eval()
+        with torch.no_grad():
+            o = model({"x": X, "mask": M}, train=False)
+        prob = torch.sigmoid(o["logit"]).numpy()
+    cols = {"sample_id": ids, "prob": prob.astype(np.float64),
+            meta["label"] + "_pred": (prob >= meta["threshold"]).astype(np.int8)}
+    for m, a in (o.get("alpha") or {}).items():
+        for k, e in enumerate(meta["experts"][m]):
+            cols[f"alpha_{m}_{e['encoder']}"] = a[:, k].numpy().astype(np.float64)
+    if o.get("beta") is not None:
+        for i, m in enumerate(meta["dims"]):
+            cols[f"beta_{m}"] = o["beta"][:, i].numpy().astype(np.float64)
+    df = pl.DataFrame(cols)
+    if out:
+        with atomic_path(out) as tmp:
+            df.write_parquet(tmp)
+    return df
+
+
+def _ids(path: Path) -> list:
+    import h5py
+    with h5py.File(path, "r") as f:
+        return list(f["ids"][:])

@@ -1,0 +1,35 @@
+import shutil
+
+import numpy as np
+import polars as pl
+import pytest
+
+from medmix import config
+from medmix.bundle import export, load, predict
+from medmix.cli import main
+from medmix.train import train_run
+
+from conftest import TINY_CONFIG
+
+
+@pytest.mark.parametrize("method", ["medmix", "logreg_concat"])
+def test_bundle_predicts_the_same_without_any_teacher_file(tiny_results, tmp_path, method):
+    cfg = config.validate(TINY_CONFIG)
+    train_run(config.train_spec(cfg, "tiny", method), 0, tmp_path / "run", results=tiny_results, progress=False)
+    assert main(["export", "--run", str(tmp_path / "run"), "--out", str(tmp_path / "bundle"),
+                 "--results", str(tiny_results)]) == 0
+    emb = tmp_path / "emb"
+    shutil.copytree(tiny_results / "tiny" / "embeddings", emb)
+    before = predict(tmp_path / "bundle", emb)
+    teachers = {(m, s) for m, spec in cfg["datasets"]["tiny"]["modalities"].items() for s in spec["teachers"]}
+    experts = {(m, s) for m, spec in cfg["datasets"]["tiny"]["modalities"].items() for s in spec["experts"]}
+    for m, s in teachers - experts:
+        (emb / m / f"{s}.h5").unlink()
+    after = predict(tmp_path / "bundle", emb, tmp_path / "pred.parquet")
+    assert before.equals(after)
+    run = pl.read_parquet(tmp_path / "run" / "predictions.parquet")
+    np.testing.assert_allclose(after["prob"].to_numpy(), run["prob"].to_numpy(), rtol=1e-5, atol=1e-6)
+    meta, tensors = load(tmp_path / "bundle")
+    assert not any("teacher" in k or "align" in k for k in tensors)
+    assert 0 < meta["threshold"] < 1 and meta["label"] == "y_ihm"
+    assert pl.read_parquet(tmp_path / "pred.parquet").height == run.height
