@@ -84,3 +84,51 @@ def markdown_table(result: dict) -> str:
     t = next(iter(result["methods"].values()))["test"] if result["methods"] else {"n": 0, "positives": 0}
     rows += ["", f"Test split: {t['n']} samples, {t['positives']} positive.", ""]
     return "\n".join(rows)
+
+
+def main_tables(metrics_files: list[str | Path], out_dir: str | Path) -> pl.DataFrame:
+    """results/tables/main.{md,csv,tex}: methods × datasets × test metrics, mean ± sd over seeds;
+    the best mean per (dataset, metric) column is marked (bold in Markdown and LaTeX)."""
+    rows = []
+    for f in metrics_files:
+        r = json.loads(Path(f).read_text())
+        for method, e in r["methods"].items():
+            for name in METRICS:
+                s = e["test"][name]
+                rows.append({"dataset": r["dataset"], "method": method, "metric": name, "mean": s["mean"],
+                             "sd": s["sd"], "ci_low": s.get("ci_low"), "ci_high": s.get("ci_high"),
+                             "seeds": len(e["seeds"])})
+    df = pl.DataFrame(rows, schema={"dataset": pl.String, "method": pl.String, "metric": pl.String,
+                                    "mean": pl.Float64, "sd": pl.Float64, "ci_low": pl.Float64,
+                                    "ci_high": pl.Float64, "seeds": pl.Int64})
+    df = df.with_columns((pl.col("mean") == pl.col("mean").max().over("dataset", "metric")).alias("best"))
+    out_dir = Path(out_dir)
+    with atomic_path(out_dir / "main.csv") as tmp:
+        df.write_csv(tmp)
+    cols = [(d, m) for d in df["dataset"].unique(maintain_order=True) for m in METRICS]
+    methods = df["method"].unique(maintain_order=True).to_list()
+
+    def cell(method, d, m, bold):
+        r = df.filter((pl.col("method") == method) & (pl.col("dataset") == d) & (pl.col("metric") == m))
+        if r.height == 0:
+            return "–"
+        r = r.row(0, named=True)
+        if r["mean"] is None:
+            return "n/a"
+        txt = f"{r['mean']:.3f} ± {r['sd']:.3f}"
+        return bold(txt) if r["best"] else txt
+
+    md = ["| method | " + " | ".join(f"{d} {m.upper()}" for d, m in cols) + " |",
+          "| --- |" + " --- |" * len(cols)]
+    md += [f"| {me} | " + " | ".join(cell(me, d, m, lambda t: f"**{t}**") for d, m in cols) + " |" for me in methods]
+    with atomic_path(out_dir / "main.md") as tmp:
+        tmp.write_text("Test split, mean ± sd over seeds; best per column in bold.\n\n" + "\n".join(md) + "\n")
+    tex = ["\\begin{tabular}{l" + "c" * len(cols) + "}", "\\toprule",
+           "method & " + " & ".join(f"{d} {m.upper()}" for d, m in cols) + " \\\\", "\\midrule"]
+    tex += [me.replace("_", "\\_") + " & " + " & ".join(
+        cell(me, d, m, lambda t: f"\\textbf{{{t}}}").replace("±", "$\\pm$") for d, m in cols) + " \\\\"
+        for me in methods]
+    tex += ["\\bottomrule", "\\end{tabular}"]
+    with atomic_path(out_dir / "main.tex") as tmp:
+        tmp.write_text("\n".join(tex) + "\n")
+    return df

@@ -77,7 +77,7 @@ def cmd_train(args) -> None:
     from medmix.train import train_run
     spec = _spec(args, lambda cfg: config.train_spec(cfg, args.dataset, args.method))
     m = train_run(spec, args.seed, args.out, results=args.results, device=args.device, progress=not args.quiet)
-    print(json.dumps({k: m[k] for k in ("method", "seed", "best_epoch", "test")}))
+    print(json.dumps({k: m.get(k) for k in ("method", "seed", "best_epoch", "test")}))
 
 
 def cmd_aggregate(args) -> None:
@@ -85,6 +85,12 @@ def cmd_aggregate(args) -> None:
     res = aggregate(args.dataset, args.runs, args.out, cohort_json=args.cohort_json, n_boot=args.bootstrap)
     from medmix.aggregate import markdown_table
     print(markdown_table(res))
+
+
+def cmd_tables(args) -> None:
+    from medmix.aggregate import main_tables
+    main_tables(args.metrics, args.out_dir)
+    print((Path(args.out_dir) / "main.md").read_text())
 
 
 def cmd_export(args) -> None:
@@ -147,6 +153,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--cohort-json")
     s.add_argument("--bootstrap", type=int, default=1000)
     s.set_defaults(func=cmd_aggregate)
+
+    s = sub.add_parser("tables", help="metrics.json of several datasets → results/tables/main.{md,csv,tex}")
+    s.add_argument("--metrics", nargs="+", required=True)
+    s.add_argument("--out-dir", required=True)
+    s.set_defaults(func=cmd_tables)
 
     s = sub.add_parser("export", help="a run → deploy bundle (student only: no teacher is needed to load or run it)")
     s.add_argument("--run", required=True, help="run directory with model.pt and predictions.parquet")

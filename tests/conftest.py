@@ -40,7 +40,7 @@ TINY_CONFIG = {
         "vit_crop": {"kind": "open_clip", "arch": TINY_VIT, "image_size": 16, "crop": 0.5, "seed": 2},
         "vit_big": {"kind": "open_clip", "arch": {**TINY_VIT, "width": 64}, "image_size": 32, "seed": 3},
     },
-    "methods": ["medmix", "early_concat", "late_fusion"],
+    "methods": ["medmix", "early_concat", "late_fusion", "logreg_concat", "teacher_deployed"],
     "seeds": [0],
     "train": {"max_epochs": 8, "patience": 3, "bootstrap": 50, "d": 16, "hidden": 16},
 }

@@ -30,7 +30,7 @@ def test_every_schema_key_has_description_and_default():
     (lambda c: c["encoders"]["tab"].update(kind="magic"), "encoders/tab/kind", "magic"),
     (lambda c: c["datasets"]["tiny"]["modalities"]["ehr"]["experts"].append("nope"),
      "datasets/tiny/modalities/ehr/experts", "unknown encoder 'nope'"),
-    (lambda c: c["methods"].append("medmax"), "methods/3", "unknown method 'medmax'"),
+    (lambda c: c["methods"].append("medmax"), "methods/5", "unknown method 'medmax'"),
 ])
 def test_config_errors_name_the_key_path(tiny_config, mutate, where, what):
     mutate(tiny_config)

@@ -71,3 +71,17 @@ def test_single_expert_and_teacher_deployed_inputs(tiny_results, tmp_path):
     assert t["inputs"] == {"cxr": ["vit_big"], "ehr": ["minilm"], "notes": ["minilm"]}
     lr = train_run(_spec("logreg_concat"), 0, tmp_path / "l", results=tiny_results, progress=False)
     assert lr["C"] in (0.001, 0.01, 0.1, 1.0)
+
+
+def test_main_tables_mark_the_best(tmp_path):
+    from medmix.aggregate import main_tables
+    def res(ds, vals):
+        return {"dataset": ds, "methods": {m: {"seeds": [0, 1], "test": {k: {"mean": v, "sd": 0.01} for k in
+                                                                         ("auroc", "auprc")}} for m, v in vals.items()}}
+    (tmp_path / "a.json").write_text(json.dumps(res("demo", {"medmix": 0.9, "early_concat": 0.8})))
+    (tmp_path / "b.json").write_text(json.dumps(res("mimic", {"medmix": 0.7, "early_concat": 0.75})))
+    df = main_tables([tmp_path / "a.json", tmp_path / "b.json"], tmp_path / "tables")
+    assert df.filter(pl.col("best"))["method"].to_list() == ["medmix", "medmix", "early_concat", "early_concat"]
+    md = (tmp_path / "tables" / "main.md").read_text()
+    assert "| medmix | **0.900 ± 0.010** | **0.900 ± 0.010** | 0.700 ± 0.010 | 0.700 ± 0.010 |" in md
+    assert "\\textbf{0.750 $\\pm$ 0.010}" in (tmp_path / "tables" / "main.tex").read_text()

@@ -47,7 +47,8 @@ def workdir(tmp_path_factory):
     if MIMIC_DEMO.exists():
         cfg["datasets"]["mimiciv_demo"] = {
             "kind": "mimic4", "root": str(MIMIC_DEMO), "task": "ihm",
-            "modalities": {"ehr": {"experts": ["tab", "minilm"]}, "notes": {"experts": ["bert_head"]},
+            "modalities": {"ehr": {"experts": ["tab", "bert_head"], "teachers": ["minilm"]},
+                           "notes": {"experts": ["bert_head"]},
                            "cxr": {"experts": ["vit_low"]}}}
         cfg["targets"].append("mimiciv_demo")
     (wd / "config.yaml").write_text(yaml.safe_dump(cfg))
@@ -75,6 +76,8 @@ def test_dag_runs_end_to_end_and_reruns_only_what_changed(workdir):
         assert 0 <= e["test"]["auroc"]["mean"] <= 1 and "ci_low" in e["test"]["auroc"]
     assert res["cohort"]["counts"]["samples"] > 50
     assert (workdir / "results/tiny/logs/embed/notes/bert_head.log").exists()
+    table = (workdir / "results/tables/main.md").read_text()
+    assert all(m in table for m in TINY_CONFIG["methods"]) and "**" in table
 
     assert "Nothing to be done" in _smk(workdir, "-n", "all").stdout + _smk(workdir, "-n", "all").stderr
 

@@ -19,3 +19,22 @@ rule aggregate:
     shell:
         "python -m medmix aggregate --dataset {wildcards.dataset} --runs {params.runs} --out {output.metrics} "
         "--cohort-json {input.cohort} --bootstrap {params.bootstrap} > {log} 2>&1"
+
+
+localrules:
+    tables,
+
+
+rule tables:
+    input:
+        metrics=all_metrics,
+    output:
+        md=report("results/tables/main.md", category="Results", caption="../report/main_table.rst"),
+        csv="results/tables/main.csv",
+        tex="results/tables/main.tex",
+    conda:
+        "../../envs/medmix.yaml"
+    log:
+        "results/logs/tables.log",
+    shell:
+        "python -m medmix tables --metrics {input.metrics} --out-dir results/tables > {log} 2>&1"

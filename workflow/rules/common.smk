@@ -23,8 +23,12 @@ wildcard_constraints:
     seed=r"\d+",
 
 
-def all_targets(wildcards):
+def all_metrics(wildcards):
     return [f"results/{ds}/metrics.json" for ds in config["targets"]]
+
+
+def all_targets(wildcards):
+    return all_metrics(wildcards) + ["results/tables/main.md"]
 
 
 def _js(obj):
