@@ -21,6 +21,7 @@ from medmix import __version__
 from medmix.encoders.cache import read_attrs, read_cache
 from medmix.io import MedmixError, atomic_path, write_json
 from medmix.model import FusionConfig, create_model, fusion_config
+from medmix.train import weight_columns
 
 BUNDLE_VERSION = 1
 
@@ -119,12 +120,7 @@ def predict(bundle: str | Path, embeddings: str | Path, out: str | Path | None =
         prob = torch.sigmoid(o["logit"]).numpy()
     cols = {"sample_id": ids, "prob": prob.astype(np.float64),
             meta["label"] + "_pred": (prob >= meta["threshold"]).astype(np.int8)}
-    for m, a in (o.get("alpha") or {}).items():
-        for k, e in enumerate(meta["experts"][m]):
-            cols[f"alpha_{m}_{e['encoder']}"] = a[:, k].numpy().astype(np.float64)
-    if o.get("beta") is not None:
-        for i, m in enumerate(meta["dims"]):
-            cols[f"beta_{m}"] = o["beta"][:, i].numpy().astype(np.float64)
+    cols.update(weight_columns(o, {m: [e["encoder"] for e in exps] for m, exps in meta["experts"].items()}))
     df = pl.DataFrame(cols)
     if out:
         with atomic_path(out) as tmp:

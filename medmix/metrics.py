@@ -42,21 +42,54 @@ def binary_metrics(y: np.ndarray, p: np.ndarray, n_boot: int = 0, seed: int = 0)
     return out
 
 
+def auroc_rows(y: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """AUROC of every row of (B, n) labels/scores at once (rank formula, ties averaged, as sklearn)."""
+    from scipy.stats import rankdata
+    r = rankdata(p, axis=1)
+    npos = y.sum(1)
+    nneg = y.shape[1] - npos
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return ((r * y).sum(1) - npos * (npos + 1) / 2) / (npos * nneg)
+
+
+def average_precision_rows(y: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """Average precision of every row, as sklearn's (precision taken at the end of each tie group)."""
+    order = np.argsort(-p, axis=1, kind="stable")
+    s = np.take_along_axis(p, order, 1)
+    ys = np.take_along_axis(y, order, 1)
+    n = y.shape[1]
+    tp = np.cumsum(ys, 1)
+    last = np.ones_like(s, dtype=bool)
+    last[:, :-1] = s[:, :-1] != s[:, 1:]
+    idx = np.where(last, np.arange(n), n)
+    end = np.minimum.accumulate(idx[:, ::-1], axis=1)[:, ::-1]  # last index of each position's tie group
+    prec = np.take_along_axis(tp, end, 1) / (end + 1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return (ys * prec).sum(1) / ys.sum(1)
+
+
+_ROWS = {"auroc": auroc_rows, "auprc": average_precision_rows}
+
+
 def bootstrap_ci(ys: list[np.ndarray], ps: list[np.ndarray], name: str, n_boot: int = 1000, seed: int = 0,
-                 alpha: float = 0.05) -> tuple[float | None, float | None]:
+                 alpha: float = 0.05, chunk: int = 200) -> tuple[float | None, float | None]:
     """Percentile bootstrap CI of the mean over runs (seeds) of a metric on one test set.
 
     All runs share the same resampled sample indices, so the interval reflects test-set sampling.
-    Resamples with a single class are skipped.
+    Resamples with a single class are skipped. Vectorised over resamples (in chunks).
     """
     y0 = ys[0]
     rng = np.random.default_rng(seed)
     vals = []
-    for _ in range(n_boot):
-        idx = rng.integers(0, len(y0), len(y0))
-        if y0[idx].min() == y0[idx].max():
+    for start in range(0, n_boot, chunk):
+        idx = rng.integers(0, len(y0), (min(chunk, n_boot - start), len(y0)))
+        yb = y0[idx].astype(float)
+        ok = (yb.min(1) != yb.max(1))
+        if not ok.any():
             continue
-        vals.append(np.mean([metric(name, y[idx], p[idx]) for y, p in zip(ys, ps)]))
+        per_run = [_ROWS[name](y[idx][ok].astype(float), p[idx][ok]) for y, p in zip(ys, ps)]
+        vals.append(np.mean(per_run, axis=0))
     if not vals:
         return None, None
+    vals = np.concatenate(vals)
     return float(np.quantile(vals, alpha / 2)), float(np.quantile(vals, 1 - alpha / 2))

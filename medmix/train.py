@@ -89,6 +89,18 @@ def _batch(X, M, idx, TX=None, TM=None) -> dict:
     return b
 
 
+def weight_columns(out: dict, slugs: dict[str, list[str]]) -> dict[str, np.ndarray]:
+    """Per-sample expert weights α (`alpha_<modality>_<encoder>`) and modality weights β (`beta_<modality>`)."""
+    cols = {}
+    for m, a in (out.get("alpha") or {}).items():
+        for k, slug in enumerate(slugs[m]):
+            cols[f"alpha_{m}_{slug}"] = a[:, k].float().cpu().numpy().astype(np.float64)
+    if out.get("beta") is not None:
+        for i, m in enumerate(slugs):
+            cols[f"beta_{m}"] = out["beta"][:, i].float().cpu().numpy().astype(np.float64)
+    return cols
+
+
 def _val_score(y: np.ndarray, p: np.ndarray, loss: float) -> float:
     ok = ~np.isnan(y)
     if ok.any() and len(np.unique(y[ok])) == 2:
@@ -193,12 +205,7 @@ def train_run(spec: dict, seed: int, out: str | Path, results: str | Path = "res
     }
     cols = {"sample_id": cohort["sample_id"], "split": cohort["split"],
             "y": pl.Series(y), "prob": pl.Series(p_all.astype(np.float64))}
-    for m, a in (o_all.get("alpha") or {}).items():
-        for k, slug in enumerate(exp.slugs[m]):
-            cols[f"alpha_{m}_{slug}"] = pl.Series(a[:, k].float().cpu().numpy().astype(np.float64))
-    if o_all.get("beta") is not None:
-        for i, m in enumerate(exp.dims):
-            cols[f"beta_{m}"] = pl.Series(o_all["beta"][:, i].float().cpu().numpy().astype(np.float64))
+    cols.update(weight_columns(o_all, exp.slugs))
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(out / "predictions.parquet") as tmp:
         pl.DataFrame(cols).write_parquet(tmp)
