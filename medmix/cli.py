@@ -87,6 +87,16 @@ def cmd_aggregate(args) -> None:
     print(markdown_table(res))
 
 
+def cmd_evaluate(args) -> None:
+    from medmix.evaluate import modality_drop
+    from medmix.io import write_json
+    res = [modality_drop(r, args.results, args.rates, seed=args.seed) for r in args.runs]
+    write_json(args.out, res)
+    for r in res:
+        print(r["method"], r["seed"], {k: round(v["auroc"], 4) if v["auroc"] is not None else None
+                                       for k, v in r["rates"].items()})
+
+
 def cmd_tables(args) -> None:
     from medmix.aggregate import main_tables
     main_tables(args.metrics, args.out_dir)
@@ -153,6 +163,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--cohort-json")
     s.add_argument("--bootstrap", type=int, default=1000)
     s.set_defaults(func=cmd_aggregate)
+
+    s = sub.add_parser("evaluate", help="test-time modality drop: runs → test metrics per drop rate (shared masks)")
+    s.add_argument("--runs", nargs="+", required=True)
+    s.add_argument("--rates", nargs="+", type=float, default=[0.0, 0.5])
+    s.add_argument("--seed", type=int, default=0, help="seed of the drop masks (shared by all runs)")
+    s.add_argument("--results", default="results")
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_evaluate)
 
     s = sub.add_parser("tables", help="metrics.json of several datasets → results/tables/main.{md,csv,tex}")
     s.add_argument("--metrics", nargs="+", required=True)

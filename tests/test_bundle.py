@@ -33,3 +33,17 @@ def test_bundle_predicts_the_same_without_any_teacher_file(tiny_results, tmp_pat
     assert not any("teacher" in k or "align" in k for k in tensors)
     assert 0 < meta["threshold"] < 1 and meta["label"] == "y_ihm"
     assert pl.read_parquet(tmp_path / "pred.parquet").height == run.height
+
+
+@pytest.mark.parametrize("method", ["medmix", "early_concat", "logreg_concat", "medmix_single_expert"])
+def test_test_time_modality_drop(tiny_results, tmp_path, method):
+    import json
+    from medmix.evaluate import modality_drop
+    cfg = config.validate(TINY_CONFIG)
+    m = train_run(config.train_spec(cfg, "tiny", method), 0, tmp_path / "run", results=tiny_results, progress=False)
+    res = modality_drop(tmp_path / "run", tiny_results, [0.0, 0.5])
+    assert res["rates"]["0.0"]["auroc"] == pytest.approx(m["test"]["auroc"]["value"], abs=1e-6)
+    assert res["rates"]["0.0"]["dropped"] == 0 and res["rates"]["0.5"]["dropped"] > 0
+    assert main(["evaluate", "--runs", str(tmp_path / "run"), "--results", str(tiny_results),
+                 "--out", str(tmp_path / "drop.json")]) == 0
+    assert json.loads((tmp_path / "drop.json").read_text())[0]["rates"]["0.5"] == res["rates"]["0.5"]

@@ -1,0 +1,60 @@
+"""Evaluation of trained runs: test-time modality drop.
+
+Each available modality of each test sample is dropped with probability `rate` (at least one
+kept), with seeded masks that every method shares, and the run's student re-predicts. The
+teachers are never read.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import torch
+
+from medmix.data import cohort as cohort_mod
+from medmix.metrics import binary_metrics
+from medmix.model import create_model, fusion_config
+from medmix.model.medmix import keep_at_least_one
+from medmix.train import _load_role
+
+
+def drop_masks(avail: torch.Tensor, rate: float, seed: int) -> torch.Tensor:
+    """(N, M) availability → availability after a seeded test-time drop (same for every method)."""
+    return keep_at_least_one(avail, rate, torch.Generator().manual_seed(seed))
+
+
+def modality_drop(run: str | Path, results: str | Path, rates: list[float], seed: int = 0) -> dict:
+    """Test AUROC/AUPRC of one run under each test-time drop rate."""
+    run, results = Path(run), Path(results)
+    ckpt = torch.load(run / "model.pt", map_location="cpu", weights_only=True)
+    spec, method = ckpt["spec"], ckpt["method"]
+    cohort = cohort_mod.read(results / spec["dataset"] / "cohort.parquet")
+    y = cohort[f"y_{spec['task']}"].cast(pl.Float64).fill_null(float("nan")).to_numpy()
+    test = (cohort["split"] == "test").to_numpy()
+    mods = list(ckpt["dims"])
+    inp = _load_role(results, spec, cohort, method.get("inputs", "experts"), mods)
+    for m in mods:  # the run's experts (medmix_single_expert kept one per modality)
+        keep = [inp.slugs[m].index(s) for s in ckpt["experts"][m]]
+        inp.X[m] = [inp.X[m][k] for k in keep]
+        inp.M[m] = inp.M[m][:, keep]
+    avail = torch.stack([inp.M[m].any(1) for m in mods], 1)[torch.from_numpy(test)]
+    X = {m: [x[torch.from_numpy(test)] for x in inp.X[m]] for m in mods}
+    out = {"dataset": spec["dataset"], "method": spec["method"], "seed": ckpt["seed"], "rates": {}}
+    for rate in rates:
+        keep = drop_masks(avail, rate, seed)
+        M = {m: inp.M[m][torch.from_numpy(test)] & keep[:, i:i + 1] for i, m in enumerate(mods)}
+        if method["arch"] == "logreg":
+            x = torch.cat([xx.masked_fill(~M[m][:, k:k + 1], 0.0) for m in mods for k, xx in enumerate(X[m])], 1)
+            p = torch.sigmoid(x @ ckpt["state_dict"]["coef"].T + ckpt["state_dict"]["intercept"]).squeeze(-1)
+        else:
+            model = create_model({**method, "teacher": False}, ckpt["dims"], fusion_config(method, spec["train"]))
+            model.load_state_dict(ckpt["state_dict"])
+            model.eval()
+            with torch.no_grad():
+                p = torch.sigmoid(model({"x": X, "mask": M}, train=False)["logit"])
+        m = binary_metrics(y[test], p.numpy().astype(np.float64))
+        out["rates"][str(rate)] = {"auroc": m["auroc"]["value"], "auprc": m["auprc"]["value"],
+                                   "dropped": int((~keep & avail).sum())}
+    return out
