@@ -74,6 +74,20 @@ def export(run: str | Path, out: str | Path, results: str | Path = "results") ->
     return meta
 
 
+def student_predict(method: dict, dims: dict, fcfg: FusionConfig, state: dict, X: dict, M: dict
+                    ) -> tuple[np.ndarray, dict]:
+    """Probabilities (and α/β where the model has them) of a trained student; no teacher involved."""
+    if method["arch"] == "logreg":
+        x = torch.cat([xx.masked_fill(~M[m][:, k:k + 1], 0.0) for m in X for k, xx in enumerate(X[m])], 1)
+        return torch.sigmoid(x @ state["coef"].T + state["intercept"]).squeeze(-1).numpy(), {}
+    model = create_model({**method, "teacher": False}, dims, fcfg)
+    model.load_state_dict(state)
+    model.eval()
+    with torch.no_grad():
+        o = model({"x": X, "mask": M}, train=False)
+    return torch.sigmoid(o["logit"]).numpy(), o
+
+
 def load(bundle: str | Path) -> tuple[dict, dict]:
     """(metadata, tensors) of a bundle; safetensors only, so loading runs no code."""
     bundle = Path(bundle)
@@ -105,19 +119,8 @@ def predict(bundle: str | Path, embeddings: str | Path, out: str | Path | None =
             xs.append(torch.from_numpy(np.where(present[:, None], (emb - mu) / sd, 0.0).astype(np.float32)))
             ms.append(torch.from_numpy(present))
         X[m], M[m] = xs, torch.stack(ms, 1)
-    arch = meta["arch"]
     state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
-    if arch["arch"] == "logreg":
-        x = torch.cat([xx for m in X for xx in X[m]], 1)
-        prob = torch.sigmoid(x @ state["coef"].T + state["intercept"]).squeeze(-1).numpy()
-        o = {}
-    else:
-        model = create_model({**arch, "teacher": False}, meta["dims"], FusionConfig(**meta["fusion"]))
-        model.load_state_dict(state)
-        model.eval()
-        with torch.no_grad():
-            o = model({"x": X, "mask": M}, train=False)
-        prob = torch.sigmoid(o["logit"]).numpy()
+    prob, o = student_predict(meta["arch"], meta["dims"], FusionConfig(**meta["fusion"]), state, X, M)
     cols = {"sample_id": ids, "prob": prob.astype(np.float64),
             meta["label"] + "_pred": (prob >= meta["threshold"]).astype(np.int8)}
     cols.update(weight_columns(o, {m: [e["encoder"] for e in exps] for m, exps in meta["experts"].items()}))

@@ -15,7 +15,8 @@ import torch
 
 from medmix.data import cohort as cohort_mod
 from medmix.metrics import binary_metrics
-from medmix.model import create_model, fusion_config
+from medmix.bundle import student_predict
+from medmix.model import fusion_config
 from medmix.model.medmix import keep_at_least_one
 from medmix.train import _load_role
 
@@ -41,20 +42,13 @@ def modality_drop(run: str | Path, results: str | Path, rates: list[float], seed
         inp.M[m] = inp.M[m][:, keep]
     avail = torch.stack([inp.M[m].any(1) for m in mods], 1)[torch.from_numpy(test)]
     X = {m: [x[torch.from_numpy(test)] for x in inp.X[m]] for m in mods}
+    fcfg = fusion_config(method, spec["train"])
     out = {"dataset": spec["dataset"], "method": spec["method"], "seed": ckpt["seed"], "rates": {}}
     for rate in rates:
         keep = drop_masks(avail, rate, seed)
         M = {m: inp.M[m][torch.from_numpy(test)] & keep[:, i:i + 1] for i, m in enumerate(mods)}
-        if method["arch"] == "logreg":
-            x = torch.cat([xx.masked_fill(~M[m][:, k:k + 1], 0.0) for m in mods for k, xx in enumerate(X[m])], 1)
-            p = torch.sigmoid(x @ ckpt["state_dict"]["coef"].T + ckpt["state_dict"]["intercept"]).squeeze(-1)
-        else:
-            model = create_model({**method, "teacher": False}, ckpt["dims"], fusion_config(method, spec["train"]))
-            model.load_state_dict(ckpt["state_dict"])
-            model.eval()
-            with torch.no_grad():
-                p = torch.sigmoid(model({"x": X, "mask": M}, train=False)["logit"])
-        m = binary_metrics(y[test], p.numpy().astype(np.float64))
+        p, _ = student_predict(method, ckpt["dims"], fcfg, ckpt["state_dict"], X, M)
+        m = binary_metrics(y[test], p.astype(np.float64))
         out["rates"][str(rate)] = {"auroc": m["auroc"]["value"], "auprc": m["auprc"]["value"],
                                    "dropped": int((~keep & avail).sum())}
     return out
