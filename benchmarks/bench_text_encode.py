@@ -52,7 +52,7 @@ def main() -> None:
         ref = st.encode(data, batch_size=args.batch_size, convert_to_numpy=True, show_progress_bar=False)
         t_st = time.perf_counter() - t
         t = time.perf_counter()
-        res, n_unique = _fan_out(data, enc, ["train"] * len(data))
+        res, n_unique = _fan_out(data, enc)
         t_mm = time.perf_counter() - t
         e = res.emb / np.linalg.norm(res.emb, axis=1, keepdims=True)
         cos = float((e * ref).sum(1).min())

@@ -21,7 +21,7 @@ from medmix import config
 from medmix.data import cohort as cohort_mod
 from medmix.methods import method_spec
 from medmix.model import create_model, fusion_config
-from medmix.train import _batch, _load_role
+from medmix.train import load_role, make_batch
 
 
 def _rss_mb() -> float:
@@ -43,7 +43,7 @@ def main() -> None:
     results = Path(args.results)
     cohort = cohort_mod.read(results / args.dataset / "cohort.parquet")
     mods = sorted(m for m in spec["modalities"] if m in cohort.columns)
-    inp = _load_role(results, spec, cohort, "experts", mods)
+    inp = load_role(results, spec, cohort, "experts", mods)
     y = cohort[f"y_{spec['task']}"].cast(pl.Float64).fill_null(float("nan")).to_numpy()
     tr = np.flatnonzero((cohort["split"] == "train").to_numpy() & ~np.isnan(y))
     yt = torch.from_numpy(y.astype(np.float32))
@@ -76,7 +76,7 @@ def main() -> None:
             perm = idx_all[torch.randperm(len(idx_all), generator=gen)]
             for s in range(0, len(perm), args.batch_size):
                 idx = perm[s:s + args.batch_size]
-                step(model, opt, gen, _batch(inp.X, inp.M, idx), yt[idx])
+                step(model, opt, gen, make_batch(inp.X, inp.M, idx), yt[idx])
                 n += len(idx)
         return n
 

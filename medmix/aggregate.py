@@ -27,13 +27,14 @@ def _summary(values: list[float | None], reasons: list[str]) -> dict:
 def aggregate(dataset: str, runs: list[str | Path], out: str | Path, cohort_json: str | Path | None = None,
               n_boot: int = 1000) -> dict:
     """`runs`: run directories (each with metrics.json and predictions.parquet)."""
-    by_method: dict[str, list[Path]] = {}
-    for r in map(Path, runs):
+    by_method: dict[str, list[tuple[Path, dict]]] = {}
+    for r in sorted(map(Path, runs)):
         m = json.loads((r / "metrics.json").read_text())
-        by_method.setdefault(m["method"], []).append(r)
+        by_method.setdefault(m["method"], []).append((r, m))
     result: dict = {"dataset": dataset, "methods": {}}
-    for method, dirs in by_method.items():
-        ms = [json.loads((d / "metrics.json").read_text()) for d in sorted(dirs)]
+    for method, pairs in by_method.items():
+        dirs = [d for d, _ in pairs]
+        ms = [m for _, m in pairs]
         result["task"] = ms[0]["task"]
         entry: dict = {"seeds": [m["seed"] for m in ms]}
         for split in ("val", "test"):
@@ -44,7 +45,7 @@ def aggregate(dataset: str, runs: list[str | Path], out: str | Path, cohort_json
                 entry[split][name] = _summary(vals, reasons)
             entry[split]["n"] = ms[0][split]["n"]
             entry[split]["positives"] = ms[0][split]["positives"]
-        preds = [pl.read_parquet(d / "predictions.parquet").filter(pl.col("split") == "test") for d in sorted(dirs)]
+        preds = [pl.read_parquet(d / "predictions.parquet").filter(pl.col("split") == "test") for d in dirs]
         ys = [p["y"].to_numpy() for p in preds]
         ok = ~np.isnan(ys[0])
         for name in METRICS:

@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from medmix import __version__
-from medmix.encoders.cache import read_attrs, read_cache
+from medmix.encoders.cache import read_attrs, read_cache, read_ids
 from medmix.io import MedmixError, atomic_path, write_json
 from medmix.model import FusionConfig, create_model, fusion_config
 from medmix.train import weight_columns
@@ -32,14 +32,12 @@ def _threshold(y: np.ndarray, p: np.ndarray) -> float:
     y, p = y[ok], p[ok]
     if len(np.unique(y)) < 2:
         return 0.5
-    best_f1, best_t = -1.0, 0.5
-    for t in np.unique(p):
-        pred = p >= t
-        tp = float((pred & (y == 1)).sum())
-        f1 = 2 * tp / (pred.sum() + (y == 1).sum())
-        if f1 > best_f1:
-            best_f1, best_t = f1, float(t)
-    return best_t
+    order = np.argsort(-p, kind="stable")
+    ps, tp = p[order], np.cumsum(y[order] == 1)
+    last = np.r_[ps[:-1] != ps[1:], True]          # predicting positive for p >= ps[i]
+    k = np.flatnonzero(last)
+    f1 = 2 * tp[k] / ((k + 1) + (y == 1).sum())
+    return float(ps[k[np.argmax(f1)]])
 
 
 def export(run: str | Path, out: str | Path, results: str | Path = "results") -> dict:
@@ -110,7 +108,7 @@ def predict(bundle: str | Path, embeddings: str | Path, out: str | Path | None =
             path = embeddings / m / f"{e['encoder']}.h5"
             emb, present = read_cache(path, expect={"weights_hash": e["weights_hash"],
                                                     "preprocessing_hash": e["preprocessing_hash"]})
-            these = [x.decode() if isinstance(x, bytes) else x for x in _ids(path)]
+            these = read_ids(path)
             if ids is None:
                 ids = these
             elif these != ids:
@@ -130,8 +128,3 @@ def predict(bundle: str | Path, embeddings: str | Path, out: str | Path | None =
             df.write_parquet(tmp)
     return df
 
-
-def _ids(path: Path) -> list:
-    import h5py
-    with h5py.File(path, "r") as f:
-        return list(f["ids"][:])

@@ -42,21 +42,18 @@ def cmd_prepare(args) -> None:
     def build(cfg):
         if args.dataset in cfg["datasets"]:
             return config.prepare_spec(cfg, args.dataset)
-        # a dataset not in the config: the mimic4 loader with the schema's defaults
-        full = config.validate({"targets": [],
-                                "datasets": {args.dataset: {"kind": "mimic4", "modalities": {"ehr": {"experts": ["x"]}}}},
-                                "encoders": {"x": {"kind": "ehr_tabular"}}}, source="built-in defaults")
-        return config.prepare_spec(full, args.dataset)
+        cfg["datasets"][args.dataset] = config.default_dataset()  # not in the config: schema defaults
+        return config.prepare_spec(cfg, args.dataset)
 
     spec = _spec(args, build)
     root = args.root or spec.get("root")
     if not root:
         raise MedmixError(f"dataset {args.dataset}: no raw data root (give --root or set datasets/{args.dataset}/root)")
-    cohort, report = build_cohort(root, note_root=spec.get("note_root") or None, cxr_root=spec.get("cxr_root") or None,
-                                  prediction_hours=spec.get("prediction_hours", 48), min_age=spec.get("min_age", 18),
-                                  lab_lookback_hours=spec.get("lab_lookback_hours", 24))
-    sp = spec.get("split", {})
-    cohort = cohort_mod.assign_splits(cohort, sp.get("train", 0.7), sp.get("val", 0.15), sp.get("seed", 0))
+    cohort, report = build_cohort(root, note_root=spec["note_root"] or None, cxr_root=spec["cxr_root"] or None,
+                                  prediction_hours=spec["prediction_hours"], min_age=spec["min_age"],
+                                  lab_lookback_hours=spec["lab_lookback_hours"])
+    sp = spec["split"]
+    cohort = cohort_mod.assign_splits(cohort, sp["train"], sp["val"], sp["seed"])
     cohort, report = cohort_mod.finalize(cohort, report)
     report["dataset"] = args.dataset
     report["spec"] = spec
@@ -68,7 +65,8 @@ def cmd_embed(args) -> None:
     from medmix import config
     from medmix.embed import run_embed
     spec = _spec(args, lambda cfg: config.embed_spec(cfg, "", args.modality, args.encoder))
-    summary = run_embed(args.cohort, args.modality, args.encoder, spec["spec"], args.out, device=args.device)
+    summary = run_embed(args.cohort, args.modality, args.encoder, spec["spec"], args.out, device=args.device,
+                        workers=args.workers)
     print(json.dumps(summary))
 
 
@@ -81,9 +79,8 @@ def cmd_train(args) -> None:
 
 
 def cmd_aggregate(args) -> None:
-    from medmix.aggregate import aggregate
+    from medmix.aggregate import aggregate, markdown_table
     res = aggregate(args.dataset, args.runs, args.out, cohort_json=args.cohort_json, n_boot=args.bootstrap)
-    from medmix.aggregate import markdown_table
     print(markdown_table(res))
 
 
@@ -140,6 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--encoder", required=True)
     s.add_argument("--out", required=True)
     s.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
+    s.add_argument("--workers", type=int, default=0, help="image-decoding worker processes")
     s.add_argument("--config")
     s.add_argument("--spec", help=argparse.SUPPRESS)
     s.set_defaults(func=cmd_embed)

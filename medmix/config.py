@@ -105,6 +105,11 @@ def load(path: str | Path) -> dict:
     return validate(raw or {}, source=str(path))
 
 
+def default_dataset(kind: str = "mimic4") -> dict:
+    """A dataset entry with every schema default (for `prepare` of a dataset not in the config)."""
+    return _fill_defaults(schema()["$defs"]["dataset"], {"kind": kind, "modalities": {}})
+
+
 def dataset(cfg: dict, name: str) -> dict:
     try:
         return cfg["datasets"][name]
@@ -141,5 +146,4 @@ def train_spec(cfg: dict, name: str, method: str) -> dict:
         "encoders": {s: stable_hash(encoder(cfg, s)) for m in ds["modalities"].values()
                      for s in m["experts"] + m["teachers"]},
         "train": cfg["train"],
-        "bootstrap": cfg["train"]["bootstrap"],
     }

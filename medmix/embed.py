@@ -20,12 +20,12 @@ from medmix.io import MedmixError, stable_hash
 log = logging.getLogger("medmix.embed")
 
 
-def _fan_out(values: list, enc, split: list[str]):
+def _fan_out(values: list, enc, workers: int = 0):
     """Encode unique inputs once, then map back to samples."""
     if enc.input == "image":
         lists = [None if v is None else ([v] if isinstance(v, str) else list(v)) for v in values]
         uniq = sorted({p for v in lists if v for p in v})
-        res = enc.encode(uniq)
+        res = enc.encode(uniq, workers=workers)
         where = {p: i for i, p in enumerate(uniq)}
         d = res.emb.shape[1]
         emb = np.zeros((len(values), d), np.float32)
@@ -55,7 +55,7 @@ def _fan_out(values: list, enc, split: list[str]):
 
 
 def run_embed(cohort_path: str | Path, modality: str, slug: str, spec: dict, out: str | Path,
-              device: str | None = None) -> dict:
+              device: str | None = None, workers: int = 0) -> dict:
     """Encode one modality of a cohort with one encoder and write the cache; return a summary."""
     import torch
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -71,7 +71,7 @@ def run_embed(cohort_path: str | Path, modality: str, slug: str, spec: dict, out
     if enc.fitted:
         res, n_unique = enc.encode(values, split), None
     else:
-        res, n_unique = _fan_out(values, enc, split)
+        res, n_unique = _fan_out(values, enc, workers)
     dt = time.perf_counter() - t0
     attrs = {
         "encoder": slug, "kind": spec["kind"], "modality": modality, "model_name": enc.model_name(),

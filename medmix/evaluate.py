@@ -18,7 +18,7 @@ from medmix.metrics import binary_metrics
 from medmix.bundle import student_predict
 from medmix.model import fusion_config
 from medmix.model.medmix import keep_at_least_one
-from medmix.train import _load_role
+from medmix.train import load_role
 
 
 def drop_masks(avail: torch.Tensor, rate: float, seed: int) -> torch.Tensor:
@@ -35,7 +35,7 @@ def modality_drop(run: str | Path, results: str | Path, rates: list[float], seed
     y = cohort[f"y_{spec['task']}"].cast(pl.Float64).fill_null(float("nan")).to_numpy()
     test = (cohort["split"] == "test").to_numpy()
     mods = list(ckpt["dims"])
-    inp = _load_role(results, spec, cohort, method.get("inputs", "experts"), mods)
+    inp = load_role(results, spec, cohort, method.get("inputs", "experts"), mods)
     for m in mods:  # the run's experts (medmix_single_expert kept one per modality)
         keep = [inp.slugs[m].index(s) for s in ckpt["experts"][m]]
         inp.X[m] = [inp.X[m][k] for k in keep]

@@ -42,7 +42,7 @@ class Inputs:
     dropped: list = field(default_factory=list)
 
 
-def _load_role(results: Path, spec: dict, cohort: pl.DataFrame, role: str, mods: list[str],
+def load_role(results: Path, spec: dict, cohort: pl.DataFrame, role: str, mods: list[str],
                rows: np.ndarray | None = None) -> Inputs:
     """Read the caches of one role (experts|teachers) of the given modalities.
 
@@ -81,7 +81,7 @@ def _load_role(results: Path, spec: dict, cohort: pl.DataFrame, role: str, mods:
     return inp
 
 
-def _batch(X, M, idx, TX=None, TM=None) -> dict:
+def make_batch(X, M, idx, TX=None, TM=None) -> dict:
     b = {"x": {m: [x[idx] for x in xs] for m, xs in X.items()}, "mask": {m: v[idx] for m, v in M.items()}}
     if TX:
         b["tx"] = {m: [x[idx] for x in xs] for m, xs in TX.items()}
@@ -174,7 +174,7 @@ def train_run(spec: dict, seed: int, out: str | Path, results: str | Path = "res
     role = method.get("inputs", "experts")  # teacher_deployed: the teachers are its inputs, on every split
     if role == "teachers":
         mods = [m for m in mods if spec["modalities"][m]["teachers"]]
-    exp = _load_role(results, spec, cohort, role, mods)
+    exp = load_role(results, spec, cohort, role, mods)
     dropped = list(exp.dropped)
     if not exp.X:
         raise MedmixError(f"dataset {spec['dataset']}: no modality has any {role[:-1]} embedding on the train split")
@@ -189,12 +189,12 @@ def train_run(spec: dict, seed: int, out: str | Path, results: str | Path = "res
         tea = None
         if method.get("teacher"):
             tm = [m for m in exp.X if spec["modalities"][m]["teachers"]]
-            tea = _load_role(results, spec, cohort, "teachers", tm, rows=split == "train")
+            tea = load_role(results, spec, cohort, "teachers", tm, rows=split == "train")
             dropped += tea.dropped
         p_all, o_all, state, more = _fit_neural(spec, method, cfg, exp, tea, y, split, seed, device, progress)
         info.update(more)
 
-    n_boot = spec.get("bootstrap", tcfg.get("bootstrap", 0))
+    n_boot = tcfg["bootstrap"]
     metrics = {
         "dataset": spec["dataset"], "method": spec["method"], "seed": seed, "task": spec["task"],
         "val": binary_metrics(y[split == "val"], p_all[split == "val"]),
@@ -242,7 +242,7 @@ def _fit_neural(spec, method, cfg, exp: Inputs, tea: Inputs | None, y, split, se
         model.eval()
         ix = torch.from_numpy(idx).to(device)
         with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
-            o = model(_batch(X, M, ix), train=False)
+            o = model(make_batch(X, M, ix), train=False)
             loss, _ = model.loss(o, yt[ix])
         return torch.sigmoid(o["logit"].float()).cpu().numpy(), float(loss), o
 
@@ -257,7 +257,7 @@ def _fit_neural(spec, method, cfg, exp: Inputs, tea: Inputs | None, y, split, se
         for s in range(0, len(perm), bs):
             idx = perm[s:s + bs]
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
-                o = model(_batch(X, M, idx, TX, TM), train=True, gen=gen)
+                o = model(make_batch(X, M, idx, TX, TM), train=True, gen=gen)
                 loss, parts = model.loss(o, yt[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -47,3 +47,11 @@ def test_test_time_modality_drop(tiny_results, tmp_path, method):
     assert main(["evaluate", "--runs", str(tmp_path / "run"), "--results", str(tiny_results),
                  "--out", str(tmp_path / "drop.json")]) == 0
     assert json.loads((tmp_path / "drop.json").read_text())[0]["rates"]["0.5"] == res["rates"]["0.5"]
+
+
+def test_threshold_maximises_f1():
+    from medmix.bundle import _threshold
+    y = np.array([0, 0, 1, 1, 0, 1, np.nan])
+    p = np.array([0.1, 0.4, 0.35, 0.8, 0.2, 0.8, 0.9])
+    best = max(np.unique(p[:6]), key=lambda t: 2 * ((p[:6] >= t) & (y[:6] == 1)).sum() / ((p[:6] >= t).sum() + 3))
+    assert _threshold(y, p) == best == 0.35

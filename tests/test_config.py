@@ -51,3 +51,8 @@ def test_real_datasets_are_not_synthesised():
     cfg = config.load(config.SCHEMA_PATH.parents[2] / "config.yaml")
     assert cfg["datasets"]["demo"]["synth"]["n"] > 0
     assert cfg["datasets"]["mimiciv_demo"]["synth"] is None and cfg["datasets"]["mimic"]["synth"] is None
+
+
+def test_default_dataset_is_complete():
+    ds = config.default_dataset()
+    assert ds["prediction_hours"] == 48 and ds["split"]["train"] == 0.7 and ds["synth"] is None

@@ -89,3 +89,9 @@ def test_embed_dedupes_identical_inputs_and_writes_atomically(tiny_results, tmp_
     with pytest.raises(OSError):
         run_embed(tmp_path / "cohort.parquet", "notes", "bert_head", _spec("bert_head"), tmp_path / "f.h5", device="cpu")
     assert not (tmp_path / "f.h5").exists() and not list(tmp_path.glob(".f.h5.*"))
+
+
+def test_image_workers_give_the_same_embeddings(tiny_raw):
+    paths = [str(p) for p in sorted((tiny_raw / "files").rglob("*.jpg"))[:6]]
+    enc = create_encoder(_spec("vit_crop"))
+    np.testing.assert_array_equal(enc.encode(paths, workers=0).emb, enc.encode(paths, workers=2).emb)

@@ -30,9 +30,9 @@ def _need(path: Path, what: str) -> Path:
     return path
 
 
-def _read_table(path: Path, columns: list[str], **kw) -> pl.DataFrame:
+def _read_table(path: Path, columns: list[str]) -> pl.DataFrame:
     try:
-        df = pl.read_csv(path, columns=columns, infer_schema_length=0, **kw)
+        df = pl.read_csv(path, columns=columns, infer_schema_length=0)
     except pl.exceptions.ColumnNotFoundError as e:
         raise MedmixError(f"{path}: missing column: {e}") from None
     return df

@@ -16,10 +16,6 @@ import numpy as np
 from medmix import __version__
 from medmix.io import MedmixError, atomic_path, hash_strings
 
-# attributes that must match the config and cohort for a cache to be reused
-CHECKED = ("encoder", "spec_hash", "cohort_hash", "preprocessing_hash", "weights_hash")
-
-
 def cohort_hash(ids: list[str], values: list) -> str:
     """Hash of the sample ids and of one modality's inputs, in cohort order."""
     flat = [None if v is None else ("\x1f".join(v) if isinstance(v, list) else str(v)) for v in values]
@@ -45,6 +41,11 @@ def write_cache(path: str | Path, ids: list[str], emb: np.ndarray, present: np.n
 def read_attrs(path: str | Path) -> dict:
     with h5py.File(path, "r") as f:
         return {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
+
+
+def read_ids(path: str | Path) -> list[str]:
+    with h5py.File(path, "r") as f:
+        return [x.decode() if isinstance(x, bytes) else x for x in f["ids"][:]]
 
 
 def read_cache(path: str | Path, expect: dict | None = None, ids: list[str] | None = None) -> tuple[np.ndarray, np.ndarray]:

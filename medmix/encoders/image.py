@@ -3,7 +3,8 @@
 Pretrained: a built-in name with a `pretrained` tag, or an `hf-hub:` name (BiomedCLIP), each
 with its own normalisation. `arch`: a randomly initialised open_clip VisionTransformer built from
 config (tests, demo). Preprocessing: grayscale → RGB, central crop of `crop` of the short side,
-resize to `image_size`. Images are decoded in DataLoader workers; an unreadable, empty or absent
+resize to `image_size`. Images are decoded by a DataLoader (`medmix embed --workers N` worker
+processes; 0 = in the main process); an unreadable, empty or absent
 file marks the sample's modality missing and is counted by reason.
 """
 
