@@ -116,7 +116,9 @@ def build_cohort(root: str | Path, note_root: str | Path | None = None, cxr_root
     root = Path(root)
     note_root = Path(note_root) if note_root else root
     cxr_root = Path(cxr_root) if cxr_root else root
-    report: dict = {"exclusions": {}, "missing": {}, "counts": {}}
+    report: dict = {"exclusions": {}, "missing": {}, "counts": {},
+                    "tasks": {"ihm": {"type": "binary", "columns": ["y_ihm"]},
+                              "los7": {"type": "binary", "columns": ["y_los7"]}}}
     ex = report["exclusions"]
 
     pat_p = _need(root / "hosp" / "patients.csv.gz", "MIMIC-IV hosp/patients")
