@@ -13,7 +13,18 @@ import numpy as np
 import polars as pl
 
 from medmix.io import atomic_path, write_json
-from medmix.metrics import METRICS, bootstrap_ci
+from medmix.metrics import METRICS, labelled_rows, bootstrap_ci
+from medmix.tasks import Task
+
+LABELS = {"auroc": "AUROC", "auprc": "AUPRC", "macro_auroc": "macro AUROC", "micro_auroc": "micro AUROC",
+          "macro_auprc": "macro AUPRC", "micro_auprc": "micro AUPRC", "macro_f1": "macro F1",
+          "accuracy": "accuracy", "c_index": "C-index"}
+
+
+def _task(m: dict) -> Task:
+    """The task of a run's metrics.json (runs written before task_spec: binary `y_<task>`)."""
+    t = m.get("task_spec") or {"name": m["task"], "type": "binary", "columns": [f"y_{m['task']}"]}
+    return Task.from_spec(t["name"], t)
 
 
 def _summary(values: list[float | None], reasons: list[str]) -> dict:
@@ -35,24 +46,28 @@ def aggregate(dataset: str, runs: list[str | Path], out: str | Path, cohort_json
     for method, pairs in by_method.items():
         dirs = [d for d, _ in pairs]
         ms = [m for _, m in pairs]
+        task = _task(ms[0])
         result["task"] = ms[0]["task"]
+        result["task_type"] = task.kind
+        names = METRICS[task.kind]
         entry: dict = {"seeds": [m["seed"] for m in ms]}
         for split in ("val", "test"):
             entry[split] = {}
-            for name in METRICS:
+            for name in names:
                 vals = [m[split][name]["value"] for m in ms]
                 reasons = [m[split][name].get("reason") for m in ms if m[split][name].get("reason")]
                 entry[split][name] = _summary(vals, reasons)
             entry[split]["n"] = ms[0][split]["n"]
             entry[split]["positives"] = ms[0][split]["positives"]
-        preds = [pl.read_parquet(d / "predictions.parquet").filter(pl.col("split") == "test") for d in dirs]
-        ys = [p["y"].to_numpy() for p in preds]
-        ok = ~np.isnan(ys[0])
-        for name in METRICS:
+        preds = [task.read_predictions(pl.read_parquet(d / "predictions.parquet").filter(pl.col("split") == "test"))
+                 for d in dirs]
+        ok = labelled_rows(task.kind, preds[0][0])
+        thrs = [m["test"].get("thresholds") for m in ms]
+        for name in names:
             e = entry["test"][name]
             if e["mean"] is not None and n_boot:
-                e["ci_low"], e["ci_high"] = bootstrap_ci([y[ok].astype(int) for y in ys],
-                                                         [p["prob"].to_numpy()[ok] for p in preds], name, n_boot)
+                e["ci_low"], e["ci_high"] = bootstrap_ci(task.kind, name, [y[ok] for y, _ in preds],
+                                                         [p[ok] for _, p in preds], n_boot, 0, thrs)
         entry["n_params"] = ms[0]["n_params"]
         entry["train_seconds"] = float(np.mean([m["seconds"] for m in ms]))
         result["methods"][method] = entry
@@ -75,15 +90,19 @@ def _fmt(e: dict) -> str:
 
 def markdown_table(result: dict) -> str:
     """Methods × test metrics: mean ± sd over seeds [bootstrap 95% CI]."""
-    rows = [f"### {result['dataset']} — task {result.get('task')} (test split; mean ± sd over seeds [95% CI])", "",
-            "| method | seeds | AUROC | AUPRC | params |", "| --- | --- | --- | --- | --- |"]
-    order = sorted(result["methods"], key=lambda k: -(result["methods"][k]["test"]["auroc"]["mean"] or -1))
+    kind = result.get("task_type", "binary")
+    names = METRICS[kind]
+    rows = [f"### {result['dataset']} — task {result.get('task')} ({kind}; test split; mean ± sd over seeds [95% CI])",
+            "", "| method | seeds | " + " | ".join(LABELS[n] for n in names) + " | params |",
+            "| --- | --- |" + " --- |" * len(names) + " --- |"]
+    order = sorted(result["methods"], key=lambda k: -(result["methods"][k]["test"][names[0]]["mean"] or -1))
     for m in order:
         e = result["methods"][m]
-        rows.append(f"| {m} | {len(e['seeds'])} | {_fmt(e['test']['auroc'])} | {_fmt(e['test']['auprc'])} | "
-                    f"{e['n_params']:,} |")
+        rows.append(f"| {m} | {len(e['seeds'])} | " + " | ".join(_fmt(e["test"][n]) for n in names)
+                    + f" | {e['n_params']:,} |")
     t = next(iter(result["methods"].values()))["test"] if result["methods"] else {"n": 0, "positives": 0}
-    rows += ["", f"Test split: {t['n']} samples, {t['positives']} positive.", ""]
+    what = {"survival": "events", "multiclass": "per class", "multilabel": "positive labels"}.get(kind, "positive")
+    rows += ["", f"Test split: {t['n']} samples, {t['positives']} {what}.", ""]
     return "\n".join(rows)
 
 
@@ -94,7 +113,7 @@ def main_tables(metrics_files: list[str | Path], out_dir: str | Path) -> pl.Data
     for f in metrics_files:
         r = json.loads(Path(f).read_text())
         for method, e in r["methods"].items():
-            for name in METRICS:
+            for name in METRICS[r.get("task_type", "binary")]:
                 s = e["test"][name]
                 rows.append({"dataset": r["dataset"], "method": method, "metric": name, "mean": s["mean"],
                              "sd": s["sd"], "ci_low": s.get("ci_low"), "ci_high": s.get("ci_high"),
@@ -106,7 +125,7 @@ def main_tables(metrics_files: list[str | Path], out_dir: str | Path) -> pl.Data
     out_dir = Path(out_dir)
     with atomic_path(out_dir / "main.csv") as tmp:
         df.write_csv(tmp)
-    cols = [(d, m) for d in df["dataset"].unique(maintain_order=True) for m in METRICS]
+    cols = df.select("dataset", "metric").unique(maintain_order=True).rows()
     methods = df["method"].unique(maintain_order=True).to_list()
 
     def cell(method, d, m, bold):
@@ -119,13 +138,13 @@ def main_tables(metrics_files: list[str | Path], out_dir: str | Path) -> pl.Data
         txt = f"{r['mean']:.3f} ± {r['sd']:.3f}"
         return bold(txt) if r["best"] else txt
 
-    md = ["| method | " + " | ".join(f"{d} {m.upper()}" for d, m in cols) + " |",
+    md = ["| method | " + " | ".join(f"{d} {LABELS[m]}" for d, m in cols) + " |",
           "| --- |" + " --- |" * len(cols)]
     md += [f"| {me} | " + " | ".join(cell(me, d, m, lambda t: f"**{t}**") for d, m in cols) + " |" for me in methods]
     with atomic_path(out_dir / "main.md") as tmp:
         tmp.write_text("Test split, mean ± sd over seeds; best per column in bold.\n\n" + "\n".join(md) + "\n")
     tex = ["\\begin{tabular}{l" + "c" * len(cols) + "}", "\\toprule",
-           "method & " + " & ".join(f"{d} {m.upper()}" for d, m in cols) + " \\\\", "\\midrule"]
+           "method & " + " & ".join(f"{d} {LABELS[m]}" for d, m in cols) + " \\\\", "\\midrule"]
     tex += [me.replace("_", "\\_") + " & " + " & ".join(
         cell(me, d, m, lambda t: f"\\textbf{{{t}}}").replace("±", "$\\pm$") for d, m in cols) + " \\\\"
         for me in methods]

@@ -20,24 +20,21 @@ from safetensors.torch import load_file, save_file
 from medmix import __version__
 from medmix.encoders.cache import read_attrs, read_cache, read_ids
 from medmix.io import MedmixError, atomic_path, write_json
+from medmix.metrics import thresholds
 from medmix.model import FusionConfig, create_model, fusion_config
+from medmix.tasks import Task
 from medmix.train import weight_columns
 
 BUNDLE_VERSION = 1
 
 
-def _threshold(y: np.ndarray, p: np.ndarray) -> float:
-    """Decision threshold maximising F1 on the validation split (0.5 when undefined)."""
-    ok = ~np.isnan(y)
-    y, p = y[ok], p[ok]
-    if len(np.unique(y)) < 2:
-        return 0.5
-    order = np.argsort(-p, kind="stable")
-    ps, tp = p[order], np.cumsum(y[order] == 1)
-    last = np.r_[ps[:-1] != ps[1:], True]          # predicting positive for p >= ps[i]
-    k = np.flatnonzero(last)
-    f1 = 2 * tp[k] / ((k + 1) + (y == 1).sum())
-    return float(ps[k[np.argmax(f1)]])
+def task_of_run(ckpt: dict) -> Task:
+    """The task a run was trained on (runs before the task field: the binary `spec.task`)."""
+    t = ckpt.get("task")
+    if not t:
+        name = ckpt["spec"]["task"]
+        return Task(name, "binary", (f"y_{name}",))
+    return Task.from_spec(t["name"], t)
 
 
 def export(run: str | Path, out: str | Path, results: str | Path = "results") -> dict:
@@ -52,7 +49,9 @@ def export(run: str | Path, out: str | Path, results: str | Path = "results") ->
             a = read_attrs(results / spec["dataset"] / "embeddings" / m / f"{slug}.h5")
             experts[m].append({k: a.get(k) for k in ("encoder", "kind", "model_name", "weights_hash",
                                                      "preprocessing_hash", "spec_hash")} | {"dim": int(a["dim"])})
+    task = task_of_run(ckpt)
     pred = pl.read_parquet(run / "predictions.parquet").filter(pl.col("split") == "val")
+    thr = thresholds(task.kind, *task.read_predictions(pred))
     tensors = {f"model.{k}": v.contiguous() for k, v in ckpt["state_dict"].items()}
     for m, stats in ckpt["norm"].items():
         for k, (mu, sd) in enumerate(stats):
@@ -62,8 +61,9 @@ def export(run: str | Path, out: str | Path, results: str | Path = "results") ->
         "bundle_version": BUNDLE_VERSION, "medmix_version": __version__, "method": spec["method"],
         "arch": method, "fusion": dataclasses.asdict(fusion_config(method, spec["train"])),
         "dims": ckpt["dims"], "experts": experts, "label": f"y_{spec['task']}", "dataset": spec["dataset"],
-        "seed": ckpt["seed"], "threshold": _threshold(pred["y"].to_numpy(), pred["prob"].to_numpy()),
-        "threshold_rule": "max F1 on the validation split",
+        "task": {"name": task.name, "type": task.kind, "columns": list(task.columns), "classes": list(task.classes)},
+        "labels": task.labels, "seed": ckpt["seed"], "threshold": thr[0] if thr else None, "thresholds": thr,
+        "threshold_rule": "max F1 on the validation split, per label (binary, multilabel)",
     }
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(out / "weights.safetensors") as tmp:
@@ -72,18 +72,21 @@ def export(run: str | Path, out: str | Path, results: str | Path = "results") ->
     return meta
 
 
-def student_predict(method: dict, dims: dict, fcfg: FusionConfig, state: dict, X: dict, M: dict
-                    ) -> tuple[np.ndarray, dict]:
-    """Probabilities (and α/β where the model has them) of a trained student; no teacher involved."""
+def student_predict(method: dict, dims: dict, fcfg: FusionConfig, state: dict, X: dict, M: dict,
+                    task: Task | None = None) -> tuple[np.ndarray, dict]:
+    """Predictions (probabilities; risk for survival) and α/β where the model has them, of a
+    trained student; no teacher involved. `task`: binary when not given."""
+    task = task or Task("y", "binary", ("y",))
     if method["arch"] == "logreg":
         x = torch.cat([xx.masked_fill(~M[m][:, k:k + 1], 0.0) for m in X for k, xx in enumerate(X[m])], 1)
-        return torch.sigmoid(x @ state["coef"].T + state["intercept"]).squeeze(-1).numpy(), {}
-    model = create_model({**method, "teacher": False}, dims, fcfg)
+        return task.predictions((x @ state["coef"].T + state["intercept"]).numpy()), {}
+    model = create_model({**method, "teacher": False}, dims, dataclasses.replace(fcfg, task=task.kind),
+                         n_out=task.n_out)
     model.load_state_dict(state)
     model.eval()
     with torch.no_grad():
         o = model({"x": X, "mask": M}, train=False)
-    return torch.sigmoid(o["logit"]).numpy(), o
+    return task.predictions(o["logit"].numpy()), o
 
 
 def load(bundle: str | Path) -> tuple[dict, dict]:
@@ -118,9 +121,23 @@ def predict(bundle: str | Path, embeddings: str | Path, out: str | Path | None =
             ms.append(torch.from_numpy(present))
         X[m], M[m] = xs, torch.stack(ms, 1)
     state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
-    prob, o = student_predict(meta["arch"], meta["dims"], FusionConfig(**meta["fusion"]), state, X, M)
-    cols = {"sample_id": ids, "prob": prob.astype(np.float64),
-            meta["label"] + "_pred": (prob >= meta["threshold"]).astype(np.int8)}
+    t = meta.get("task") or {"name": meta["label"][2:], "type": "binary", "columns": [meta["label"]]}
+    task = Task.from_spec(t["name"], t)
+    p, o = student_predict(meta["arch"], meta["dims"], FusionConfig(**meta["fusion"]), state, X, M, task)
+    p = p.astype(np.float64)
+    thr = meta.get("thresholds") or [meta.get("threshold", 0.5)]
+    cols: dict = {"sample_id": ids}
+    if task.kind == "binary":
+        cols.update({"prob": p, meta["label"] + "_pred": (p >= thr[0]).astype(np.int8)})
+    elif task.kind == "multilabel":
+        for i, lab in enumerate(task.labels):
+            cols[f"prob__{lab}"] = p[:, i]
+            cols[f"pred__{lab}"] = (p[:, i] >= thr[i]).astype(np.int8)
+    elif task.kind == "multiclass":
+        cols.update({f"prob__{c}": p[:, i] for i, c in enumerate(task.labels)})
+        cols["pred"] = np.array(task.labels)[p.argmax(1)]
+    else:
+        cols["risk"] = p
     cols.update(weight_columns(o, {m: [e["encoder"] for e in exps] for m, exps in meta["experts"].items()}))
     df = pl.DataFrame(cols)
     if out:

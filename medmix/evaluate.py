@@ -14,8 +14,8 @@ import polars as pl
 import torch
 
 from medmix.data import cohort as cohort_mod
-from medmix.metrics import binary_metrics
-from medmix.bundle import student_predict
+from medmix.bundle import student_predict, task_of_run
+from medmix.metrics import METRICS, task_metrics
 from medmix.model import fusion_config
 from medmix.model.medmix import keep_at_least_one
 from medmix.train import load_role
@@ -27,12 +27,13 @@ def drop_masks(avail: torch.Tensor, rate: float, seed: int) -> torch.Tensor:
 
 
 def modality_drop(run: str | Path, results: str | Path, rates: list[float], seed: int = 0) -> dict:
-    """Test AUROC/AUPRC of one run under each test-time drop rate."""
+    """Test metrics of one run under each test-time drop rate."""
     run, results = Path(run), Path(results)
     ckpt = torch.load(run / "model.pt", map_location="cpu", weights_only=True)
     spec, method = ckpt["spec"], ckpt["method"]
     cohort = cohort_mod.read(results / spec["dataset"] / "cohort.parquet")
-    y = cohort[f"y_{spec['task']}"].cast(pl.Float64).fill_null(float("nan")).to_numpy()
+    task = task_of_run(ckpt)
+    y = task.targets(cohort)
     test = (cohort["split"] == "test").to_numpy()
     mods = list(ckpt["dims"])
     inp = load_role(results, spec, cohort, method.get("inputs", "experts"), mods)
@@ -47,8 +48,8 @@ def modality_drop(run: str | Path, results: str | Path, rates: list[float], seed
     for rate in rates:
         keep = drop_masks(avail, rate, seed)
         M = {m: inp.M[m][torch.from_numpy(test)] & keep[:, i:i + 1] for i, m in enumerate(mods)}
-        p, _ = student_predict(method, ckpt["dims"], fcfg, ckpt["state_dict"], X, M)
-        m = binary_metrics(y[test], p.astype(np.float64))
-        out["rates"][str(rate)] = {"auroc": m["auroc"]["value"], "auprc": m["auprc"]["value"],
+        p, _ = student_predict(method, ckpt["dims"], fcfg, ckpt["state_dict"], X, M, task)
+        m = task_metrics(task.kind, y[test], p.astype(np.float64), thr=ckpt.get("thresholds"))
+        out["rates"][str(rate)] = {**{k: m[k]["value"] for k in METRICS[task.kind]},
                                    "dropped": int((~keep & avail).sum())}
     return out

@@ -25,8 +25,10 @@ from medmix.data import cohort as cohort_mod
 from medmix.encoders.cache import cohort_hash, read_cache
 from medmix.io import MedmixError, atomic_path, write_json
 from medmix.methods import method_spec
-from medmix.metrics import binary_metrics
+from medmix.metrics import primary_score, task_metrics, thresholds
 from medmix.model import create_model, fusion_config
+from medmix.model.losses import cox_loss
+from medmix.tasks import Task
 
 log = logging.getLogger("medmix.train")
 
@@ -101,28 +103,72 @@ def weight_columns(out: dict, slugs: dict[str, list[str]]) -> dict[str, np.ndarr
     return cols
 
 
-def _val_score(y: np.ndarray, p: np.ndarray, loss: float) -> float:
-    ok = ~np.isnan(y)
-    if ok.any() and len(np.unique(y[ok])) == 2:
-        from sklearn.metrics import roc_auc_score
-        return float(roc_auc_score(y[ok], p[ok]))
-    return -loss
+def _val_score(kind: str, y: np.ndarray, p: np.ndarray, loss: float) -> float:
+    """Primary validation metric of the task (medmix.metrics.PRIMARY); −loss when it is undefined."""
+    v = primary_score(kind, y, p)
+    return -loss if np.isnan(v) else v
 
 
-def _best_single_expert(inp: Inputs, y: np.ndarray, split: np.ndarray) -> dict[str, str]:
-    """Keep, per modality, the expert whose logistic-regression probe has the best validation AUROC."""
+def _fit_linear(task: Task, x: np.ndarray, y: np.ndarray, C: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A linear model of the task's outputs on x (rows with a label): (coef (n_out, d), intercept (n_out,)),
+    logits = x @ coef.T + intercept. Logistic regression (scikit-learn) for binary, per label for
+    multilabel (a label with one class in train gets its log-odds as a constant), multinomial for
+    multiclass; an L2-penalised linear Cox model (L-BFGS) for survival."""
     from sklearn.linear_model import LogisticRegression
+    n_out, d = task.n_out, x.shape[1]
+    coef, icpt = np.zeros((n_out, d)), np.zeros(n_out)
+    if task.kind == "survival":
+        xt, yt = torch.from_numpy(x).double(), torch.from_numpy(y).double()
+        w = torch.zeros(d, dtype=torch.float64, requires_grad=True)
+        opt = torch.optim.LBFGS([w], max_iter=200, line_search_fn="strong_wolfe")
+
+        def closure():
+            opt.zero_grad()
+            loss = cox_loss(xt @ w, yt[:, 0], yt[:, 1]) + (w @ w) / (2 * C * len(x))
+            loss.backward()
+            return loss
+        opt.step(closure)
+        coef[0] = w.detach().numpy()
+        return coef, icpt
+    cols = [y[:, i] for i in range(n_out)] if task.kind == "multilabel" else [y]
+    for i, yi in enumerate(cols):
+        ok = ~np.isnan(yi)
+        classes = np.unique(yi[ok])
+        if task.kind != "multiclass" and len(classes) < 2:
+            prev = float(np.clip(yi[ok].mean() if ok.any() else 0.5, 1e-4, 1 - 1e-4))
+            icpt[i] = np.log(prev / (1 - prev))
+            continue
+        clf = LogisticRegression(C=C, max_iter=3000, random_state=seed).fit(x[ok], yi[ok].astype(int))
+        if task.kind == "multiclass":
+            icpt[:] = -30.0  # a class never seen in train is never predicted
+            k = clf.classes_.astype(int)
+            if len(k) == 2:  # scikit-learn stores one row for two classes
+                coef[k[1]], icpt[k[1]], icpt[k[0]] = clf.coef_[0], clf.intercept_[0], 0.0
+            else:
+                coef[k], icpt[k] = clf.coef_, clf.intercept_
+        else:
+            coef[i], icpt[i] = clf.coef_[0], clf.intercept_[0]
+    return coef, icpt
+
+
+def _linear_predict(task: Task, x: np.ndarray, coef: np.ndarray, icpt: np.ndarray) -> np.ndarray:
+    return task.predictions(x @ coef.T + icpt)
+
+
+def _best_single_expert(inp: Inputs, task: Task, y: np.ndarray, split: np.ndarray) -> dict[str, str]:
+    """Keep, per modality, the expert whose linear probe has the best validation metric."""
     chosen = {}
+    lab = task.labelled(y)
     for m in list(inp.X):
         scores = []
         for k, x in enumerate(inp.X[m]):
             pres = inp.M[m][:, k].cpu().numpy()
-            tr = pres & (split == "train") & ~np.isnan(y)
-            va = pres & (split == "val") & ~np.isnan(y)
+            tr, va = pres & (split == "train") & lab, pres & (split == "val")
             score = -np.inf
-            if len(np.unique(y[tr])) == 2 and len(np.unique(y[va])) == 2:
-                clf = LogisticRegression(C=0.1, max_iter=2000).fit(x.numpy()[tr], y[tr])
-                score = _val_score(y[va], clf.predict_proba(x.numpy()[va])[:, 1], 0.0)
+            if tr.sum() >= 2 and va.any():
+                coef, icpt = _fit_linear(task, x.numpy()[tr], y[tr], 0.1, 0)
+                v = primary_score(task.kind, y[va], _linear_predict(task, x.numpy()[va], coef, icpt))
+                score = -np.inf if np.isnan(v) else v
             scores.append(score)
         k = int(np.argmax(scores))
         chosen[m] = inp.slugs[m][k]
@@ -131,23 +177,22 @@ def _best_single_expert(inp: Inputs, y: np.ndarray, split: np.ndarray) -> dict[s
     return chosen
 
 
-def _fit_logreg(inp: Inputs, y: np.ndarray, split: np.ndarray, seed: int) -> tuple[np.ndarray, dict, dict]:
-    """logreg_concat: scikit-learn logistic regression on every expert embedding (zero-filled),
-    L2 strength chosen on validation AUROC."""
-    from sklearn.linear_model import LogisticRegression
+def _fit_logreg(inp: Inputs, task: Task, y: np.ndarray, split: np.ndarray, seed: int) -> tuple[np.ndarray, dict, dict]:
+    """logreg_concat: a linear model (logistic regression; Cox for survival) on every expert
+    embedding (zero-filled), L2 strength chosen on the validation metric."""
     x = torch.cat([xx for m in inp.X for xx in inp.X[m]], 1).numpy()
-    tr = (split == "train") & ~np.isnan(y)
+    tr = (split == "train") & task.labelled(y)
     va = split == "val"
     best = None
     for c in (0.001, 0.01, 0.1, 1.0):
-        clf = LogisticRegression(C=c, max_iter=3000, random_state=seed).fit(x[tr], y[tr])
-        score = _val_score(y[va], clf.predict_proba(x[va])[:, 1], 0.0)
+        coef, icpt = _fit_linear(task, x[tr], y[tr], c, seed)
+        score = primary_score(task.kind, y[va], _linear_predict(task, x[va], coef, icpt))
+        score = -np.inf if np.isnan(score) else score
         if best is None or score > best[0] + 1e-9:
-            best = (score, c, clf)
-    _, c, clf = best
-    state = {"coef": torch.from_numpy(clf.coef_.astype(np.float32)),
-             "intercept": torch.from_numpy(clf.intercept_.astype(np.float32))}
-    return clf.predict_proba(x)[:, 1], state, {"C": c, "n_params": int(clf.coef_.size + clf.intercept_.size)}
+            best = (score, c, coef, icpt)
+    _, c, coef, icpt = best
+    state = {"coef": torch.from_numpy(coef.astype(np.float32)), "intercept": torch.from_numpy(icpt.astype(np.float32))}
+    return _linear_predict(task, x, coef, icpt), state, {"C": c, "n_params": int(coef.size + icpt.size)}
 
 
 def train_run(spec: dict, seed: int, out: str | Path, results: str | Path = "results",
@@ -159,10 +204,10 @@ def train_run(spec: dict, seed: int, out: str | Path, results: str | Path = "res
     method = method_spec(spec["method"])
     tcfg = spec["train"]
     cfg = fusion_config(method, tcfg)
-    cohort = cohort_mod.read(results / spec["dataset"] / "cohort.parquet")
-    ycol = f"y_{spec['task']}"
-    if ycol not in cohort.columns:
-        raise MedmixError(f"{results / spec['dataset'] / 'cohort.parquet'}: no label column '{ycol}'")
+    cpath = results / spec["dataset"] / "cohort.parquet"
+    cohort = cohort_mod.read(cpath)
+    task = Task.of_cohort(cpath, spec["task"], cohort)
+    cfg.task = task.kind
     mods = sorted(m for m in spec["modalities"] if m in cohort.columns)  # canonical order: same model from CLI or API
     if method.get("only"):
         if method["only"] not in mods:
@@ -170,7 +215,7 @@ def train_run(spec: dict, seed: int, out: str | Path, results: str | Path = "res
                               f"dataset {spec['dataset']} ({', '.join(mods)})")
         mods = [method["only"]]
     split = cohort["split"].to_numpy()
-    y = cohort[ycol].cast(pl.Float64).fill_null(float("nan")).to_numpy()
+    y = task.targets(cohort)
     role = method.get("inputs", "experts")  # teacher_deployed: the teachers are its inputs, on every split
     if role == "teachers":
         mods = [m for m in mods if spec["modalities"][m]["teachers"]]
@@ -180,9 +225,9 @@ def train_run(spec: dict, seed: int, out: str | Path, results: str | Path = "res
         raise MedmixError(f"dataset {spec['dataset']}: no modality has any {role[:-1]} embedding on the train split")
     info: dict = {}
     if method.get("single_expert"):
-        info["single_expert"] = _best_single_expert(exp, y, split)
+        info["single_expert"] = _best_single_expert(exp, task, y, split)
     if method["arch"] == "logreg":
-        p_all, state, more = _fit_logreg(exp, y, split, seed)
+        p_all, state, more = _fit_logreg(exp, task, y, split, seed)
         o_all: dict = {}
         info.update(more)
     else:
@@ -191,33 +236,39 @@ def train_run(spec: dict, seed: int, out: str | Path, results: str | Path = "res
             tm = [m for m in exp.X if spec["modalities"][m]["teachers"]]
             tea = load_role(results, spec, cohort, "teachers", tm, rows=split == "train")
             dropped += tea.dropped
-        p_all, o_all, state, more = _fit_neural(spec, method, cfg, exp, tea, y, split, seed, device, progress)
+        p_all, o_all, state, more = _fit_neural(spec, method, cfg, task, exp, tea, y, split, seed, device, progress)
         info.update(more)
 
     n_boot = tcfg["bootstrap"]
+    va, te = split == "val", split == "test"
+    thr = thresholds(task.kind, y[va], p_all[va])  # decision thresholds chosen on validation
     metrics = {
         "dataset": spec["dataset"], "method": spec["method"], "seed": seed, "task": spec["task"],
-        "val": binary_metrics(y[split == "val"], p_all[split == "val"]),
-        "test": binary_metrics(y[split == "test"], p_all[split == "test"], n_boot=n_boot, seed=seed),
+        "task_type": task.kind, "labels": task.labels,
+        "task_spec": {"name": task.name, "type": task.kind, "columns": list(task.columns), "classes": list(task.classes)},
+        "val": task_metrics(task.kind, y[va], p_all[va], thr=thr),
+        "test": task_metrics(task.kind, y[te], p_all[te], n_boot=n_boot, seed=seed, thr=thr),
         "modalities": list(exp.dims), "inputs": exp.slugs, "left_out": dropped, "device": device,
         **{k: v for k, v in info.items() if k != "history"},
         "seconds": round(time.perf_counter() - t_start, 2), "medmix_version": __version__,
     }
     cols = {"sample_id": cohort["sample_id"], "split": cohort["split"],
-            "y": pl.Series(y), "prob": pl.Series(p_all.astype(np.float64))}
+            **task.prediction_columns(y, np.asarray(p_all, dtype=np.float64))}
     cols.update(weight_columns(o_all, exp.slugs))
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(out / "predictions.parquet") as tmp:
         pl.DataFrame(cols).write_parquet(tmp)
     with atomic_path(out / "model.pt") as tmp:
         torch.save({"state_dict": state, "spec": spec, "seed": seed, "dims": exp.dims, "method": method,
+                    "task": {"name": task.name, "type": task.kind, "columns": list(task.columns),
+                             "classes": list(task.classes)}, "n_out": task.n_out, "thresholds": thr,
                     "experts": exp.slugs, "norm": exp.norm, "history": info.get("history", []),
                     "medmix_version": __version__}, tmp)
     write_json(out / "metrics.json", metrics)
     return metrics
 
 
-def _fit_neural(spec, method, cfg, exp: Inputs, tea: Inputs | None, y, split, seed, device, progress):
+def _fit_neural(spec, method, cfg, task: Task, exp: Inputs, tea: Inputs | None, y, split, seed, device, progress):
     """AdamW with early stopping on the validation metric; returns (probabilities, outputs, student state, info)."""
     tcfg = spec["train"]
     # the whole cache lives on the training device; batches are index gathers
@@ -230,10 +281,17 @@ def _fit_neural(spec, method, cfg, exp: Inputs, tea: Inputs | None, y, split, se
         tdims = tea.dims
     torch.manual_seed(seed)
     gen = torch.Generator(device=device).manual_seed(seed)
-    model = create_model(method, exp.dims, cfg, teacher_dims=tdims).to(device)
+    model = create_model(method, exp.dims, cfg, teacher_dims=tdims, n_out=task.n_out).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=tcfg["lr"], weight_decay=tcfg["weight_decay"])
     yt = torch.from_numpy(y.astype(np.float32)).to(device)
-    tr = torch.from_numpy(np.flatnonzero((split == "train") & ~np.isnan(y))).to(device)
+    tr_rows = (split == "train") & task.labelled(y)
+    tr = torch.from_numpy(np.flatnonzero(tr_rows)).to(device)
+    if tcfg.get("pos_weight") and task.kind in ("binary", "multilabel"):
+        # negatives/positives per label on the train split (1 where a label has no positive)
+        yy = y[tr_rows].reshape(int(tr_rows.sum()), -1)
+        pos, neg = np.nansum(yy, 0), np.nansum(1 - yy, 0)
+        model.pos_weight = torch.tensor(np.where(pos > 0, neg / np.maximum(pos, 1), 1.0), dtype=torch.float32,
+                                        device=device)
     va = np.flatnonzero(split == "val")
     bs = tcfg["batch_size"]
     amp = device.startswith("cuda")  # bf16 autocast on GPU; full precision on CPU (deterministic)
@@ -244,7 +302,7 @@ def _fit_neural(spec, method, cfg, exp: Inputs, tea: Inputs | None, y, split, se
         with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
             o = model(make_batch(X, M, ix), train=False)
             loss, _ = model.loss(o, yt[ix])
-        return torch.sigmoid(o["logit"].float()).cpu().numpy(), float(loss), o
+        return task.predictions(o["logit"].float().cpu().numpy()), float(loss), o
 
     best, best_state, best_epoch, bad = -np.inf, None, 0, 0
     history = []
@@ -264,7 +322,7 @@ def _fit_neural(spec, method, cfg, exp: Inputs, tea: Inputs | None, y, split, se
             opt.step()
             tot += loss.item() * len(idx)
         p_va, l_va, _ = predict(va)
-        score = _val_score(y[va], p_va, l_va)
+        score = _val_score(task.kind, y[va], p_va, l_va)
         history.append({"epoch": epoch, "train_loss": tot / max(len(tr), 1), "val_loss": l_va, "val_score": score})
         bar.set_postfix(val=f"{score:.3f}")
         if score > best + 1e-6:

@@ -50,7 +50,7 @@ def test_test_time_modality_drop(tiny_results, tmp_path, method):
 
 
 def test_threshold_maximises_f1():
-    from medmix.bundle import _threshold
+    from medmix.metrics import f1_threshold as _threshold
     y = np.array([0, 0, 1, 1, 0, 1, np.nan])
     p = np.array([0.1, 0.4, 0.35, 0.8, 0.2, 0.8, 0.9])
     best = max(np.unique(p[:6]), key=lambda t: 2 * ((p[:6] >= t) & (y[:6] == 1)).sum() / ((p[:6] >= t).sum() + 3))

@@ -22,7 +22,7 @@ def test_bootstrap_ci_brackets_the_estimate():
     rng = np.random.default_rng(1)
     y = (rng.random(300) < 0.25).astype(int)
     p = np.clip(0.3 * y + rng.random(300) * 0.7, 0, 1)
-    lo, hi = bootstrap_ci([y], [p], "auroc", 500)
+    lo, hi = bootstrap_ci("binary", "auroc", [y], [p], 500)
     assert lo < roc_auc_score(y, p) < hi and hi - lo < 0.2
-    lo2, hi2 = bootstrap_ci([y, y], [p, p], "auprc", 500)
+    lo2, hi2 = bootstrap_ci("binary", "auprc", [y, y], [p, p], 500)
     assert lo2 < average_precision_score(y, p) < hi2

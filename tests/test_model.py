@@ -78,7 +78,7 @@ def test_baselines_forward_backward(cls):
     out = model(_batch(), train=True)
     loss, _ = model.loss(out, torch.tensor([0., 1., float("nan")] * 4))
     loss.backward()
-    assert out["logit"].shape == (12,) and torch.isfinite(loss)
+    assert out["logit"].shape == (12, 1) and torch.isfinite(loss)
 
 
 def _garbage(batch, seed=5):

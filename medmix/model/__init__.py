@@ -23,12 +23,12 @@ def fusion_config(method: dict, train: dict) -> FusionConfig:
 
 
 def create_model(method: dict, dims: dict[str, list[int]], cfg: FusionConfig,
-                 teacher_dims: dict[str, list[int]] | None = None) -> nn.Module:
+                 teacher_dims: dict[str, list[int]] | None = None, n_out: int = 1) -> nn.Module:
     arch = method["arch"]
     if arch == "medmix":
-        return MedMIX(dims, cfg, teacher_dims=teacher_dims if method.get("teacher") else None)
+        return MedMIX(dims, cfg, n_out=n_out, teacher_dims=teacher_dims if method.get("teacher") else None)
     if arch == "early_concat":
-        return EarlyConcat(dims, cfg)
+        return EarlyConcat(dims, cfg, n_out=n_out)
     if arch == "late_fusion":
-        return LateFusion(dims, cfg)
+        return LateFusion(dims, cfg, n_out=n_out)
     raise ValueError(f"unknown architecture '{arch}'")

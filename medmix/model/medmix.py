@@ -16,6 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from medmix.model.fusion import create_fusion
+from medmix.model.losses import kd_loss, task_loss
 
 
 @dataclass
@@ -31,6 +32,7 @@ class FusionConfig:
     lambda_kd: float = 1.0
     tau: float = 2.0              # distillation temperature
     align: str = "cosine"         # cosine (stop-gradient on the teacher) | infonce
+    task: str = "binary"          # binary | multilabel | multiclass | survival (medmix.tasks)
 
 
 def keep_at_least_one(mask: torch.Tensor, p: float, gen: torch.Generator | None = None) -> torch.Tensor:
@@ -89,6 +91,7 @@ class MedMIX(nn.Module):
         self.cfg = cfg
         self.student = Branch(dims, cfg)
         self.head = mlp(cfg.d, cfg.hidden, n_out, cfg.dropout)
+        self.pos_weight = None  # training only (set by the trainer), not part of the weights
         self.teacher = self.teacher_head = None
         self.align = nn.ModuleDict()
         if teacher_dims:
@@ -105,26 +108,23 @@ class MedMIX(nn.Module):
             keep = keep_at_least_one(avail, self.cfg.modality_dropout, gen)
             mask = {m: mask[m] & keep[:, i:i + 1] for i, m in enumerate(mods)}
         u, z, avail, alphas, beta = self.student(batch["x"], mask)
-        out = {"logit": self.head(u).squeeze(-1), "z": z, "avail": avail, "alpha": alphas, "beta": beta}
+        out = {"logit": self.head(u), "z": z, "avail": avail, "alpha": alphas, "beta": beta}
         if train and self.teacher is not None and batch.get("tx") is not None:
             tu, tz, tavail, _, _ = self.teacher(batch["tx"], batch["tmask"])
-            out.update(t_logit=self.teacher_head(tu).squeeze(-1), tz=tz, tavail=tavail)
+            out.update(t_logit=self.teacher_head(tu), tz=tz, tavail=tavail)
         return out
 
     def loss(self, out: dict, y: torch.Tensor) -> tuple[torch.Tensor, dict]:
         """L = L_task(student) + L_task(teacher) + λ_align L_align + λ_kd L_kd (rows with a label)."""
-        lab = ~torch.isnan(y)
-        yl = torch.nan_to_num(y)
-        task = _masked_bce(out["logit"], yl, lab)
+        kind = self.cfg.task
+        task = task_loss(kind, out["logit"], y, pos_weight=self.pos_weight)
         parts = {"task": task.item()}
         total = task
         if "t_logit" in out:
             has_t = out["tavail"].any(1)
-            t_task = _masked_bce(out["t_logit"], yl, lab & has_t)
+            t_task = task_loss(kind, out["t_logit"], y, rows=has_t, pos_weight=self.pos_weight)
             align = self._align_loss(out)
-            tau = self.cfg.tau
-            soft = torch.sigmoid(out["t_logit"].detach() / tau)
-            kd = _masked_bce(out["logit"] / tau, soft, has_t) * tau ** 2
+            kd = kd_loss(kind, out["logit"], out["t_logit"], self.cfg.tau, has_t)
             total = total + t_task + self.cfg.lambda_align * align + self.cfg.lambda_kd * kd
             parts.update(teacher=t_task.item(), align=align.item(), kd=kd.item())
         return total, parts
@@ -148,8 +148,3 @@ class MedMIX(nn.Module):
                 terms.append((1 - F.cosine_similarity(p, g, dim=-1)).mean())
         return torch.stack(terms).mean() if terms else out["logit"].new_zeros(())
 
-
-def _masked_bce(logit: torch.Tensor, target: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    if not rows.any():
-        return logit.new_zeros(())
-    return F.binary_cross_entropy_with_logits(logit[rows], target[rows])
