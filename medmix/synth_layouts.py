@@ -103,5 +103,6 @@ def synth_mimic3(out: str | Path, n: int = 60, seed: int = 0) -> dict:
 
 
 def synth_ccrcc(out: str | Path, n: int = 40, seed: int = 0) -> dict:
+    """A ccRCC folder (clinical, genomics, CT NIfTI, MRI DICOM series, WSI features): medmix.data.ccrcc.synth."""
     from medmix.data.ccrcc import synth
     return synth(out, n=n, seed=seed)

@@ -100,7 +100,7 @@ def test_errors_name_file_row_and_field(tmp_path):
     rep = root / "indiana_reports.csv"
     rows = rep.read_text().splitlines()
     rep.write_text("\n".join(rows + [rows[3]]) + "\n")        # uid 3 again at data row 7
-    with pytest.raises(MedmixError, match=r"indiana_reports.csv: row 7: field 'uid' duplicates '3' \(first at row 3\)"):
+    with pytest.raises(MedmixError, match=r"indiana_reports.csv: row 7 \(line 8\): field 'uid' duplicates '3' \(first at row 3 \(line 4\)\)"):
         build_cohort(root)
     rep.write_text("\n".join(rows[:2] + ["x" + rows[2]] + rows[3:]) + "\n")
     with pytest.raises(MedmixError, match=r"row 2 \(line 3\): field 'uid' is 'x2'"):

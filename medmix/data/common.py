@@ -47,12 +47,17 @@ def slug(term: str) -> str:
     return s or "term"
 
 
-def check_unique(values: list, source_name: str, field: str, row_offset: int = 0, rows: list | None = None) -> None:
-    """A duplicate id is an error naming the file, the row and the field."""
+def where(r) -> str:
+    """A CSV data row (1-based) with its line in the file (the header is line 1); other locators as given."""
+    return f"row {r} (line {r + 1})" if isinstance(r, int) else str(r)
+
+
+def check_unique(values: list, source_name: str, field: str, rows: list | None = None) -> None:
+    """A duplicate id is an error naming the file, the row and the field (rows default to CSV data rows)."""
+    rows = rows if rows is not None else list(range(1, len(values) + 1))
     seen: dict = {}
     for i, v in enumerate(values):
         if v in seen:
-            r = rows[i] if rows is not None else i + row_offset
-            first = rows[seen[v]] if rows is not None else seen[v] + row_offset
-            raise MedmixError(f"{source_name}: row {r}: field '{field}' duplicates '{v}' (first at row {first})")
+            raise MedmixError(f"{source_name}: {where(rows[i])}: field '{field}' duplicates '{v}' "
+                              f"(first at {where(rows[seen[v]])})")
         seen[v] = i
