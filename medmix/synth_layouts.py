@@ -97,9 +97,112 @@ def synth_openi(out: str | Path, n: int = 24, seed: int = 0, layout: str = "xml"
     return {"studies": n, "image_files": files, "image_rows": len(projections)}
 
 
+_M3 = {
+    "PATIENTS": ["ROW_ID", "SUBJECT_ID", "GENDER", "DOB", "DOD", "DOD_HOSP", "DOD_SSN", "EXPIRE_FLAG"],
+    "ADMISSIONS": ["ROW_ID", "SUBJECT_ID", "HADM_ID", "ADMITTIME", "DISCHTIME", "DEATHTIME", "ADMISSION_TYPE",
+                   "ADMISSION_LOCATION", "DISCHARGE_LOCATION", "INSURANCE", "LANGUAGE", "RELIGION", "MARITAL_STATUS",
+                   "ETHNICITY", "EDREGTIME", "EDOUTTIME", "DIAGNOSIS", "HOSPITAL_EXPIRE_FLAG", "HAS_CHARTEVENTS_DATA"],
+    "ICUSTAYS": ["ROW_ID", "SUBJECT_ID", "HADM_ID", "ICUSTAY_ID", "DBSOURCE", "FIRST_CAREUNIT", "LAST_CAREUNIT",
+                 "FIRST_WARDID", "LAST_WARDID", "INTIME", "OUTTIME", "LOS"],
+    "CHARTEVENTS": ["ROW_ID", "SUBJECT_ID", "HADM_ID", "ICUSTAY_ID", "ITEMID", "CHARTTIME", "STORETIME", "CGID",
+                    "VALUE", "VALUENUM", "VALUEUOM", "WARNING", "ERROR", "RESULTSTATUS", "STOPPED"],
+    "LABEVENTS": ["ROW_ID", "SUBJECT_ID", "HADM_ID", "ITEMID", "CHARTTIME", "VALUE", "VALUENUM", "VALUEUOM", "FLAG"],
+    "NOTEEVENTS": ["ROW_ID", "SUBJECT_ID", "HADM_ID", "CHARTDATE", "CHARTTIME", "STORETIME", "CATEGORY",
+                   "DESCRIPTION", "CGID", "ISERROR", "TEXT"],
+}
+# (CareVue itemid, MetaVision itemid, scale applied to the MIMIC-IV-unit value to write it raw)
+_M3_VITALS = {"heart rate": (211, 220045), "systolic bp": (455, 220179), "respiratory rate": (618, 220210),
+              "spo2": (646, 220277), "temperature_c": (676, 223762)}
+_M3_LABS = {"lactate": 50813, "creatinine": 50912, "wbc": 51301, "sodium": 50983}
+
+
+def _write_gz(path: Path, cols: list[str], rows: list[dict]) -> None:
+    df = pl.DataFrame([{c: r.get(c) for c in cols} for r in rows], schema={c: pl.String for c in cols}, orient="row")
+    buf = io.BytesIO()
+    df.write_csv(buf)
+    with gzip.open(path, "wb") as f:
+        f.write(buf.getvalue())
+
+
 def synth_mimic3(out: str | Path, n: int = 60, seed: int = 0) -> dict:
-    from medmix.synth_mimic3 import synth
-    return synth(out, n=n, seed=seed)
+    """MIMIC-III v1.4-shaped tables (upper-case headers, .csv.gz) for `n` patients.
+
+    Half the stays are CareVue (itemids 211, 455, 618, 646, 676 in °C), half MetaVision (2200xx,
+    223762 °C). A latent severity drives mortality, heart rate, lactate and the notes' wording,
+    so models trained on the synthetic MIMIC-IV data transfer. Planted: radiology notes and labs
+    after the prediction time (`patient expired`, lactate 39), a discharge summary and an
+    ISERROR radiology note before it; a correct loader reads none of them. Some stays are short,
+    some are a second stay of their admission, a few patients die before the prediction time."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    T = {k: [] for k in _M3}
+    fmt = "%Y-%m-%d %H:%M:%S"
+    rid = iter(range(1, 10**9))
+    hadm, stay = 100000, 200000
+    for i in range(n):
+        sid = 1000 + i
+        sev = rng.normal()
+        dies = rng.random() < 1 / (1 + np.exp(-(-1.2 + 1.6 * sev)))
+        dob = datetime(2100 + int(rng.integers(0, 50)), 1, 1) if i % 17 else datetime(1850, 1, 1)  # >89: shifted
+        admit = datetime(2160 + int(rng.integers(0, 20)), int(rng.integers(1, 12)), 3, 8, 0)
+        intime = admit + timedelta(hours=int(rng.integers(1, 12)))
+        hours = float(rng.uniform(20, 300))
+        outtime = intime + timedelta(hours=hours)
+        early_death = i % 19 == 3
+        death = intime + timedelta(hours=30) if early_death else (outtime if dies else None)
+        hadm += 1
+        stay += 1
+        cv = i % 2 == 0
+        T["PATIENTS"].append({"ROW_ID": str(next(rid)), "SUBJECT_ID": str(sid), "GENDER": "F" if i % 3 else "M",
+                              "DOB": dob.strftime(fmt), "EXPIRE_FLAG": str(int(bool(death)))})
+        T["ADMISSIONS"].append({"ROW_ID": str(next(rid)), "SUBJECT_ID": str(sid), "HADM_ID": str(hadm),
+                                "ADMITTIME": admit.strftime(fmt), "DISCHTIME": (outtime + timedelta(days=2)).strftime(fmt),
+                                "DEATHTIME": death.strftime(fmt) if death else None, "ADMISSION_TYPE": "EMERGENCY",
+                                "HOSPITAL_EXPIRE_FLAG": str(int(bool(death))), "HAS_CHARTEVENTS_DATA": "1"})
+        T["ICUSTAYS"].append({"ROW_ID": str(next(rid)), "SUBJECT_ID": str(sid), "HADM_ID": str(hadm),
+                              "ICUSTAY_ID": str(stay), "DBSOURCE": "carevue" if cv else "metavision",
+                              "FIRST_CAREUNIT": "MICU", "LAST_CAREUNIT": "MICU", "INTIME": intime.strftime(fmt),
+                              "OUTTIME": outtime.strftime(fmt), "LOS": f"{hours / 24:.4f}"})
+        if i % 7 == 5:  # a second, later stay of the same admission: not the cohort's unit
+            stay += 1
+            T["ICUSTAYS"].append({"ROW_ID": str(next(rid)), "SUBJECT_ID": str(sid), "HADM_ID": str(hadm),
+                                  "ICUSTAY_ID": str(stay), "DBSOURCE": "metavision", "INTIME": (outtime + timedelta(hours=5)).strftime(fmt),
+                                  "OUTTIME": (outtime + timedelta(hours=80)).strftime(fmt), "LOS": "3.1"})
+        pred = intime + timedelta(hours=48)
+        for h in range(0, int(min(hours, 60)), 4):
+            t = intime + timedelta(hours=h, minutes=10)
+            vals = {"heart rate": 85 + 12 * sev + rng.normal(0, 5), "systolic bp": 120 - 8 * sev + rng.normal(0, 8),
+                    "respiratory rate": 18 + 3 * sev + rng.normal(0, 2), "spo2": min(100, 97 - sev + rng.normal(0, 1)),
+                    "temperature_c": 37 + 0.4 * sev + rng.normal(0, 0.3)}
+            for name, v in vals.items():
+                iid = _M3_VITALS[name][0 if cv else 1]
+                if t >= pred:
+                    v = 300.0 if name == "heart rate" else v  # after the prediction time: must be ignored
+                T["CHARTEVENTS"].append({"ROW_ID": str(next(rid)), "SUBJECT_ID": str(sid), "HADM_ID": str(hadm),
+                                         "ICUSTAY_ID": str(stay if i % 7 != 5 else stay - 1), "ITEMID": str(iid),
+                                         "CHARTTIME": t.strftime(fmt), "VALUE": f"{v:.1f}", "VALUENUM": f"{v:.1f}"})
+        for h, lac in ((-6, 1.5 + 1.2 * max(sev, -1)), (20, 1.4 + 1.2 * max(sev, -1)), (50, 39.0)):
+            t = intime + timedelta(hours=h)
+            for name, iid in _M3_LABS.items():
+                v = {"lactate": lac, "creatinine": 1.0 + 0.3 * sev, "wbc": 9 + 2 * sev, "sodium": 139.0}[name]
+                T["LABEVENTS"].append({"ROW_ID": str(next(rid)), "SUBJECT_ID": str(sid), "HADM_ID": str(hadm),
+                                       "ITEMID": str(iid), "CHARTTIME": t.strftime(fmt), "VALUE": f"{v:.2f}",
+                                       "VALUENUM": f"{v:.2f}"})
+        def note(t, cat, text, err=None, time=True):
+            T["NOTEEVENTS"].append({"ROW_ID": str(next(rid)), "SUBJECT_ID": str(sid), "HADM_ID": str(hadm),
+                                    "CHARTDATE": t.strftime("%Y-%m-%d"), "CHARTTIME": t.strftime(fmt) if time else None,
+                                    "CATEGORY": cat, "DESCRIPTION": "CHEST (PORTABLE AP)", "ISERROR": err, "TEXT": text})
+        if i % 5:
+            word = "Large bilateral effusions and consolidation." if sev > 0.5 else "Lungs are clear."
+            note(intime + timedelta(hours=6), "Radiology", f"FINDINGS: {word} IMPRESSION: see above.")
+        note(intime + timedelta(hours=3), "Discharge summary", "DISCHARGE SECRET: patient expired.")
+        note(intime + timedelta(hours=4), "Radiology", "ERRONEOUS NOTE: patient expired.", err="1")
+        note(pred + timedelta(hours=2), "Radiology", "FUTURE NOTE: patient expired." if dies else "FUTURE NOTE: cleared.")
+        note(pred, "Radiology", "DATE-ONLY FUTURE NOTE.", time=False)   # date of the prediction time: end of day
+    for name, cols in _M3.items():
+        _write_gz(out / f"{name}.csv.gz", cols, T[name])
+    return {"patients": n, "icu_stays": len(T["ICUSTAYS"]), "notes": len(T["NOTEEVENTS"])}
 
 
 def synth_ccrcc(out: str | Path, n: int = 40, seed: int = 0) -> dict:

@@ -65,10 +65,11 @@ def _read_events(path: Path, columns: list[str], itemids: set[int], key: str, ke
             if not data.strip():
                 continue
             df = pl.read_csv(io.BytesIO(header + data), columns=columns, infer_schema_length=0)
-            df = df.with_columns(pl.col("itemid").cast(pl.Int64), pl.col(key).cast(pl.Int64, strict=False))
-            parts.append(df.filter(pl.col("itemid").is_in(list(itemids)) & pl.col(key).is_in(list(keys))))
+            df = df.rename(str.lower)  # MIMIC-III headers are upper case
+            df = df.with_columns(pl.col("itemid").cast(pl.Int64), pl.col(key.lower()).cast(pl.Int64, strict=False))
+            parts.append(df.filter(pl.col("itemid").is_in(list(itemids)) & pl.col(key.lower()).is_in(list(keys))))
     if not parts:
-        return pl.DataFrame({c: [] for c in columns})
+        return pl.DataFrame({c.lower(): [] for c in columns})
     return pl.concat(parts)
 
 
