@@ -106,6 +106,13 @@ def cmd_evaluate(args) -> None:
                                        for k, v in r["rates"].items()})
 
 
+def cmd_crosscohort(args) -> None:
+    from medmix.crosscohort import crosscohort
+    res = crosscohort(args.runs, args.results, args.target, args.out, n_boot=args.bootstrap)
+    for name, e in res["methods"].items():
+        print(name, "target auroc", e["target"]["auroc"]["mean"], "source test auroc", e["source_test"]["auroc"]["mean"])
+
+
 def cmd_tables(args) -> None:
     from medmix.aggregate import main_tables
     main_tables(args.metrics, args.out_dir)
@@ -186,6 +193,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--results", default="results")
     s.add_argument("--out", required=True)
     s.set_defaults(func=cmd_evaluate)
+
+    s = sub.add_parser("crosscohort", help="runs trained on a source dataset, unchanged, on every sample of a "
+                                           "target cohort → target metrics.json beside the source test metrics")
+    s.add_argument("--target", required=True, help="target dataset (results/TARGET/cohort.parquet and embeddings)")
+    s.add_argument("--runs", nargs="+", required=True, help="source run directories")
+    s.add_argument("--results", default="results")
+    s.add_argument("--out", required=True)
+    s.add_argument("--bootstrap", type=int, default=0, help="bootstrap resamples for a 95%% CI per run")
+    s.set_defaults(func=cmd_crosscohort)
 
     s = sub.add_parser("tables", help="metrics.json of several datasets → results/tables/main.{md,csv,tex}")
     s.add_argument("--metrics", nargs="+", required=True)

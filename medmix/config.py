@@ -88,6 +88,10 @@ def validate(cfg: dict, source: str = "config") -> dict:
         except KeyError:
             raise MedmixError(f"{source}: invalid config at 'methods/{i}': unknown method '{m}' "
                               f"(known: {', '.join(METHODS)}, unimodal_<modality>)") from None
+    for name, ds in cfg["datasets"].items():
+        if ds["kind"] == "mimic3" and ds["source"] not in cfg["datasets"]:
+            raise MedmixError(f"{source}: invalid config at 'datasets/{name}/source': unknown dataset "
+                              f"'{ds['source']}' (known: {', '.join(cfg['datasets'])})")
     for i, t in enumerate(cfg["targets"]):
         if t not in cfg["datasets"]:
             raise MedmixError(f"{source}: invalid config at 'targets/{i}': unknown dataset '{t}'")
