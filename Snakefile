@@ -25,6 +25,7 @@ include: "workflow/rules/prepare.smk"
 include: "workflow/rules/embed.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/aggregate.smk"
+include: "workflow/rules/crosscohort.smk"
 
 
 rule all:

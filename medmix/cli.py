@@ -29,36 +29,48 @@ def _spec(args, build) -> dict:
 
 
 def cmd_synth(args) -> None:
+    from medmix import synth_layouts
     from medmix.synth import synth_mimic4
-    counts = synth_mimic4(args.out, n=args.n, seed=args.seed)
+    make = {"mimic4": synth_mimic4, "openi": synth_layouts.synth_openi, "mimic3": synth_layouts.synth_mimic3,
+            "ccrcc": synth_layouts.synth_ccrcc}[args.kind]
+    counts = make(args.out, n=args.n, seed=args.seed)
     print(json.dumps(counts))
+
+
+_KIND_BY_NAME = {"openi": "openi", "mimic3": "mimic3", "ccrcc": "ccrcc"}
 
 
 def cmd_prepare(args) -> None:
     from medmix import config
     from medmix.data import cohort as cohort_mod
-    from medmix.data.mimic4 import build_cohort
+    from medmix.data.common import log
+    from medmix.data.loaders import build as build_cohort
 
     def build(cfg):
-        if args.dataset in cfg["datasets"]:
-            return config.prepare_spec(cfg, args.dataset)
-        cfg["datasets"][args.dataset] = config.default_dataset()  # not in the config: schema defaults
+        if args.dataset not in cfg["datasets"]:  # not in the config: the kind's schema defaults
+            kind = args.kind or _KIND_BY_NAME.get(args.dataset, "mimic4")
+            if kind == "manifest":
+                raise MedmixError(f"dataset {args.dataset}: a manifest dataset needs a config entry with its tasks "
+                                  "(--config FILE)")
+            cfg["datasets"][args.dataset] = config.default_dataset(kind)
         return config.prepare_spec(cfg, args.dataset)
 
     spec = _spec(args, build)
     root = args.root or spec.get("root")
     if not root:
         raise MedmixError(f"dataset {args.dataset}: no raw data root (give --root or set datasets/{args.dataset}/root)")
-    cohort, report = build_cohort(root, note_root=spec["note_root"] or None, cxr_root=spec["cxr_root"] or None,
-                                  prediction_hours=spec["prediction_hours"], min_age=spec["min_age"],
-                                  lab_lookback_hours=spec["lab_lookback_hours"])
-    sp = spec["split"]
-    cohort = cohort_mod.assign_splits(cohort, sp["train"], sp["val"], sp["seed"])
+    optional = sorted(set(spec.get("optional_tables") or []) | set(args.optional_tables or []))
+    out = Path(args.out)
+    cohort, report = build_cohort(spec["kind"], spec, root, optional, out.parent)
     cohort, report = cohort_mod.finalize(cohort, report)
     report["dataset"] = args.dataset
+    report["kind"] = spec["kind"]
     report["spec"] = spec
-    cohort_mod.write(cohort, report, args.out)
-    print(json.dumps(report["counts"], indent=1))
+    report["optional_tables"] = optional
+    for section in ("exclusions", "missing", "counts"):
+        log.info("%s %s: %s", args.dataset, section, json.dumps(report[section], sort_keys=True))
+    cohort_mod.write(cohort, report, out)
+    print(json.dumps({k: report[k] for k in ("counts", "exclusions", "missing")}, indent=1))
 
 
 def cmd_embed(args) -> None:
@@ -72,8 +84,10 @@ def cmd_embed(args) -> None:
 
 def cmd_train(args) -> None:
     from medmix import config
+    from medmix.data import cohort as cohort_mod
     from medmix.train import train_run
     spec = _spec(args, lambda cfg: config.train_spec(cfg, args.dataset, args.method))
+    cohort_mod.check_task(Path(args.results) / args.dataset / "cohort.parquet", spec["task"])
     m = train_run(spec, args.seed, args.out, results=args.results, device=args.device, progress=not args.quiet)
     print(json.dumps({k: m.get(k) for k in ("method", "seed", "best_epoch", "test")}))
 
@@ -92,6 +106,13 @@ def cmd_evaluate(args) -> None:
     for r in res:
         print(r["method"], r["seed"], {k: round(v["auroc"], 4) if v["auroc"] is not None else None
                                        for k, v in r["rates"].items()})
+
+
+def cmd_crosscohort(args) -> None:
+    from medmix.crosscohort import crosscohort
+    res = crosscohort(args.runs, args.results, args.target, args.out, n_boot=args.bootstrap)
+    for name, e in res["methods"].items():
+        print(name, "target auroc", e["target"]["auroc"]["mean"], "source test auroc", e["source_test"]["auroc"]["mean"])
 
 
 def cmd_tables(args) -> None:
@@ -116,8 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="medmix", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="verb", required=True)
 
-    s = sub.add_parser("synth", help="write a synthetic raw dataset in the real MIMIC-IV layout")
-    s.add_argument("--kind", choices=["mimic4"], default="mimic4")
+    s = sub.add_parser("synth", help="write a synthetic raw dataset in a real layout (MIMIC-IV, OpenI XML, "
+                                     "MIMIC-III CSVs, ccRCC folder)")
+    s.add_argument("--kind", choices=["mimic4", "openi", "mimic3", "ccrcc"], default="mimic4")
     s.add_argument("--out", required=True)
     s.add_argument("--n", type=int, default=1500, help="patients")
     s.add_argument("--seed", type=int, default=0)
@@ -127,6 +149,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("dataset")
     s.add_argument("--root", help="raw data root (overrides the config)")
     s.add_argument("--out", required=True)
+    s.add_argument("--kind", choices=["mimic4", "mimic3", "openi", "ccrcc"],
+                   help="loader for a dataset that is not in the config (default: by name, else mimic4)")
+    s.add_argument("--optional-tables", nargs="+", default=[], metavar="NAME",
+                   help="sources that may be absent (their modality is then missing); adds to the config's")
     s.add_argument("--config")
     s.add_argument("--spec", help=argparse.SUPPRESS)
     s.set_defaults(func=cmd_prepare)
@@ -169,6 +195,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--results", default="results")
     s.add_argument("--out", required=True)
     s.set_defaults(func=cmd_evaluate)
+
+    s = sub.add_parser("crosscohort", help="runs trained on a source dataset, unchanged, on every sample of a "
+                                           "target cohort → target metrics.json beside the source test metrics")
+    s.add_argument("--target", required=True, help="target dataset (results/TARGET/cohort.parquet and embeddings)")
+    s.add_argument("--runs", nargs="+", required=True, help="source run directories")
+    s.add_argument("--results", default="results")
+    s.add_argument("--out", required=True)
+    s.add_argument("--bootstrap", type=int, default=0, help="bootstrap resamples for a 95%% CI per run")
+    s.set_defaults(func=cmd_crosscohort)
 
     s = sub.add_parser("tables", help="metrics.json of several datasets → results/tables/main.{md,csv,tex}")
     s.add_argument("--metrics", nargs="+", required=True)

@@ -74,6 +74,7 @@ def validate(cfg: dict, source: str = "config") -> dict:
         raise MedmixError(f"{source}: invalid config at '{_key_path(e)}': {msg}")
     cfg = _fill_defaults(schema(), cfg)
     for name, ds in cfg["datasets"].items():
+        _complete_dataset(name, ds, source)
         for mod, spec in ds["modalities"].items():
             for role in ("experts", "teachers"):
                 for slug in spec[role]:
@@ -87,10 +88,48 @@ def validate(cfg: dict, source: str = "config") -> dict:
         except KeyError:
             raise MedmixError(f"{source}: invalid config at 'methods/{i}': unknown method '{m}' "
                               f"(known: {', '.join(METHODS)}, unimodal_<modality>)") from None
+    for name, ds in cfg["datasets"].items():
+        if ds["kind"] == "mimic3" and ds["source"] not in cfg["datasets"]:
+            raise MedmixError(f"{source}: invalid config at 'datasets/{name}/source': unknown dataset "
+                              f"'{ds['source']}' (known: {', '.join(cfg['datasets'])})")
     for i, t in enumerate(cfg["targets"]):
         if t not in cfg["datasets"]:
             raise MedmixError(f"{source}: invalid config at 'targets/{i}': unknown dataset '{t}'")
     return cfg
+
+
+# The tasks each loader declares (the first is the default `task`); manifest datasets declare theirs.
+KIND_TASKS = {"mimic4": ["ihm", "los7"], "mimic3": ["ihm", "los7"], "openi": ["normal", "problems"],
+              "ccrcc": ["os12", "os"]}
+# Sources that may be absent unless the config says otherwise (their modality is then missing).
+KIND_OPTIONAL = {"mimic4": ["radiology", "cxr_metadata"], "mimic3": ["noteevents"], "openi": ["images"],
+                 "manifest": [], "ccrcc": ["genomics", "ct", "mri", "wsi"]}
+
+
+def kind_keys(kind: str) -> list[str]:
+    """The dataset keys that apply to a loader kind (from the schema's per-kind `allOf`)."""
+    for rule in schema()["$defs"]["dataset"]["allOf"]:
+        if rule["if"]["properties"]["kind"]["const"] == kind:
+            return rule["then"]["propertyNames"]["enum"]
+    raise MedmixError(f"unknown dataset kind '{kind}'")
+
+
+def _complete_dataset(name: str, ds: dict, source: str) -> None:
+    """Keep only the keys of the dataset's kind, and resolve the kind-dependent defaults."""
+    keys = set(kind_keys(ds["kind"]))
+    for k in [k for k in ds if k not in keys]:
+        del ds[k]
+    if ds.get("optional_tables") is None:
+        ds["optional_tables"] = list(KIND_OPTIONAL[ds["kind"]])
+    known = list(ds["tasks"]) if ds["kind"] == "manifest" else KIND_TASKS[ds["kind"]]
+    if not ds["task"]:
+        if not known:
+            raise MedmixError(f"{source}: invalid config at 'datasets/{name}/tasks': a manifest dataset "
+                              "declares at least one task")
+        ds["task"] = known[0]
+    elif ds["task"] not in known:
+        raise MedmixError(f"{source}: invalid config at 'datasets/{name}/task': '{ds['task']}' is not a task "
+                          f"of kind {ds['kind']} (known: {', '.join(known) or 'none declared'})")
 
 
 def load(path: str | Path) -> dict:
@@ -107,7 +146,9 @@ def load(path: str | Path) -> dict:
 
 def default_dataset(kind: str = "mimic4") -> dict:
     """A dataset entry with every schema default (for `prepare` of a dataset not in the config)."""
-    return _fill_defaults(schema()["$defs"]["dataset"], {"kind": kind, "modalities": {}})
+    ds = _fill_defaults(schema()["$defs"]["dataset"], {"kind": kind, "modalities": {}})
+    _complete_dataset("<default>", ds, "built-in defaults")
+    return ds
 
 
 def dataset(cfg: dict, name: str) -> dict:
@@ -127,7 +168,7 @@ def encoder(cfg: dict, slug: str) -> dict:
 def prepare_spec(cfg: dict, name: str) -> dict:
     """The part of the config that determines a dataset's cohort (rerun trigger of `prepare`)."""
     ds = dataset(cfg, name)
-    return {k: v for k, v in ds.items() if k not in ("modalities", "task")}
+    return {k: v for k, v in ds.items() if k not in ("modalities", "task", "source")}
 
 
 def embed_spec(cfg: dict, name: str, modality: str, slug: str) -> dict:

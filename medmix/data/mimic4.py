@@ -17,6 +17,7 @@ from pathlib import Path
 
 import polars as pl
 
+from medmix.data.common import source
 from medmix.data.variables import BOUNDS, LAB_STATS, LABS, VITAL_STATS, VITALS
 from medmix.io import MedmixError
 
@@ -64,10 +65,11 @@ def _read_events(path: Path, columns: list[str], itemids: set[int], key: str, ke
             if not data.strip():
                 continue
             df = pl.read_csv(io.BytesIO(header + data), columns=columns, infer_schema_length=0)
-            df = df.with_columns(pl.col("itemid").cast(pl.Int64), pl.col(key).cast(pl.Int64, strict=False))
-            parts.append(df.filter(pl.col("itemid").is_in(list(itemids)) & pl.col(key).is_in(list(keys))))
+            df = df.rename(str.lower)  # MIMIC-III headers are upper case
+            df = df.with_columns(pl.col("itemid").cast(pl.Int64), pl.col(key.lower()).cast(pl.Int64, strict=False))
+            parts.append(df.filter(pl.col("itemid").is_in(list(itemids)) & pl.col(key.lower()).is_in(list(keys))))
     if not parts:
-        return pl.DataFrame({c: [] for c in columns})
+        return pl.DataFrame({c.lower(): [] for c in columns})
     return pl.concat(parts)
 
 
@@ -107,16 +109,20 @@ def _serialise(row_items: list[tuple[str, str, float]]) -> str:
 
 
 def build_cohort(root: str | Path, note_root: str | Path | None = None, cxr_root: str | Path | None = None,
-                 prediction_hours: float = 48, min_age: int = 18, lab_lookback_hours: float = 24) -> tuple[pl.DataFrame, dict]:
+                 prediction_hours: float = 48, min_age: int = 18, lab_lookback_hours: float = 24,
+                 optional_tables=("radiology", "cxr_metadata")) -> tuple[pl.DataFrame, dict]:
     """Return (cohort without split, report) for a MIMIC-IV-layout root.
 
     The cohort has sample_id, patient_id, hadm_id, stay_id, intime, pred_time, y_ihm, y_los7 and the
     inputs ehr (serialised text), notes (text) and cxr (list of image paths); null = missing.
+    `optional_tables` (chartevents, labevents, radiology, cxr_metadata): sources whose absence is a
+    warning (the inputs they feed are missing) rather than an error.
     """
+    optional = set(optional_tables or ())
     root = Path(root)
     note_root = Path(note_root) if note_root else root
     cxr_root = Path(cxr_root) if cxr_root else root
-    report: dict = {"exclusions": {}, "missing": {}, "counts": {},
+    report: dict = {"exclusions": {}, "missing": {}, "counts": {}, "warnings": [],
                     "tasks": {"ihm": {"type": "binary", "columns": ["y_ihm"]},
                               "los7": {"type": "binary", "columns": ["y_los7"]}}}
     ex = report["exclusions"]
@@ -171,17 +177,17 @@ def build_cohort(root: str | Path, note_root: str | Path | None = None, cxr_root
 
     # ---- EHR: vitals (chartevents of the stay) and labs (labevents of the subject) in the window ----
     counts: dict = {}
-    ce_p = root / "icu" / "chartevents.csv.gz"
-    le_p = root / "hosp" / "labevents.csv.gz"
+    ce_p = source(root / "icu" / "chartevents.csv.gz", "chartevents", "MIMIC-IV icu/chartevents", optional, report)
+    le_p = source(root / "hosp" / "labevents.csv.gz", "labevents", "MIMIC-IV hosp/labevents", optional, report)
     summaries = []
-    if ce_p.exists():
+    if ce_p:
         ce = _read_events(ce_p, ["stay_id", "itemid", "charttime", "valuenum"], set(VITALS), "stay_id",
                           set(stays["stay_id"].to_list()))
         ce = _parse_times(ce, ["charttime"]).join(stays.select("stay_id", "sample_id", "intime", "pred_time"),
                                                   on="stay_id")
         ce = ce.filter((pl.col("charttime") >= pl.col("intime")) & (pl.col("charttime") < pl.col("pred_time")))
         summaries.append(_summarise(ce.rename({"charttime": "t"}), VITALS, VITAL_STATS, counts))
-    if le_p.exists():
+    if le_p:
         le = _read_events(le_p, ["subject_id", "itemid", "charttime", "valuenum"], set(LABS), "subject_id",
                           set(stays["subject_id"].to_list()))
         le = _parse_times(le, ["charttime"]).join(
@@ -210,8 +216,9 @@ def build_cohort(root: str | Path, note_root: str | Path | None = None, cxr_root
     ehr = [ehr_text(s) for s in stays["sample_id"].to_list()]
 
     # ---- notes: radiology notes of this admission charted before the prediction time ----
-    rad_p = note_root / "note" / "radiology.csv.gz"
-    if rad_p.exists():
+    rad_p = source(note_root / "note" / "radiology.csv.gz", "radiology", "MIMIC-IV-Note note/radiology", optional,
+                   report, hint="set the dataset's note_root in the config")
+    if rad_p:
         rad = _read_table(rad_p, ["subject_id", "charttime", "text"])
         rad = _parse_times(rad.with_columns(pl.col("subject_id").cast(pl.Int64)), ["charttime"])
         rad = rad.join(stays.select("subject_id", "sample_id", "admittime", "pred_time"), on="subject_id")
@@ -226,8 +233,9 @@ def build_cohort(root: str | Path, note_root: str | Path | None = None, cxr_root
         report["missing"]["notes"] = {"note_source_absent": stays.height}
 
     # ---- CXR: last frontal image of the last study before the prediction time ----
-    meta_p = cxr_root / "mimic-cxr-2.0.0-metadata.csv.gz"
-    if meta_p.exists():
+    meta_p = source(cxr_root / "mimic-cxr-2.0.0-metadata.csv.gz", "cxr_metadata", "MIMIC-CXR-JPG metadata", optional,
+                    report, hint="set the dataset's cxr_root in the config")
+    if meta_p:
         meta = _read_table(meta_p, ["dicom_id", "subject_id", "study_id", "ViewPosition", "StudyDate", "StudyTime"])
         meta = meta.with_columns(
             pl.col("subject_id").cast(pl.Int64),

@@ -37,6 +37,37 @@ def parse_serialised(text: str) -> tuple[dict[str, float], int]:
     return out, bad
 
 
+def _matrix(parsed: list[dict | None], names: list[str]) -> np.ndarray:
+    col = {k: j for j, k in enumerate(names)}
+    x = np.full((len(parsed), len(names)), np.nan, np.float32)
+    for i, p in enumerate(parsed):
+        if p is not None:
+            for k, v in p.items():
+                if k in col:
+                    x[i, col[k]] = v
+    return x
+
+
+def _standardise(parsed: list[dict | None], x: np.ndarray, state: dict) -> tuple[np.ndarray, np.ndarray]:
+    z = (x - np.asarray(state["mean"], np.float32)) / np.asarray(state["sd"], np.float64)
+    miss = np.isnan(z)
+    z = np.clip(np.where(miss, 0.0, z), -10, 10)  # clip absurd values at 10 sd
+    emb = np.concatenate([z, miss.astype(np.float32)], axis=1).astype(np.float32)
+    present = np.array([p is not None for p in parsed], dtype=bool)
+    emb[~present] = 0
+    return emb, present
+
+
+def apply_state(values: list[str | None], state: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Encode serialised EHR texts with a fitted state (variables, train mean/sd) of another
+    cohort: the cross-cohort use, where the encoder must stay as trained on the source."""
+    parsed = []
+    for v in values:
+        d = parse_serialised(v)[0] if v is not None and v.strip() else None
+        parsed.append(d or None)
+    return _standardise(parsed, _matrix(parsed, state["variables"]), state)
+
+
 @register_encoder("ehr_tabular")
 class TabularEncoder(Encoder):
     input = "text"
@@ -61,23 +92,12 @@ class TabularEncoder(Encoder):
             parsed.append(d or None)
         train = [p for p, s in zip(parsed, split) if p is not None and s == "train"]
         names = sorted({k for p in train for k in p})
-        col = {k: j for j, k in enumerate(names)}
-        x = np.full((n, len(names)), np.nan, np.float32)
-        for i, p in enumerate(parsed):
-            if p is not None:
-                for k, v in p.items():
-                    if k in col:
-                        x[i, col[k]] = v
         is_train = np.array([s == "train" for s in split]) & np.array([p is not None for p in parsed])
+        x = _matrix(parsed, names)
         mu = np.nanmean(x[is_train], axis=0) if is_train.any() else np.zeros(len(names))
         sd = np.nanstd(x[is_train], axis=0) if is_train.any() else np.ones(len(names))
         mu = np.nan_to_num(mu)
         sd = np.where(np.isfinite(sd) & (sd > 0), sd, 1.0)
-        z = (x - mu) / sd
-        miss = np.isnan(z)
-        z = np.clip(np.where(miss, 0.0, z), -10, 10)  # clip absurd values at 10 sd
-        emb = np.concatenate([z, miss.astype(np.float32)], axis=1).astype(np.float32)
-        present = np.array([p is not None for p in parsed])
-        emb[~present] = 0
         state = {"variables": names, "mean": [float(m) for m in mu], "sd": [float(s) for s in sd]}
+        emb, present = _standardise(parsed, x, state)
         return EncodeResult(emb, present, {"non_finite_values": bad} if bad else {}, fit_state=state)

@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 from medmix import config as mcfg
-from medmix.methods import uses_teacher
+from medmix.methods import method_spec, uses_teacher
 
 # complete the config with the schema's defaults and cross-check encoder and method names
 config.update(mcfg.validate(config))
@@ -13,6 +13,8 @@ config.update(mcfg.validate(config))
 DATASETS = list(config["datasets"])
 ENCODERS = list(config["encoders"])
 MODALITIES = sorted({m for ds in config["datasets"].values() for m in ds["modalities"]})
+# cross-cohort targets: their metrics.json evaluates the source dataset's runs (rule crosscohort)
+CROSS = [name for name, ds in config["datasets"].items() if ds["kind"] == "mimic3"]
 
 
 wildcard_constraints:
@@ -82,3 +84,30 @@ def dataset_runs(wildcards):
 
 def run_dirs(wildcards, input):
     return " ".join(sorted({str(Path(p).parent) for p in input.runs}))
+
+
+def synth_kind(wildcards):
+    return config["datasets"][wildcards.dataset]["kind"]
+
+
+def _source(wildcards):
+    return config["datasets"][wildcards.dataset]["source"]
+
+
+def crosscohort_runs(wildcards):
+    return [f"results/{_source(wildcards)}/runs/{m}/seed{s}/model.pt" for m in config["methods"] for s in config["seeds"]]
+
+
+def crosscohort_run_dirs(wildcards, input):
+    return " ".join(sorted({str(Path(p).parent) for p in input.runs}))
+
+
+def crosscohort_embeddings(wildcards):
+    """The target's caches of the source's frozen encoders (a fitted encoder is applied in-process
+    with its source state), teachers only where a method reads them at inference."""
+    src = config["datasets"][_source(wildcards)]
+    roles = ["experts"] + (["teachers"] if any(method_spec(m).get("inputs") == "teachers"
+                                               for m in config["methods"]) else [])
+    return sorted({f"results/{wildcards.dataset}/embeddings/{m}/{slug}.h5"
+                   for m, spec in src["modalities"].items() for r in roles for slug in spec[r]
+                   if config["encoders"][slug]["kind"] != "ehr_tabular"})

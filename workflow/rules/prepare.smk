@@ -2,6 +2,7 @@ rule synth:
     output:
         directory("results/{dataset}/raw"),
     params:
+        kind=synth_kind,
         n=synth_n,
         seed=synth_seed,
     conda:
@@ -9,7 +10,7 @@ rule synth:
     log:
         "results/{dataset}/logs/synth.log",
     shell:
-        "python -m medmix synth --kind mimic4 --out {output} --n {params.n} --seed {params.seed} > {log} 2>&1"
+        "python -m medmix synth --kind {params.kind} --out {output} --n {params.n} --seed {params.seed} > {log} 2>&1"
 
 
 rule prepare:

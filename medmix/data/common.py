@@ -1,0 +1,63 @@
+"""Helpers every loader shares: required vs optional sources, counted steps, row-level errors."""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+from medmix.io import MedmixError
+
+log = logging.getLogger("medmix.prepare")
+
+
+def new_report(tasks: dict | None = None) -> dict:
+    """The cohort.json skeleton every loader fills: counts, exclusions, missing inputs by reason."""
+    rep: dict = {"exclusions": {}, "missing": {}, "counts": {}, "warnings": []}
+    if tasks is not None:
+        rep["tasks"] = tasks
+    return rep
+
+
+def source(path: Path, table: str, what: str, optional: set[str] | frozenset, report: dict,
+           hint: str = "set the dataset's root in the config") -> Path | None:
+    """`path` if it exists; None (with a logged, reported warning) if `table` is declared optional;
+    otherwise an error naming the file and how to make it optional."""
+    path = Path(path)
+    if path.exists():
+        return path
+    if table in optional:
+        msg = f"{path}: {what} not found; table '{table}' is optional, so the modality it feeds is missing"
+        log.warning(msg)
+        report.setdefault("warnings", []).append(msg)
+        return None
+    raise MedmixError(f"{path}: {what} not found ({hint}, or declare '{table}' in optional_tables "
+                      f"/ --optional-tables to treat its modality as missing)")
+
+
+def count(report: dict, section: str, key: str, n: int) -> None:
+    """Record one step's count in cohort.json and the log (nothing dropped silently)."""
+    report.setdefault(section, {})[key] = int(n)
+    log.info("%s: %s = %d", section, key, n)
+
+
+def slug(term: str) -> str:
+    """A label term as a column-name fragment: 'Catheters, Indwelling' -> 'catheters_indwelling'."""
+    s = re.sub(r"[^a-z0-9]+", "_", term.lower()).strip("_")
+    return s or "term"
+
+
+def where(r) -> str:
+    """A CSV data row (1-based) with its line in the file (the header is line 1); other locators as given."""
+    return f"row {r} (line {r + 1})" if isinstance(r, int) else str(r)
+
+
+def check_unique(values: list, source_name: str, field: str, rows: list | None = None) -> None:
+    """A duplicate id is an error naming the file, the row and the field (rows default to CSV data rows)."""
+    rows = rows if rows is not None else list(range(1, len(values) + 1))
+    seen: dict = {}
+    for i, v in enumerate(values):
+        if v in seen:
+            raise MedmixError(f"{source_name}: {where(rows[i])}: field '{field}' duplicates '{v}' "
+                              f"(first at {where(rows[seen[v]])})")
+        seen[v] = i

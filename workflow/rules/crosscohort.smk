@@ -1,0 +1,29 @@
+# Cross-cohort targets (kind mimic3): results/{dataset}/metrics.json evaluates the runs trained on
+# the dataset's `source`, unchanged, on every sample of its cohort, beside their source test results.
+
+
+ruleorder: crosscohort > aggregate
+
+
+localrules:
+    crosscohort,
+
+
+rule crosscohort:
+    input:
+        runs=crosscohort_runs,
+        cohort="results/{dataset}/cohort.parquet",
+        embeddings=crosscohort_embeddings,
+    output:
+        metrics=report("results/{dataset}/metrics.json", category="Results", caption="../report/crosscohort.rst"),
+    wildcard_constraints:
+        dataset="|".join(CROSS) or "(?!)",
+    params:
+        runs=crosscohort_run_dirs,
+    conda:
+        "../../envs/medmix.yaml"
+    log:
+        "results/{dataset}/logs/crosscohort.log",
+    shell:
+        "python -m medmix crosscohort --target {wildcards.dataset} --runs {params.runs} --results results "
+        "--out {output.metrics} > {log} 2>&1"
