@@ -22,7 +22,7 @@ import yaml
 
 from conftest import REPO, TINY_CONFIG
 
-pytestmark = [pytest.mark.slurm, pytest.mark.integration]
+pytestmark = pytest.mark.integration
 
 CI_SLURM = REPO / "ci" / "slurm"
 # two cheap methods without a teacher branch, two experts: 6 sbatch jobs (synth, prepare, 2 embed, 2 train)
@@ -64,13 +64,20 @@ def _metric_values(path: Path) -> dict:
             for m, e in res["methods"].items()} | {"counts": res["cohort"]["counts"]}
 
 
+def _skip_or_fail(reason: str):
+    # .ci/run sets MEDMIX_REQUIRE_SLURM=1: there a skipped cluster test would prove nothing
+    if os.environ.get("MEDMIX_REQUIRE_SLURM") == "1":
+        pytest.fail(f"MEDMIX_REQUIRE_SLURM=1 but {reason}")
+    pytest.skip(reason)
+
+
 @pytest.fixture(scope="module")
 def local_slurm(tmp_path_factory):
     """A running single-node SLURM; the daemons this fixture started are stopped afterwards."""
     if os.geteuid() != 0:
-        pytest.skip("starting a local SLURM needs root (slurmctld, slurmd and munged run as their own users)")
+        _skip_or_fail("starting a local SLURM needs root (slurmctld, slurmd and munged run as their own users)")
     if not shutil.which("slurmctld") and not shutil.which("apt-get"):
-        pytest.skip("SLURM is not installed and apt-get is not available to install it")
+        _skip_or_fail("SLURM is not installed and apt-get is not available to install it")
     state = tmp_path_factory.mktemp("slurm-state")
     env = {**os.environ, "LOCAL_SLURM_STATE": str(state), "LOCAL_SLURM_GPUS": "1", "LOCAL_SLURM_PARTITION": "debug"}
     t0 = time.monotonic()
@@ -86,6 +93,20 @@ def local_slurm(tmp_path_factory):
         subprocess.run(["bash", str(CI_SLURM / "stop-local-slurm.sh")], env=env, timeout=120)
 
 
+def test_profile_dry_run_requests_a_gpu_for_embed_jobs_only(tmp_path):
+    """No cluster needed: the profile's resources as Snakemake resolves them for each job."""
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(SLURM_CONFIG))
+    out = _smk(tmp_path, "--profile", str(REPO / "workflow" / "profiles" / "slurm"), "-n", "results/tiny/metrics.json",
+               env=_env(MEDMIX_SLURM_PARTITION="gpu", MEDMIX_SLURM_ACCOUNT="lab"), timeout=300)
+    jobs = re.findall(r"^rule (\w+):\n(?:.*\n)*?\s+resources: (.*)$", out, flags=re.M)
+    assert sorted({r for r, _ in jobs}) == ["aggregate", "embed", "prepare", "synth", "train"], out[-3000:]
+    for rule, res in jobs:
+        res = dict(kv.split("=", 1) for kv in res.split(", "))
+        assert res.get("gpu", "0") == ("1" if rule == "embed" else "0"), (rule, res)
+        assert res["slurm_partition"] == "gpu" and res["slurm_account"] == "lab"   # placeholders from the env
+
+
+@pytest.mark.slurm
 def test_workflow_through_slurm_profile_matches_local_run(local_slurm, tmp_path):
     cfg = yaml.safe_dump(SLURM_CONFIG)
     local, cluster = tmp_path / "local", tmp_path / "slurm"
