@@ -7,17 +7,19 @@ card to themselves (`CUDA_VISIBLE_DEVICES`). The lock belongs to the process's o
 kernel releases it when the process exits in any way (success, exception, SIGKILL, OOM kill), so
 no slot can leak and there is nothing to clean up.
 
-Policy when every slot is taken: wait, polling every second and logging the holders each minute,
-up to `MEDMIX_GPU_WAIT` seconds (default 600; 0 = fail at once), then fail with a `MedmixError`
-naming the lock directory and the pids holding the slots. With Snakemake's `--resources gpu=N`
-equal to the slot count this never waits; it waits when something outside this run holds a card.
+Policy when every slot is taken: queue, like a scheduler would. The job polls every second and
+logs the holders (pids) once a minute; it waits without limit unless `MEDMIX_GPU_WAIT` says how
+many seconds (0 = fail at once), after which it fails with a `MedmixError` naming the lock
+directory and the pids holding the slots. With Snakemake's `--resources gpu=N` equal to the slot
+count and the embed jobs declaring `gpu=1`, no job ever waits; one waits when something outside
+the run holds a card (another run, a notebook using the same lock directory).
 
 Environment (a flag of the CLI wins over its variable):
   MEDMIX_GPU_SLOTS     number of slots; unset or 0 = no allocation (SLURM already assigns GPUs)
   MEDMIX_GPU_DEVICES   device ids of the slots, comma-separated (default 0..N-1), e.g. "0,2,3"
   MEDMIX_GPU_LOCK_DIR  directory of the lock files, shared by every job of the machine
                        (default <tmp>/medmix-gpu-slots)
-  MEDMIX_GPU_WAIT      seconds to wait for a free slot (default 600)
+  MEDMIX_GPU_WAIT      seconds to wait for a free slot (default: no limit; 0 = fail at once)
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from medmix.io import MedmixError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_WAIT_S = 600.0
+DEFAULT_WAIT_S = float("inf")
 _held: list["GpuSlot"] = []  # keeps the lock files open (hence locked) until the process exits
 
 
@@ -106,7 +108,11 @@ def acquire(n: int, lock_dir: str | os.PathLike | None = None, devices: str | No
     except OSError as e:
         raise MedmixError(f"GPU slots: cannot create the lock directory {d} ({e}); set MEDMIX_GPU_LOCK_DIR") from None
     if wait_s is None:
-        wait_s = float(os.environ.get("MEDMIX_GPU_WAIT", DEFAULT_WAIT_S))
+        raw = os.environ.get("MEDMIX_GPU_WAIT", "").strip()
+        try:
+            wait_s = float(raw) if raw else DEFAULT_WAIT_S
+        except ValueError:
+            raise MedmixError(f"MEDMIX_GPU_WAIT={raw!r} is not a number of seconds") from None
     paths = [d / f"gpu{i}.lock" for i in range(n)]
     t0 = last_note = time.monotonic()
     while True:
