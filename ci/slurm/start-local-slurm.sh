@@ -9,6 +9,12 @@
 #   LOCAL_SLURM_GPUS=1        number of fake GPUs (gres/gpu backed by /dev/null); 0 = no gres
 #   LOCAL_SLURM_PARTITION=debug
 #   LOCAL_SLURM_WAIT=60       seconds to wait for the node to become idle
+#   LOCAL_SLURM_STATE=/run/local-slurm   where the pids of the daemons *this call* started are
+#                             recorded; give each caller its own dir so that its stop script stops
+#                             only those (tests/test_slurm.py does)
+#
+# Vendored from the project's shared, tested copy (pitfalls: docs/hpc.md); the only change is
+# LOCAL_SLURM_STATE.
 #
 # Snakemake (snakemake-executor-plugin-slurm) on this cluster needs:
 #   --slurm-status-command squeue         (sacct fails: "Slurm accounting storage is disabled";

@@ -2,6 +2,7 @@
 # Stop the daemons that start-local-slurm.sh started (pids recorded in /run/local-slurm).
 # Daemons that were already running before start-local-slurm.sh are left alone.
 # Set LOCAL_SLURM_CANCEL_JOBS=0 to skip cancelling queued/running jobs first.
+# LOCAL_SLURM_STATE: the same directory as given to start-local-slurm.sh (default /run/local-slurm).
 set -uo pipefail
 STATE="${LOCAL_SLURM_STATE:-/run/local-slurm}"
 log() { echo "[local-slurm] $*" >&2; }
