@@ -13,7 +13,7 @@
 #                             recorded; give each caller its own dir so that its stop script stops
 #                             only those (tests/test_slurm.py does)
 #
-# Vendored from the project's shared, tested copy (pitfalls: docs/hpc.md); the only change is
+# Vendored from the project's shared, tested copy (pitfalls: the comments below, docs/hpc.md); the only change is
 # LOCAL_SLURM_STATE.
 #
 # Snakemake (snakemake-executor-plugin-slurm) on this cluster needs:
