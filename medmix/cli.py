@@ -164,6 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True)
     s.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
     s.add_argument("--workers", type=int, default=0, help="image-decoding worker processes")
+    s.add_argument("--gpu-slots", type=int, default=None, metavar="N",
+                   help="take one of N GPU slots (lock files) and use only its GPU; default $MEDMIX_GPU_SLOTS, "
+                        "unset = off (see medmix/gpu.py, docs/hpc.md)")
     s.add_argument("--config")
     s.add_argument("--spec", help=argparse.SUPPRESS)
     s.set_defaults(func=cmd_embed)
@@ -176,6 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--results", default="results", help="results root holding {dataset}/cohort.parquet and embeddings")
     s.add_argument("--device", default=None)
     s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.add_argument("--gpu-slots", type=int, default=None, metavar="N",
+                   help="take one of N GPU slots (lock files) and use only its GPU; default $MEDMIX_GPU_SLOTS, "
+                        "unset = off (see medmix/gpu.py, docs/hpc.md)")
     s.add_argument("--config")
     s.add_argument("--spec", help=argparse.SUPPRESS)
     s.set_defaults(func=cmd_train)
@@ -228,6 +234,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
     try:
+        if args.verb in ("embed", "train"):
+            # before anything imports torch: the slot decides CUDA_VISIBLE_DEVICES
+            from medmix.gpu import claim_for_process
+            claim_for_process(args.gpu_slots, args.device)
         args.func(args)
     except MedmixError as e:
         print(f"medmix {args.verb}: error: {e}", file=sys.stderr)
