@@ -84,10 +84,8 @@ def cmd_embed(args) -> None:
 
 def cmd_train(args) -> None:
     from medmix import config
-    from medmix.data import cohort as cohort_mod
     from medmix.train import train_run
     spec = _spec(args, lambda cfg: config.train_spec(cfg, args.dataset, args.method))
-    cohort_mod.check_task(Path(args.results) / args.dataset / "cohort.parquet", spec["task"])
     m = train_run(spec, args.seed, args.out, results=args.results, device=args.device, progress=not args.quiet)
     print(json.dumps({k: m.get(k) for k in ("method", "seed", "best_epoch", "test")}))
 

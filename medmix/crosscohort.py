@@ -17,12 +17,12 @@ import numpy as np
 import polars as pl
 import torch
 
-from medmix.bundle import student_predict
+from medmix.bundle import student_predict, task_of_run
 from medmix.data import cohort as cohort_mod
 from medmix.encoders.cache import read_attrs, read_cache
 from medmix.encoders.tabular import apply_state
 from medmix.io import MedmixError, write_json
-from medmix.metrics import METRICS, binary_metrics
+from medmix.metrics import METRICS, task_metrics
 from medmix.model import fusion_config
 
 
@@ -62,18 +62,21 @@ def evaluate_run(run: str | Path, results: str | Path, target: str, n_boot: int 
     ckpt = torch.load(run / "model.pt", map_location="cpu", weights_only=True)
     spec, method = ckpt["spec"], ckpt["method"]
     cohort = cohort_mod.read(results / target / "cohort.parquet")
-    ycol = f"y_{spec['task']}"
-    if ycol not in cohort.columns:
-        raise MedmixError(f"{results / target / 'cohort.parquet'}: no label column '{ycol}' for the source task "
+    task = task_of_run(ckpt)
+    missing = [c for c in task.columns if c not in cohort.columns]
+    if missing:
+        raise MedmixError(f"{results / target / 'cohort.parquet'}: no label column(s) {missing} for the source task "
                           f"'{spec['task']}'")
     X, M = _inputs(ckpt, results, target, cohort)
     avail = torch.stack([M[m].any(1) for m in M], 1).any(1).numpy()
-    p, _ = student_predict(method, ckpt["dims"], fusion_config(method, spec["train"]), ckpt["state_dict"], X, M)
-    y = cohort[ycol].cast(pl.Float64).fill_null(float("nan")).to_numpy()
-    y = np.where(avail, y, np.nan)
+    p, _ = student_predict(method, ckpt["dims"], fusion_config(method, spec["train"]), ckpt["state_dict"], X, M, task)
+    y = task.targets(cohort).astype(np.float64)
+    y[~avail] = np.nan
     src = json.loads((run / "metrics.json").read_text())
     return {"method": spec["method"], "seed": int(ckpt["seed"]), "source": spec["dataset"], "task": spec["task"],
-            "target": binary_metrics(y, p.astype(np.float64), n_boot=n_boot),
+            "task_type": task.kind,
+            "target": task_metrics(task.kind, y, np.asarray(p, dtype=np.float64), n_boot=n_boot,
+                                   thr=ckpt.get("thresholds")),
             "samples_without_any_input_of_the_run": int((~avail).sum()),
             "source_test": src.get("test")}
 
@@ -106,7 +109,7 @@ def crosscohort(runs: list[str | Path], results: str | Path, target: str, out: s
         res["cohort"] = {k: v for k, v in json.loads(meta.read_text()).items() if k in ("counts", "exclusions", "missing")}
     for name, rs in sorted(methods.items()):
         entry = {"seeds": [r["seed"] for r in rs], "target": {}, "source_test": {}}
-        for metric in METRICS:
+        for metric in METRICS[rs[0]["task_type"]]:
             entry["target"][metric] = _summary([r["target"][metric]["value"] for r in rs])
             entry["source_test"][metric] = _summary([_value((r["source_test"] or {}).get(metric)) for r in rs])
         entry["target_n"] = rs[0]["target"]["n"]

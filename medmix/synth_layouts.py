@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import gzip
 import io
-import json
 from datetime import datetime, timedelta
 from pathlib import Path
 from xml.sax.saxutils import escape

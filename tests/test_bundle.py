@@ -5,7 +5,7 @@ import polars as pl
 import pytest
 
 from medmix import config
-from medmix.bundle import export, load, predict
+from medmix.bundle import load, predict
 from medmix.cli import main
 from medmix.train import train_run
 

@@ -45,6 +45,7 @@ def test_train_time_task_is_checked_against_the_cohort(tmp_path):
                        "y_os_time": [1.0, 2.0], "y_os_event": [1, 0], "x": ["u", "v"]})
     rep = {"counts": {}, "tasks": {"os": {"type": "survival", "columns": ["y_os_time", "y_os_event"]}}}
     C.write(co, rep, tmp_path / "cohort.parquet")
-    assert C.check_task(tmp_path / "cohort.parquet", "os")["type"] == "survival"
-    with pytest.raises(MedmixError, match=r"cohort.json: task 'ihm' is not declared by this cohort \(declared: os\)"):
-        C.check_task(tmp_path / "cohort.parquet", "ihm")
+    from medmix.tasks import Task
+    assert Task.of_cohort(tmp_path / "cohort.parquet", "os").kind == "survival"
+    with pytest.raises(MedmixError, match=r"cohort.parquet: the cohort has no task 'ihm' \(its tasks: os;"):
+        Task.of_cohort(tmp_path / "cohort.parquet", "ihm")

@@ -1,5 +1,4 @@
 import gzip
-import json
 
 import polars as pl
 import pytest

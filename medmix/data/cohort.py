@@ -165,14 +165,3 @@ def tasks(path: str | Path, cohort: pl.DataFrame | None = None) -> dict:
             return declared
     return infer_tasks(cohort if cohort is not None else pl.read_parquet(path))
 
-
-def check_task(path: str | Path, task: str) -> dict:
-    """The declaration of `task` in a cohort's cohort.json; an error naming the declared ones otherwise."""
-    path = Path(path)
-    if not path.exists():
-        raise MedmixError(f"{path}: cohort not found (run `medmix prepare` first)")
-    declared = tasks(path)
-    if task not in declared:
-        raise MedmixError(f"{path.with_suffix('.json')}: task '{task}' is not declared by this cohort "
-                          f"(declared: {', '.join(declared)}); set datasets/<name>/task to one of them")
-    return declared[task]

@@ -93,7 +93,6 @@ def build_cohort(root: str | Path, prediction_hours: float = 48, min_age: int = 
                          "los7": {"type": "binary", "columns": ["y_los7"]}})
     imap = read_itemid_map(itemid_map)
     report["itemid_map"] = str(itemid_map or DEFAULT_MAP)
-    ex = report["exclusions"]
     pat_p = source(_table(root, "PATIENTS"), "patients", "MIMIC-III PATIENTS", set(), report)
     adm_p = source(_table(root, "ADMISSIONS"), "admissions", "MIMIC-III ADMISSIONS", set(), report)
     icu_p = source(_table(root, "ICUSTAYS"), "icustays", "MIMIC-III ICUSTAYS", set(), report)

@@ -80,7 +80,6 @@ class TabularEncoder(Encoder):
         return "fitted-on-train"
 
     def encode(self, values, split) -> EncodeResult:
-        n = len(values)
         parsed: list[dict | None] = []
         bad = 0
         for v in values:
