@@ -2,7 +2,9 @@
 
 Same model (MedMIX without teacher), same batch size, same optimiser, same cached tensors of a
 dataset (default: the demo), in one run. The DataLoader loop is what a typical PyTorch training
-script does: one __getitem__ per sample, then default_collate.
+script does: one __getitem__ per sample, then default_collate. Two figures: whole training
+steps (data + model), and the data path alone (building every batch of an epoch, no model), which
+is the part the trainer's design changes.
 
     PYTHONPATH=. python benchmarks/train_throughput.py --dataset demo --epochs 5
 """
@@ -96,14 +98,34 @@ def main() -> None:
                 n += len(yb)
         return n
 
+    def batches_only(kind: str) -> float:
+        gen = torch.Generator().manual_seed(0)
+        t = time.perf_counter()
+        n = 0
+        for _ in range(args.epochs):
+            if kind == "dataloader":
+                for b in torch.utils.data.DataLoader(ds, batch_size=args.batch_size, shuffle=True, generator=gen):
+                    n += len(b[-1])
+            else:
+                idx_all = torch.from_numpy(tr)
+                perm = idx_all[torch.randperm(len(idx_all), generator=gen)]
+                for s in range(0, len(perm), args.batch_size):
+                    idx = perm[s:s + args.batch_size]
+                    make_batch(inp.X, inp.M, idx)
+                    n += len(yt[idx])
+        return n / (time.perf_counter() - t)
+
     torch.set_num_threads(torch.get_num_threads())
     dl_sps = run(dataloader_loop)
     mm_sps = run(medmix_loop)
+    dl_data, mm_data = batches_only("dataloader"), batches_only("medmix")
     print(f"{args.dataset}: {len(tr)} training samples, {sum(len(v) for v in inp.X.values())} experts, "
           f"cached tensors {cache_mb:.1f} MiB, batch {args.batch_size}, {args.epochs} epochs, "
           f"{torch.get_num_threads()} threads")
     print(f"DataLoader(TensorDataset) loop: {dl_sps:8.0f} samples/s")
     print(f"medmix index-batched loop:      {mm_sps:8.0f} samples/s   speed-up x{mm_sps / dl_sps:.2f}")
+    print(f"data path only (no model): DataLoader {dl_data:,.0f} vs index gather {mm_data:,.0f} samples/s, "
+          f"speed-up x{mm_data / dl_data:.1f}")
     print(f"peak RSS {_rss_mb():.0f} MiB (interpreter + libraries {rss0:.0f} MiB before loading; "
           f"{rss_loaded - rss0:.0f} MiB after loading the caches)")
 

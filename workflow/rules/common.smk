@@ -26,11 +26,13 @@ wildcard_constraints:
 
 
 def all_metrics(wildcards):
-    return [f"results/{ds}/metrics.json" for ds in config["targets"]]
+    """Trained datasets of `targets` (the rows of results/tables/main.*)."""
+    return [f"results/{ds}/metrics.json" for ds in config["targets"] if ds not in CROSS]
 
 
 def all_targets(wildcards):
-    return all_metrics(wildcards) + ["results/tables/main.md"]
+    """`all`: every target's metrics.json (cross-cohort ones included) and the main table."""
+    return [f"results/{ds}/metrics.json" for ds in config["targets"]] + ["results/tables/main.md"]
 
 
 def _js(obj):
