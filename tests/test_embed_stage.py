@@ -157,7 +157,8 @@ def test_image_inputs_16bit_dicom_nifti_series_and_bad_files(tmp_path):
     img = rng.integers(0, 4096, (24, 24)).astype(np.uint16)
     vol = rng.integers(0, 4096, (3, 24, 24)).astype(np.uint16)                # (S, H, W)
     Image.fromarray(img).save(tmp_path / "a16.png")                            # 16-bit grayscale PNG
-    Image.fromarray(((img - img.min()) / (img.max() - img.min() + 1e-8) * 255).astype(np.uint8)).save(tmp_path / "a8.png")
+    from medmix.encoders.image import _to_uint8
+    Image.fromarray(_to_uint8(img)).save(tmp_path / "a8.png")                 # its min-max 8-bit rescaling
     _dicom(tmp_path / "a.dcm", img)
     _dicom(tmp_path / "a_inv.dcm", img.max() - img, mono1=True)               # MONOCHROME1: inverted back
     nib.save(nib.Nifti1Image(np.moveaxis(vol, 0, -1).astype(np.float32), np.eye(4)), tmp_path / "v.nii.gz")
@@ -243,7 +244,7 @@ def test_killed_job_resumes_from_checkpoint_and_equals_uninterrupted_run(cohort,
     spec = {**config.validate(TINY_CONFIG)["encoders"]["bert_tail"], "batch_size": 4}
     ref = run_embed(cohort, "notes", "bert_tail", spec, tmp_path / "ref.h5", device="cpu", progress=False)
     out = tmp_path / "out.h5"
-    code = _SLOW_RUN.format(repo=str(REPO), sleep=0.3, cohort=str(cohort), spec=spec, out=str(out))
+    code = _SLOW_RUN.format(repo=str(REPO), sleep=0.15, cohort=str(cohort), spec=spec, out=str(out))
     proc = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, "OMP_NUM_THREADS": "1"})
     deadline = time.time() + 60
     chunks: list = []
