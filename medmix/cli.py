@@ -75,11 +75,19 @@ def cmd_prepare(args) -> None:
 
 def cmd_embed(args) -> None:
     from medmix import config
-    from medmix.embed import run_embed
+    from medmix.embed import parse_shard, run_embed
     spec = _spec(args, lambda cfg: config.embed_spec(cfg, "", args.modality, args.encoder))
     summary = run_embed(args.cohort, args.modality, args.encoder, spec["spec"], args.out, device=args.device,
-                        workers=args.workers)
+                        workers=args.workers, shard=parse_shard(args.shard), checkpoint_every=args.checkpoint_every,
+                        progress=not args.quiet)
     print(json.dumps(summary))
+
+
+def cmd_merge(args) -> None:
+    from medmix import config
+    from medmix.embed import merge_shards
+    spec = _spec(args, lambda cfg: config.embed_spec(cfg, "", args.modality, args.encoder))
+    print(json.dumps(merge_shards(args.cohort, args.modality, args.encoder, spec["spec"], args.shards, args.out)))
 
 
 def cmd_train(args) -> None:
@@ -165,9 +173,23 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--gpu-slots", type=int, default=None, metavar="N",
                    help="take one of N GPU slots (lock files) and use only its GPU; default $MEDMIX_GPU_SLOTS, "
                         "unset = off (see medmix/gpu.py, docs/hpc.md)")
+    s.add_argument("--shard", help="I/N: encode shard I of N (batches k with k %% N == I) into a shard file for `merge`")
+    s.add_argument("--checkpoint-every", type=int, default=20, metavar="BATCHES",
+                   help="write finished batches to the resume checkpoint this often (also every 5 minutes)")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.add_argument("--config")
     s.add_argument("--spec", help=argparse.SUPPRESS)
     s.set_defaults(func=cmd_embed)
+
+    s = sub.add_parser("merge", help="shard files of one embed → the cache an unsharded run writes")
+    s.add_argument("--cohort", required=True)
+    s.add_argument("--modality", required=True)
+    s.add_argument("--encoder", required=True)
+    s.add_argument("--shards", nargs="+", required=True, help="shard files, in any order")
+    s.add_argument("--out", required=True)
+    s.add_argument("--config")
+    s.add_argument("--spec", help=argparse.SUPPRESS)
+    s.set_defaults(func=cmd_merge)
 
     s = sub.add_parser("train", help="cached embeddings → model.pt, metrics.json, predictions.parquet")
     s.add_argument("--dataset", required=True)

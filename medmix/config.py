@@ -82,6 +82,10 @@ def validate(cfg: dict, source: str = "config") -> dict:
                         raise MedmixError(
                             f"{source}: invalid config at 'datasets/{name}/modalities/{mod}/{role}': "
                             f"unknown encoder '{slug}' (known: {', '.join(sorted(cfg['encoders']))})")
+    for slug, enc in cfg["encoders"].items():
+        if enc["kind"] in ("ehr_tabular", "tfidf_svd") and enc["shards"] > 1:
+            raise MedmixError(f"{source}: invalid config at 'encoders/{slug}/shards': a {enc['kind']} encoder is "
+                              "fitted on the whole train split and cannot be sharded (set 1)")
     for i, m in enumerate(cfg["methods"]):
         try:
             method_spec(m)
@@ -171,9 +175,19 @@ def prepare_spec(cfg: dict, name: str) -> dict:
     return {k: v for k, v in ds.items() if k not in ("modalities", "task", "source")}
 
 
+# encoder keys that say how a job runs, not what it computes: excluded from the cache identity,
+# so changing the shard count or a resource hint reruns no embed or train job
+RUN_KEYS = ("shards", "resources")
+
+
+def encoder_identity(spec: dict) -> dict:
+    """An encoder entry without its run-only keys: what determines the embeddings."""
+    return {k: v for k, v in spec.items() if k not in RUN_KEYS}
+
+
 def embed_spec(cfg: dict, name: str, modality: str, slug: str) -> dict:
     """The part of the config that determines one embedding cache (rerun trigger of `embed`)."""
-    return {"dataset": name, "modality": modality, "encoder": slug, "spec": encoder(cfg, slug)}
+    return {"dataset": name, "modality": modality, "encoder": slug, "spec": encoder_identity(encoder(cfg, slug))}
 
 
 def train_spec(cfg: dict, name: str, method: str) -> dict:
@@ -184,7 +198,7 @@ def train_spec(cfg: dict, name: str, method: str) -> dict:
         "method": method,
         "task": ds["task"],
         "modalities": ds["modalities"],
-        "encoders": {s: stable_hash(encoder(cfg, s)) for m in ds["modalities"].values()
+        "encoders": {s: stable_hash(encoder_identity(encoder(cfg, s))) for m in ds["modalities"].values()
                      for s in m["experts"] + m["teachers"]},
         "train": cfg["train"],
     }

@@ -30,7 +30,9 @@ SLURM_CONFIG = {
     "targets": ["tiny"],
     "datasets": {"tiny": {**TINY_CONFIG["datasets"]["tiny"],
                           "modalities": {"ehr": {"experts": ["tab"]}, "notes": {"experts": ["bert_head"]}}}},
-    "encoders": {k: TINY_CONFIG["encoders"][k] for k in ("tab", "bert_head")},
+    # GPU requests come from each encoder's `resources`: the BERT asks for one, the tabular one not
+    "encoders": {"tab": TINY_CONFIG["encoders"]["tab"],
+                 "bert_head": {**TINY_CONFIG["encoders"]["bert_head"], "resources": {"gpu": 1}}},
     "methods": ["early_concat", "logreg_concat"],
     "seeds": [0],
     "train": TINY_CONFIG["train"],
@@ -93,16 +95,18 @@ def local_slurm(tmp_path_factory):
         subprocess.run(["bash", str(CI_SLURM / "stop-local-slurm.sh")], env=env, timeout=120)
 
 
-def test_profile_dry_run_requests_a_gpu_for_embed_jobs_only(tmp_path):
+def test_profile_dry_run_requests_a_gpu_for_gpu_encoders_only(tmp_path):
     """No cluster needed: the profile's resources as Snakemake resolves them for each job."""
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(SLURM_CONFIG))
     out = _smk(tmp_path, "--profile", str(REPO / "workflow" / "profiles" / "slurm"), "-n", "results/tiny/metrics.json",
                env=_env(MEDMIX_SLURM_PARTITION="gpu", MEDMIX_SLURM_ACCOUNT="lab"), timeout=300)
-    jobs = re.findall(r"^rule (\w+):\n(?:.*\n)*?\s+resources: (.*)$", out, flags=re.M)
-    assert sorted({r for r, _ in jobs}) == ["aggregate", "embed", "prepare", "synth", "train"], out[-3000:]
-    for rule, res in jobs:
+    jobs = re.findall(r"^rule (\w+):\n((?:.*\n)*?)\s+resources: (.*)$", out, flags=re.M)
+    assert sorted({r for r, _, _ in jobs}) == ["aggregate", "embed", "prepare", "synth", "train"], out[-3000:]
+    assert sum(r == "embed" for r, _, _ in jobs) == 2
+    for rule, body, res in jobs:
         res = dict(kv.split("=", 1) for kv in res.split(", "))
-        assert res.get("gpu", "0") == ("1" if rule == "embed" else "0"), (rule, res)
+        gpu = rule == "embed" and "encoder=bert_head" in body
+        assert res.get("gpu", "0") == ("1" if gpu else "0"), (rule, body, res)
         assert res["slurm_partition"] == "gpu" and res["slurm_account"] == "lab"   # placeholders from the env
 
 
@@ -139,13 +143,15 @@ def test_workflow_through_slurm_profile_matches_local_run(local_slurm, tmp_path)
     assert len({i for _, i, _ in submitted}) == sum(SBATCH_RULES.values())
     assert not (cluster / ".snakemake" / "slurm_logs" / "rule_aggregate").exists()  # localrule: no sbatch
 
-    # the scheduler knows these jobs: completed, and only the embed jobs held the (fake) GPU
+    # the scheduler knows these jobs: completed, and only the GPU encoder's embed job held the (fake) GPU
+    gpu_jobs = {i for (_, i, _), p in zip(submitted, logs) if "bert_head" in str(p) and "rule_embed" in str(p)}
+    assert len(gpu_jobs) == 1, logs
     for rule, ids in by_rule.items():
         for i in ids:
             info = subprocess.run(["scontrol", "show", "job", "-o", i], capture_output=True, text=True).stdout
             assert "JobState=COMPLETED" in info, info
             assert "Partition=debug" in info and "Account=ci" in info, info
-            assert ("TresPerJob=gres:gpu:1" in info) == (rule == "embed"), (rule, info)
+            assert ("TresPerJob=gres:gpu:1" in info) == (i in gpu_jobs), (rule, info)
 
     # the same numbers as the local run (CPU training is deterministic for a seed and thread count)
     assert _metric_values(cluster / "results/tiny/metrics.json") == _metric_values(local / "results/tiny/metrics.json")

@@ -43,6 +43,7 @@ def _job_counts(dry_run_output: str) -> dict:
 def workdir(tmp_path_factory):
     wd = tmp_path_factory.mktemp("wf")
     cfg = json.loads(json.dumps(TINY_CONFIG))
+    cfg["encoders"]["bert_tail"]["shards"] = 2          # sharded: 2 embed_shard jobs + embed_merge
     if MIMIC_DEMO.exists():
         cfg["datasets"]["mimiciv_demo"] = {
             "kind": "mimic4", "root": str(MIMIC_DEMO), "task": "ihm",
@@ -65,7 +66,8 @@ def test_dag_runs_end_to_end_and_reruns_only_what_changed(workdir):
     counts = _job_counts(dry)
     pairs = {(m, s) for m, spec in TINY_CONFIG["datasets"]["tiny"]["modalities"].items()
              for s in spec["experts"] + spec["teachers"]}
-    assert counts["embed"] == len(pairs)                       # one embed job per (modality, encoder)
+    assert counts["embed"] == len(pairs) - 1                   # one embed job per (modality, encoder) ...
+    assert counts["embed_shard"] == 2 and counts["embed_merge"] == 1  # ... except the sharded bert_tail
     assert counts["train"] == len(TINY_CONFIG["methods"]) * len(TINY_CONFIG["seeds"])
 
     _smk(workdir, "--cores", "2", "all")
@@ -86,7 +88,7 @@ def test_dag_runs_end_to_end_and_reruns_only_what_changed(workdir):
     cfg["seeds"] = [0, 1]
     (workdir / "config.yaml").write_text(yaml.safe_dump(cfg))
     counts = _job_counts(_smk(workdir, "-n", "all").stdout)
-    assert "embed" not in counts and "prepare" not in counts
+    assert not {"embed", "embed_shard", "embed_merge", "prepare"} & set(counts)
     assert counts["train"] == 2 * len(TINY_CONFIG["methods"]) * (2 if MIMIC_DEMO.exists() else 1)
 
 

@@ -12,5 +12,6 @@ from medmix.encoders.base import Encoder, EncodeResult, register_encoder, list_e
 from medmix.encoders import text as _text  # noqa: F401,E402
 from medmix.encoders import image as _image  # noqa: F401,E402
 from medmix.encoders import tabular as _tabular  # noqa: F401,E402
+from medmix.encoders import tfidf as _tfidf  # noqa: F401,E402
 
 __all__ = ["Encoder", "EncodeResult", "register_encoder", "list_encoders", "create_encoder"]

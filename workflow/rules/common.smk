@@ -15,6 +15,16 @@ ENCODERS = list(config["encoders"])
 MODALITIES = sorted({m for ds in config["datasets"].values() for m in ds["modalities"]})
 # cross-cohort targets: their metrics.json evaluates the source dataset's runs (rule crosscohort)
 CROSS = [name for name, ds in config["datasets"].items() if ds["kind"] == "mimic3"]
+SHARDED = [s for s, e in config["encoders"].items() if e["shards"] > 1]
+
+
+def _alternation(names):
+    """A wildcard regex matching exactly these slugs (none: a pattern that matches nothing)."""
+    return "|".join(names) if names else "(?!x)x"
+
+
+UNSHARDED_RE = _alternation([s for s in ENCODERS if s not in SHARDED])
+SHARDED_RE = _alternation(SHARDED)
 
 
 wildcard_constraints:
@@ -65,6 +75,31 @@ def prepare_spec(wildcards):
 
 def embed_spec(wildcards):
     return _js(mcfg.embed_spec(config, wildcards.dataset, wildcards.modality, wildcards.encoder))
+
+
+def embed_shard_files(wildcards):
+    """The shard files `embed_merge` joins: shards/{encoder}/{i}-of-{n}.h5 for i < n (n from the config)."""
+    n = config["encoders"][wildcards.encoder]["shards"]
+    return [f"results/{wildcards.dataset}/embeddings/{wildcards.modality}/shards/{wildcards.encoder}/{i}-of-{n}.h5"
+            for i in range(n)]
+
+
+def embed_resource(wildcards, key):
+    """One resource of an embed (or shard) job, from the encoder's `resources:` entry."""
+    return config["encoders"][wildcards.encoder]["resources"][key]
+
+
+def embed_mem_mb(wildcards, attempt):
+    """Memory grows with the attempt number (`--retries`), so an out-of-memory kill is retried larger."""
+    return embed_resource(wildcards, "mem_mb") * attempt
+
+
+def embed_runtime(wildcards):
+    return embed_resource(wildcards, "runtime")
+
+
+def embed_gpu(wildcards):
+    return embed_resource(wildcards, "gpu")
 
 
 def train_spec(wildcards):

@@ -1,15 +1,23 @@
+# One cache per dataset × modality × encoder. An encoder with `shards: 1` (default) is one `embed`
+# job; with `shards: N` it is N `embed_shard` jobs (each encodes every N-th batch of the same plan)
+# and an `embed_merge` job that writes the same file an unsharded run would. Resources come from
+# the encoder's `resources:` entry (embed_resource, common.smk).
+
+
 rule embed:
     input:
         cohort="results/{dataset}/cohort.parquet",
     output:
         "results/{dataset}/embeddings/{modality}/{encoder}.h5",
+    wildcard_constraints:
+        encoder=UNSHARDED_RE,
     params:
         spec=embed_spec,
     threads: 2
     resources:
-        mem_mb=8000,
-        runtime=120,
-        gpu=0,
+        mem_mb=embed_mem_mb,
+        runtime=embed_runtime,
+        gpu=embed_gpu,
     conda:
         "../../envs/medmix.yaml"
     log:
@@ -18,4 +26,55 @@ rule embed:
         "results/{dataset}/benchmarks/embed/{modality}/{encoder}.tsv"
     shell:
         "python -m medmix embed --cohort {input.cohort} --modality {wildcards.modality} "
-        "--encoder {wildcards.encoder} --out {output} --spec {params.spec:q} > {log} 2>&1"
+        "--encoder {wildcards.encoder} --out {output} --spec {params.spec:q} --quiet > {log} 2>&1"
+
+
+rule embed_shard:
+    input:
+        cohort="results/{dataset}/cohort.parquet",
+    output:
+        "results/{dataset}/embeddings/{modality}/shards/{encoder}/{shard}-of-{nshards}.h5",
+    wildcard_constraints:
+        encoder=SHARDED_RE,
+        shard=r"\d+",
+        nshards=r"\d+",
+    params:
+        spec=embed_spec,
+    threads: 2
+    resources:
+        mem_mb=embed_mem_mb,
+        runtime=embed_runtime,
+        gpu=embed_gpu,
+    conda:
+        "../../envs/medmix.yaml"
+    log:
+        "results/{dataset}/logs/embed/{modality}/{encoder}.{shard}-of-{nshards}.log",
+    benchmark:
+        "results/{dataset}/benchmarks/embed/{modality}/{encoder}.{shard}-of-{nshards}.tsv"
+    shell:
+        "python -m medmix embed --cohort {input.cohort} --modality {wildcards.modality} "
+        "--encoder {wildcards.encoder} --out {output} --shard {wildcards.shard}/{wildcards.nshards} "
+        "--spec {params.spec:q} --quiet > {log} 2>&1"
+
+
+rule embed_merge:
+    input:
+        cohort="results/{dataset}/cohort.parquet",
+        shards=embed_shard_files,
+    output:
+        "results/{dataset}/embeddings/{modality}/{encoder}.h5",
+    wildcard_constraints:
+        encoder=SHARDED_RE,
+    params:
+        spec=embed_spec,
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    conda:
+        "../../envs/medmix.yaml"
+    log:
+        "results/{dataset}/logs/embed/{modality}/{encoder}.merge.log",
+    shell:
+        "python -m medmix merge --cohort {input.cohort} --modality {wildcards.modality} "
+        "--encoder {wildcards.encoder} --shards {input.shards} --out {output} --spec {params.spec:q} > {log} 2>&1"
