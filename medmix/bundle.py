@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from medmix import __version__
+from medmix.embed import embed_with_fit, fit_path
 from medmix.encoders.cache import read_attrs, read_cache, read_ids
 from medmix.io import MedmixError, atomic_path, write_json
 from medmix.metrics import thresholds
@@ -43,12 +46,24 @@ def export(run: str | Path, out: str | Path, results: str | Path = "results") ->
     ckpt = torch.load(run / "model.pt", map_location="cpu", weights_only=True)
     spec, method = ckpt["spec"], ckpt["method"]
     experts = {}
+    out = Path(out)
     for m, slugs in ckpt["experts"].items():
         experts[m] = []
         for slug in slugs:
-            a = read_attrs(results / spec["dataset"] / "embeddings" / m / f"{slug}.h5")
-            experts[m].append({k: a.get(k) for k in ("encoder", "kind", "model_name", "weights_hash",
-                                                     "preprocessing_hash", "spec_hash")} | {"dim": int(a["dim"])})
+            h5 = results / spec["dataset"] / "embeddings" / m / f"{slug}.h5"
+            a = read_attrs(h5)
+            e = {k: a.get(k) for k in ("encoder", "kind", "model_name", "weights_hash", "preprocessing_hash",
+                                       "spec_hash")} | {"dim": int(a["dim"])}
+            # what `predict --cohort` needs to run this expert on raw inputs: its config and, for
+            # encoders fitted on the train split, the fit (never refitted on new data)
+            e["spec"] = json.loads(a["spec"]) if isinstance(a.get("spec"), str) else None
+            e["fit_state"] = json.loads(a["fit_state"]) if isinstance(a.get("fit_state"), str) else {}
+            if fit_path(h5).exists():
+                e["fit_file"] = f"fit/{m}.{slug}.npz"
+                (out / "fit").mkdir(parents=True, exist_ok=True)
+                with atomic_path(out / e["fit_file"]) as tmp:
+                    shutil.copyfile(fit_path(h5), tmp)
+            experts[m].append(e)
     task = task_of_run(ckpt)
     pred = pl.read_parquet(run / "predictions.parquet").filter(pl.col("split") == "val")
     thr = thresholds(task.kind, *task.read_predictions(pred))
@@ -145,3 +160,27 @@ def predict(bundle: str | Path, embeddings: str | Path, out: str | Path | None =
             df.write_parquet(tmp)
     return df
 
+
+
+def predict_raw(bundle: str | Path, cohort: str | Path, out: str | Path | None = None,
+                device: str | None = None, work: str | Path | None = None) -> pl.DataFrame:
+    """Predict from raw inputs: run the bundle's experts (never a teacher) on a cohort made by
+    `medmix prepare` — fitted experts apply their stored fit — then predict from those caches.
+    `work`: where the caches go (default: a temporary folder, removed afterwards)."""
+    meta, _ = load(bundle)
+    bundle = Path(bundle)
+    tmp = None if work else tempfile.TemporaryDirectory(prefix="medmix-predict-")
+    emb_dir = Path(work or tmp.name)
+    try:
+        for m, exps in meta["experts"].items():
+            for e in exps:
+                if not e.get("spec"):
+                    raise MedmixError(f"{bundle}/bundle.json: expert {m}/{e['encoder']} has no encoder config "
+                                      "(bundle exported before raw-input prediction; re-export it)")
+                fit = bundle / e["fit_file"] if e.get("fit_file") else None
+                embed_with_fit(cohort, m, e["encoder"], e["spec"], emb_dir / m / f"{e['encoder']}.h5",
+                               e.get("fit_state") or {}, fit, device=device)
+        return predict(bundle, emb_dir, out)
+    finally:
+        if tmp is not None:
+            tmp.cleanup()

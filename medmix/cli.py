@@ -134,8 +134,13 @@ def cmd_export(args) -> None:
 
 
 def cmd_predict(args) -> None:
-    from medmix.bundle import predict
-    df = predict(args.bundle, args.embeddings, args.out)
+    from medmix.bundle import predict, predict_raw
+    if bool(args.embeddings) == bool(args.cohort):
+        raise MedmixError("predict: give exactly one of --embeddings (cached expert embeddings) or --cohort (raw inputs)")
+    if args.cohort:
+        df = predict_raw(args.bundle, args.cohort, args.out, device=args.device)
+    else:
+        df = predict(args.bundle, args.embeddings, args.out)
     print(f"{df.height} predictions written to {args.out}")
 
 
@@ -242,9 +247,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--results", default="results")
     s.set_defaults(func=cmd_export)
 
-    s = sub.add_parser("predict", help="bundle + expert embedding caches → predictions.parquet")
+    s = sub.add_parser("predict", help="bundle + expert embedding caches (or raw inputs) → predictions.parquet")
     s.add_argument("--bundle", required=True)
-    s.add_argument("--embeddings", required=True, help="folder with {modality}/{encoder}.h5")
+    s.add_argument("--embeddings", help="folder with {modality}/{encoder}.h5")
+    s.add_argument("--cohort", help="a cohort.parquet made by `medmix prepare`: run the bundle's experts on its raw inputs")
+    s.add_argument("--device", default=None, help="for --cohort: cpu, cuda (default: cuda if available)")
     s.add_argument("--out", required=True)
     s.set_defaults(func=cmd_predict)
     return p

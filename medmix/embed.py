@@ -117,7 +117,7 @@ class Checkpoint:
 def _cache_attrs(enc, slug: str, spec: dict, modality: str, ids: list, values: list) -> dict:
     return {"encoder": slug, "kind": spec["kind"], "modality": modality, "model_name": enc.model_name(),
             "weights_hash": enc.weights_hash(), "preprocessing_hash": enc.preprocessing_hash(),
-            "spec_hash": stable_hash(spec), "cohort_hash": cohort_hash(ids, values)}
+            "spec_hash": stable_hash(spec), "cohort_hash": cohort_hash(ids, values), "spec": spec}
 
 
 def _read_cohort(cohort_path, modality):
@@ -290,3 +290,21 @@ def merge_shards(cohort_path: str | Path, modality: str, slug: str, spec: dict, 
     emb_u, present_u, reasons_u = assemble(len(uniq), plan, done)
     return _finish(out, ids, values, per_sample, emb_u, present_u, reasons_u, attrs, spec, {"shards": n})
 
+
+
+def embed_with_fit(cohort_path: str | Path, modality: str, slug: str, spec: dict, out: str | Path,
+                   fit_state: dict, fit_file: str | Path | None, device: str | None = None) -> dict:
+    """Encode a cohort with an encoder *as fitted on another cohort* (deploy bundles, cross-cohort):
+    non-fitted encoders run as in `run_embed`; fitted ones (ehr_tabular, tfidf_svd) apply their
+    stored fit instead of refitting on this cohort's train split."""
+    spec = encoder_identity(spec)
+    enc = create_encoder(spec, device or "cpu")
+    if not enc.fitted:
+        return run_embed(cohort_path, modality, slug, spec, out, device=device, progress=False)
+    ids, _, values = _read_cohort(cohort_path, modality)
+    emb, present = enc.apply(values, fit_state, fit_file)
+    attrs = {**_cache_attrs(enc, slug, spec, modality, ids, values), "n": len(ids), "n_present": int(present.sum()),
+             "missing": {"no_input_or_unparsable": int((~present).sum())}, "fit_state": fit_state,
+             "fitted_on": "another cohort (stored fit)"}
+    write_cache(out, ids, emb, present, attrs, dtype=spec.get("dtype", "float32"))
+    return {"samples": len(ids), "present": int(present.sum()), "dim": int(emb.shape[1])}

@@ -55,3 +55,26 @@ def test_threshold_maximises_f1():
     p = np.array([0.1, 0.4, 0.35, 0.8, 0.2, 0.8, 0.9])
     best = max(np.unique(p[:6]), key=lambda t: 2 * ((p[:6] >= t) & (y[:6] == 1)).sum() / ((p[:6] >= t).sum() + 3))
     assert _threshold(y, p) == best == 0.35
+
+
+@pytest.mark.parametrize("method", ["medmix", "logreg_concat"])
+def test_predict_from_raw_inputs_runs_only_the_experts(tiny_results, tmp_path, method):
+    """`predict --cohort`: the bundle's experts run on the raw inputs (the fitted EHR encoder
+    applies its stored fit) and give the run's own predictions; no teacher is built."""
+    cfg = config.validate(TINY_CONFIG)
+    train_run(config.train_spec(cfg, "tiny", method), 0, tmp_path / "run", results=tiny_results, progress=False)
+    assert main(["export", "--run", str(tmp_path / "run"), "--out", str(tmp_path / "bundle"),
+                 "--results", str(tiny_results)]) == 0
+    from medmix.bundle import predict_raw
+    cohort = tiny_results / "tiny" / "cohort.parquet"
+    got = predict_raw(tmp_path / "bundle", cohort, tmp_path / "pred.parquet", device="cpu", work=tmp_path / "work")
+    run = pl.read_parquet(tmp_path / "run" / "predictions.parquet")
+    np.testing.assert_allclose(got["prob"].to_numpy(), run["prob"].to_numpy(), rtol=1e-4, atol=1e-5)
+    built = {(p.parent.name, p.stem) for p in (tmp_path / "work").rglob("*.h5")}
+    meta, _ = load(tmp_path / "bundle")
+    assert built == {(m, e["encoder"]) for m, es in meta["experts"].items() for e in es}
+    teachers = {s for spec in cfg["datasets"]["tiny"]["modalities"].values() for s in spec["teachers"]}
+    assert not {s for _, s in built} & teachers
+    assert main(["predict", "--bundle", str(tmp_path / "bundle"), "--cohort", str(cohort),
+                 "--out", str(tmp_path / "p2.parquet"), "--device", "cpu"]) == 0
+    assert pl.read_parquet(tmp_path / "p2.parquet").equals(got)

@@ -79,6 +79,10 @@ class TabularEncoder(Encoder):
     def weights_hash(self) -> str:
         return "fitted-on-train"
 
+    def apply(self, values, fit_state: dict, fit_file=None) -> tuple[np.ndarray, np.ndarray]:
+        """Encode with a stored fit (variables, train mean/sd) instead of refitting."""
+        return apply_state(values, fit_state)
+
     def encode(self, values, split) -> EncodeResult:
         parsed: list[dict | None] = []
         bad = 0

@@ -67,6 +67,18 @@ class TfidfSvdEncoder(Encoder):
     def weights_hash(self) -> str:
         return "fitted-on-train"
 
+    def apply(self, values, fit_state: dict, fit_file=None) -> tuple[np.ndarray, np.ndarray]:
+        """Encode with the stored fitted model (`{cache}.fit.npz`) instead of refitting."""
+        if not fit_file or not Path(fit_file).exists():
+            raise MedmixError(f"tfidf_svd: the fitted model {fit_file} is missing (it is written beside the cache)")
+        model = TfidfSvd.load(fit_file)
+        ok = np.array([v is not None and bool(str(v).strip()) for v in values], dtype=bool)
+        emb = np.zeros((len(values), model.components.shape[0]), np.float32)
+        idx = np.flatnonzero(ok)
+        if len(idx):
+            emb[idx] = model.transform([str(values[i]) for i in idx])
+        return emb, ok
+
     def encode(self, values, split, workers: int = 0) -> EncodeResult:
         n = len(values)
         ok = np.array([v is not None and bool(str(v).strip()) for v in values])
