@@ -240,7 +240,6 @@ class OpenClipTextEncoder(BatchedEncoder):
     preprocessing_keys = ("max_length",)
 
     def _load(self):
-        import open_clip
         from open_clip.tokenizer import SimpleTokenizer
         from open_clip.transformer import TextTransformer
         spec = self.spec
