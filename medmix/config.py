@@ -87,6 +87,12 @@ def validate(cfg: dict, source: str = "config") -> dict:
         except KeyError:
             raise MedmixError(f"{source}: invalid config at 'methods/{i}': unknown method '{m}' "
                               f"(known: {', '.join(METHODS)}, unimodal_<modality>)") from None
+    for i, m in enumerate(cfg["robustness"]["methods"] + [cfg["weights_method"]]):
+        try:
+            method_spec(m)
+        except KeyError:
+            where = f"robustness/methods/{i}" if i < len(cfg["robustness"]["methods"]) else "weights_method"
+            raise MedmixError(f"{source}: invalid config at '{where}': unknown method '{m}'") from None
     for i, t in enumerate(cfg["targets"]):
         if t not in cfg["datasets"]:
             raise MedmixError(f"{source}: invalid config at 'targets/{i}': unknown dataset '{t}'")

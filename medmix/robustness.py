@@ -12,6 +12,7 @@ Train time (`spec["drop"]`, run path `runs/{method}/drop-{modality|multi}-{rate}
 Test time: the same kind of mask on the test split for every rate, shared by all methods (drawn
 from the cohort's availability, not from a run's caches); paired (all modalities present) vs
 partial (all samples) test sets; every non-empty subset of modalities.
+Kept free of torch at import time: the Snakefile builds the run paths with `drop_slug`.
 """
 
 from __future__ import annotations
@@ -22,11 +23,8 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
-import torch
 
 from medmix.io import MedmixError, stable_hash
-from medmix.metrics import binary_metrics
-from medmix.model.medmix import keep_at_least_one
 
 MULTI = "multi"
 
@@ -64,6 +62,8 @@ def train_keep(drop: dict, avail: np.ndarray, mods: list[str], is_train: np.ndar
     Depends on (availability, modality list, split, drop, mask seed, training seed) only, never on
     the method, so all methods of a seed see the same training inputs.
     """
+    import torch
+    from medmix.model.medmix import keep_at_least_one
     gen = torch.Generator().manual_seed(int(drop.get("seed", 0)) * 1_000_003 + int(seed))
     rate = float(drop["rate"])
     n = len(avail)
@@ -98,6 +98,7 @@ class TrainDrop:
         """Zero and mark absent the dropped inputs of `inp` (medmix.train.Inputs) in place; return the
         split with training rows left without any modality relabelled `train_excluded` (experts only:
         `relabel=False` for the teachers)."""
+        import torch
         any_left = np.zeros(len(split), dtype=bool)
         for m in inp.X:
             k = torch.from_numpy(self.keep[:, self.mods.index(m)])
@@ -117,11 +118,13 @@ class TrainDrop:
 
 def test_masks(avail: np.ndarray, rate: float, seed: int) -> np.ndarray:
     """(N, M) keep mask of a test-time drop at `rate` (at least one available modality kept)."""
+    import torch
     from medmix.evaluate import drop_masks
     return drop_masks(torch.from_numpy(avail), rate, seed).numpy() | ~avail
 
 
 def _scores(y: np.ndarray, p: np.ndarray) -> dict:
+    from medmix.metrics import binary_metrics
     m = binary_metrics(y, p.astype(np.float64))
     return {"auroc": m["auroc"]["value"], "auprc": m["auprc"]["value"], "n": m["n"], "positives": m["positives"]}
 
@@ -129,6 +132,7 @@ def _scores(y: np.ndarray, p: np.ndarray) -> dict:
 def evaluate_run(run: str | Path, results: str | Path, rates: list[float], mask_seed: int = 0) -> dict:
     """Test metrics of one run under each drop rate, on the paired and partial test sets, and for
     every subset of the dataset's modalities. Masks and sample sets come from the cohort only."""
+    import torch
     from medmix.evaluate import load_test
     ti = load_test(run, results)
     dmods = dataset_modalities(ti.spec, ti.cohort)
