@@ -1,7 +1,9 @@
 """Missing-modality robustness: train-time drops, test-time drops, test sets and modality subsets.
 
 Train time (`spec["drop"]`, run path `runs/{method}/drop-{modality|multi}-{rate}/seed{s}`):
-  - one modality `m` removed from a fraction `rate` of the training samples (1.0: all of them);
+  - one modality `m` removed from a fraction `rate` of the training samples (1.0: all of them),
+    except from samples that have no other modality: those keep it and are counted
+    (`kept_sole_input`), so no training sample is lost and a single-modality dataset still trains;
   - `multi`: each available modality of each training sample removed with probability `rate`,
     at least one kept.
   The mask is drawn on the dataset's modalities from the cohort (input not null), seeded by
@@ -77,8 +79,17 @@ def train_keep(drop: dict, avail: np.ndarray, mods: list[str], is_train: np.ndar
                               f"({', '.join(mods)})")
         j = mods.index(drop["modality"])
         hit = (torch.rand(n, generator=gen) < rate).numpy()
-        keep[:, j] = ~(hit & is_train)
+        others = np.delete(avail, j, axis=1).any(1)  # a sample whose only input it is keeps it (counted)
+        keep[:, j] = ~(hit & is_train & others)
     return keep
+
+
+def _sole(drop: dict, avail: np.ndarray, mods: list[str], is_train: np.ndarray) -> int:
+    """Training samples whose only input is the dropped modality (one-modality drops keep it)."""
+    if drop["modality"] == MULTI:
+        return 0
+    j = mods.index(drop["modality"])
+    return int((is_train & avail[:, j] & ~np.delete(avail, j, axis=1).any(1)).sum())
 
 
 class TrainDrop:
@@ -92,6 +103,7 @@ class TrainDrop:
         self.keep = train_keep(self.drop, avail, self.mods, split == "train", seed)
         removed = avail & ~self.keep
         self.summary = {**self.drop, "removed": {m: int(removed[:, j].sum()) for j, m in enumerate(self.mods)},
+                        "kept_sole_input": _sole(self.drop, avail, self.mods, split == "train"),
                         "mask_hash": stable_hash(self.keep.tolist())}
 
     def apply(self, inp, split: np.ndarray, relabel: bool = True) -> np.ndarray:

@@ -44,7 +44,9 @@ def test_train_keep_masks_are_seeded_train_only_and_keep_one():
     avail[~avail.any(1), 0] = True
     is_train = rng.random(400) < 0.6
     one = train_keep({"modality": "notes", "rate": 1.0}, avail, MODS, is_train, seed=3)
-    assert not one[is_train, 2].any() and one[~is_train].all() and one[:, :2].all()
+    others = avail[:, :2].any(1)
+    assert not one[is_train & others, 2].any() and one[is_train & ~others, 2].all()  # a sole input is kept
+    assert one[~is_train].all() and one[:, :2].all()
     multi = train_keep({"modality": MULTI, "rate": 0.5}, avail, MODS, is_train, seed=3)
     assert np.array_equal(multi, train_keep({"modality": MULTI, "rate": 0.5}, avail, MODS, is_train, seed=3))
     assert not np.array_equal(multi, train_keep({"modality": MULTI, "rate": 0.5}, avail, MODS, is_train, seed=4))
@@ -63,11 +65,13 @@ def test_train_time_drop_removes_the_modality_from_training_samples(runs, tiny_r
     m = json.loads((d / "metrics.json").read_text())
     train = cohort["split"] == "train"
     assert m["train_drop"]["modality"] == "notes" and m["train_drop"]["rate"] == 1.0
-    assert m["train_drop"]["removed"]["notes"] == int((train & cohort["notes"].is_not_null()).sum())
+    others = cohort["ehr"].is_not_null() | cohort["cxr"].is_not_null()
+    assert m["train_drop"]["removed"]["notes"] == int((train & others & cohort["notes"].is_not_null()).sum()) > 0
+    assert m["train_drop"]["kept_sole_input"] == int((train & ~others & cohort["notes"].is_not_null()).sum())
     assert m["train_drop"]["removed"]["ehr"] == 0
     pred = pl.read_parquet(d / "predictions.parquet")
     # the trained student saw no notes on training rows, and still reads them at test time
-    assert (pred.filter(train)["beta_notes"] == 0).all()
+    assert (pred.filter(train & others)["beta_notes"] == 0).all()
     test_notes = (cohort["split"] == "test") & cohort["notes"].is_not_null()
     assert (pred.filter(test_notes)["beta_notes"] > 0).all()
     # the same samples lose notes for another method of the same seed
