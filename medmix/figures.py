@@ -28,6 +28,7 @@ def _plt():
 
 
 def _save(fig, out: str | Path) -> None:
+    fig.tight_layout()
     with atomic_path(out) as tmp:
         fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
     _plt().close(fig)
