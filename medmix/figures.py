@@ -195,6 +195,9 @@ def efficiency(eff_files: list[str | Path], fig: str | Path, csv: str | Path) ->
                 scale = 1e6 if a.startswith("params") else 1.0
                 ax.barh(y, d[a] / scale, color="tab:blue", label="encoders")
                 ax.barh(y, d[b] / scale, left=d[a] / scale, color="tab:orange", label="fusion")
+                for yi, ea, eb in zip(y, d[a] / scale, d[b] / scale):  # the fusion share is too thin to see
+                    ax.text(ea + eb, yi, f" {ea + eb:.3g} (fusion {eb:.2g})", va="center", fontsize=7)
+                ax.set_xlim(0, float((d[a] + d[b]).max()) / scale * 1.45)
             ax.set_yticks(y, names if ax is row[0] else [""] * d.height)
             ax.set_xlabel(unit)
             ax.set_title(f"{ds}: {unit.split(',')[0]}", fontsize=10)
@@ -235,7 +238,7 @@ def weights(dataset: str, runs: list[str | Path], fig: str | Path) -> None:
         else:
             _empty(ax, f"{method} has no {title}")
         ax.set_ylabel(f"{title} (0–1)")
-        ax.set_title(f"{dataset}: {title} of {method}, test samples, {len(runs)} seeds", fontsize=10)
+        ax.set_title(f"{dataset}: {title} of {method}, test samples, seeds: {len(runs)}", fontsize=10)
         ax.tick_params(axis="x", labelsize=8)
         ax.grid(alpha=0.3, axis="y")
     f.tight_layout()
