@@ -141,3 +141,20 @@ def test_efficiency_counts_the_deployed_stack_only(runs, tiny_results, tmp_path)
     df = figures.efficiency([tmp_path / "e.json"], tmp_path / "e.png", tmp_path / "e.csv")
     assert df.filter(pl.col("method") == "medmix")["teacher_encoders_called"].to_list() == [""]
     assert (tmp_path / "e.png").stat().st_size > 1000
+
+
+def test_drop_parsing_paths_and_config_checks():
+    from medmix.io import MedmixError
+    assert parse_drop("notes:1") == {"modality": "notes", "rate": 1.0}
+    assert drop_slug(parse_drop("multi:0.25")) == "drop-multi-0.25"
+    for bad in ("notes", "notes:1.5", "notes:x", ":0.5"):
+        with pytest.raises(MedmixError, match="--drop"):
+            parse_drop(bad)
+    cfg = json.loads(json.dumps(TINY_CONFIG))
+    cfg["robustness"] = {"methods": ["medmix", "nope"]}
+    with pytest.raises(MedmixError, match="robustness/methods/1"):
+        config.validate(cfg)
+    cfg["robustness"] = {"test_rates": [1.5]}
+    with pytest.raises(MedmixError, match="robustness/test_rates/0"):
+        config.validate(cfg)
+    assert config.validate(TINY_CONFIG)["robustness"]["test_rates"][-1] == 0.7
