@@ -55,8 +55,8 @@ def _finish(ax, xlabel: str, title: str) -> None:
     ax.set_ylabel("test AUROC (mean ± sd over seeds)")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:  # beside the axes: many methods would hide the curves
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
 
 
 def robustness(summaries: list[str | Path], fig_dir: str | Path, table_dir: str | Path) -> None:
@@ -227,7 +227,7 @@ def weights(dataset: str, runs: list[str | Path], fig: str | Path) -> None:
                 mod = next((m for m in (b[5:] for b in betas) if c.startswith(f"alpha_{m}_")), None)
                 keep = (preds[f"beta_{mod}"] > 0) if mod else pl.Series([True] * preds.height)
                 v = preds.filter(keep & preds[c].is_not_nan())[c].to_numpy()
-                label = re.sub(r"^alpha_", "", c).replace("_", "/", 1)
+                label = re.sub(r"^alpha_", "", c).replace("_", "/\n", 1)
             else:
                 v = preds.filter(preds[c] > 0)[c].to_numpy()
                 label = c[5:]
