@@ -79,6 +79,7 @@ class _Stage:
         else:  # pragma: no cover - the schema lists the kinds
             raise MedmixError(f"efficiency: unsupported encoder kind '{spec['kind']}'")
         self._fn = fn
+        self.weights = f"{enc.model_name()}@{enc.weights_hash()}"  # experts sharing weights deploy one model
         self.params = sum(p.numel() for p in self.module.parameters()) if self.module is not None else 0
         if self.module is not None:
             self.module.register_forward_hook(self._hook)
@@ -166,7 +167,7 @@ def measure(runs: list[str | Path], results: str | Path, encoders: dict, samples
                 flops["__fusion__"] = flops.get("__fusion__", 0) + fc.get_total_flops()
         n = len(lat)
         called = sorted(s for s, st in stages.items() if (st.calls, st.forwards) != before.get(s, (0, 0)))
-        enc_rows = [{"modality": m, "encoder": s, "role": "teacher" if s in teachers and s not in experts else "expert",
+        enc_rows = [{"modality": m, "encoder": s, "role": "teacher" if s in teachers and s not in experts else "expert", "weights": stages[s].weights,
                      "params": stages[s].params, "flops": flops[(m, s)] / n} for m, s in stack]
         f_flops = flops["__fusion__"] / n
         metrics = json.loads((run / "metrics.json").read_text())
@@ -174,7 +175,9 @@ def measure(runs: list[str | Path], results: str | Path, encoders: dict, samples
             "run": str(run), "encoders": enc_rows, "stack": sorted({s for _, s in stack}), "encoders_called": called,
             "teacher_encoders_called": [s for s in called if s in teachers],
             "fusion": {"params": fusion_params, "flops": f_flops, "teacher_params": fusion_teacher},
-            "params_total": sum(e["params"] for e in enc_rows) + fusion_params,
+            # one deployed model per distinct weights (a slug serving two modalities, or two slugs with the
+            # same weights and different preprocessing): its parameters count once
+            "params_total": sum({e["weights"]: e["params"] for e in enc_rows}.values()) + fusion_params,
             "flops_total": sum(e["flops"] for e in enc_rows) + f_flops,
             "latency_ms": {"median": statistics.median(lat), "p90": float(np.percentile(lat, 90)),
                            "mean": float(np.mean(lat)), "n": len(lat)},

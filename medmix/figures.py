@@ -169,7 +169,8 @@ def efficiency(eff_files: list[str | Path], fig: str | Path, csv: str | Path) ->
                 "dataset": r["dataset"], "method": method,
                 "encoders": " ".join(f"{x['modality']}/{x['encoder']}" for x in enc),
                 "teacher_encoders_called": " ".join(e["teacher_encoders_called"]),
-                "params_encoders": sum(x["params"] for x in enc), "params_fusion": e["fusion"]["params"],
+                "params_encoders": sum({x["weights"]: x["params"] for x in enc}.values()),  # one model per weights
+                "params_fusion": e["fusion"]["params"],
                 "params_total": e["params_total"], "fusion_teacher_params": e["fusion"]["teacher_params"],
                 "gflops_encoders": sum(x["flops"] for x in enc) / 1e9, "gflops_fusion": e["fusion"]["flops"] / 1e9,
                 "gflops_total": e["flops_total"] / 1e9, "latency_ms_median": e["latency_ms"]["median"],
