@@ -18,10 +18,13 @@ $(STAMP): requirements.txt pyproject.toml
 	touch $(STAMP)
 
 # Synthesise the embedded MIMIC-IV-layout dataset, run the whole DAG (the `all` target of
-# config.yaml: results/demo/metrics.json and results/tables/main.*), print the results table.
+# config.yaml: results/demo/metrics.json, results/tables/*, results/figures/*), write the HTML
+# report and print the results table.
 demo: $(STAMP)
 	$(PYBIN) -m snakemake --cores $(CORES) all
+	$(PYBIN) -m snakemake --report results/report.html all
 	@cat results/demo/metrics.md
+	@echo "Report (every table and figure): results/report.html"
 
 test: $(STAMP)
 	$(PYBIN) -m pytest -q tests

@@ -94,6 +94,9 @@ def cmd_train(args) -> None:
     from medmix import config
     from medmix.train import train_run
     spec = _spec(args, lambda cfg: config.train_spec(cfg, args.dataset, args.method))
+    if args.drop:
+        from medmix.robustness import parse_drop
+        spec["drop"] = {**parse_drop(args.drop), "seed": args.drop_seed}
     m = train_run(spec, args.seed, args.out, results=args.results, device=args.device, progress=not args.quiet)
     print(json.dumps({k: m.get(k) for k in ("method", "seed", "best_epoch", "test")}))
 
@@ -110,15 +113,52 @@ def cmd_evaluate(args) -> None:
     res = [modality_drop(r, args.results, args.rates, seed=args.seed) for r in args.runs]
     write_json(args.out, res)
     for r in res:
-        print(r["method"], r["seed"], {k: round(v["auroc"], 4) if v["auroc"] is not None else None
-                                       for k, v in r["rates"].items()})
+        k = next(iter(next(iter(r["rates"].values()))))  # the task's first metric
+        print(r["method"], r["seed"], k, {rate: round(v[k], 4) if v[k] is not None else None
+                                          for rate, v in r["rates"].items()})
 
 
 def cmd_crosscohort(args) -> None:
     from medmix.crosscohort import crosscohort
     res = crosscohort(args.runs, args.results, args.target, args.out, n_boot=args.bootstrap)
     for name, e in res["methods"].items():
-        print(name, "target auroc", e["target"]["auroc"]["mean"], "source test auroc", e["source_test"]["auroc"]["mean"])
+        k = next(iter(e["target"]))  # the task's first metric (AUROC for binary tasks)
+        print(name, f"target {k}", e["target"][k]["mean"], f"source test {k}", e["source_test"][k]["mean"])
+
+
+def cmd_robustness(args) -> None:
+    from medmix.io import write_json
+    from medmix.robustness import evaluate_run, summarize
+    evals = [evaluate_run(r, args.results, args.rates, args.mask_seed) for r in args.runs]
+    res = summarize(args.dataset, evals, args.drop_runs, args.base_runs)
+    write_json(args.out, res)
+    k = res["primary"]
+    for method, curve in res["test_drop"].items():
+        print(method, k, {r: None if v[k]["mean"] is None else round(v[k]["mean"], 4) for r, v in curve.items()})
+
+
+def cmd_efficiency(args) -> None:
+    from medmix.efficiency import measure
+    from medmix.io import write_json
+    encoders = _spec(args, lambda cfg: cfg["encoders"])
+    res = measure(args.runs, args.results, encoders, samples=args.samples, warmup=args.warmup, threads=args.threads)
+    write_json(args.out, res)
+    for method, e in res["methods"].items():
+        print(f"{method}: {e['params_total']:,} params, {e['flops_total'] / 1e9:.3f} GFLOPs, "
+              f"{e['latency_ms']['median']:.1f} ms/sample, teacher encoders called: {e['teacher_encoders_called']}")
+
+
+def cmd_figure(args) -> None:
+    from medmix import figures
+    if args.kind == "robustness":
+        figures.robustness(args.inputs, args.fig_dir, args.table_dir)
+    elif args.kind == "ablation":
+        figures.ablation(args.inputs, args.fig, args.table)
+    elif args.kind == "efficiency":
+        figures.efficiency(args.inputs, args.fig, args.table)
+    else:
+        figures.weights(args.dataset, args.inputs, args.fig)
+    print(f"figure {args.kind} written")
 
 
 def cmd_tables(args) -> None:
@@ -207,6 +247,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--gpu-slots", type=int, default=None, metavar="N",
                    help="take one of N GPU slots (lock files) and use only its GPU; default $MEDMIX_GPU_SLOTS, "
                         "unset = off (see medmix/gpu.py, docs/hpc.md)")
+    s.add_argument("--drop", help="train-time drop: MODALITY:RATE (that modality removed from a fraction RATE of "
+                                  "the training samples) or multi:RATE (each modality of each training sample)")
+    s.add_argument("--drop-seed", type=int, default=0, help="seed of the train-time drop masks (shared by all methods)")
     s.add_argument("--config")
     s.add_argument("--spec", help=argparse.SUPPRESS)
     s.set_defaults(func=cmd_train)
@@ -235,6 +278,38 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True)
     s.add_argument("--bootstrap", type=int, default=0, help="bootstrap resamples for a 95%% CI per run")
     s.set_defaults(func=cmd_crosscohort)
+    s = sub.add_parser("robustness", help="runs → robustness.json: test-time drop curve (shared masks), paired vs "
+                                          "partial test sets, modality subsets, train-time drop curves")
+    s.add_argument("--dataset", required=True)
+    s.add_argument("--runs", nargs="+", required=True, help="main run directories evaluated at test time")
+    s.add_argument("--base-runs", nargs="*", default=[], help="main runs of the swept methods (rate 0 of the train-time curves)")
+    s.add_argument("--drop-runs", nargs="*", default=[], help="train-time drop run directories")
+    s.add_argument("--rates", nargs="+", type=float, default=[0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7])
+    s.add_argument("--mask-seed", type=int, default=0, help="seed of the test-time drop masks (shared by all runs)")
+    s.add_argument("--results", default="results")
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_robustness)
+
+    s = sub.add_parser("efficiency", help="one run per method → parameters, FLOPs and latency of the deployed stack")
+    s.add_argument("--runs", nargs="+", required=True)
+    s.add_argument("--results", default="results")
+    s.add_argument("--samples", type=int, default=16, help="test samples timed (batch 1)")
+    s.add_argument("--warmup", type=int, default=2)
+    s.add_argument("--threads", type=int, default=1)
+    s.add_argument("--out", required=True)
+    s.add_argument("--config")
+    s.add_argument("--spec", help=argparse.SUPPRESS)
+    s.set_defaults(func=cmd_efficiency)
+
+    s = sub.add_parser("figure", help="figures and tables from robustness.json / metrics.json / efficiency.json / runs")
+    s.add_argument("kind", choices=["robustness", "ablation", "efficiency", "weights"])
+    s.add_argument("--inputs", nargs="+", required=True, help="summary files (weights: run directories)")
+    s.add_argument("--fig", help="output figure (ablation, efficiency, weights)")
+    s.add_argument("--table", help="output table (ablation: .md, efficiency: .csv)")
+    s.add_argument("--fig-dir", help="robustness: folder of the three figures")
+    s.add_argument("--table-dir", help="robustness: folder of missing_subsets.md")
+    s.add_argument("--dataset", help="weights: dataset name")
+    s.set_defaults(func=cmd_figure)
 
     s = sub.add_parser("tables", help="metrics.json of several datasets → results/tables/main.{md,csv,tex}")
     s.add_argument("--metrics", nargs="+", required=True)

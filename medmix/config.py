@@ -96,6 +96,12 @@ def validate(cfg: dict, source: str = "config") -> dict:
         if ds["kind"] == "mimic3" and ds["source"] not in cfg["datasets"]:
             raise MedmixError(f"{source}: invalid config at 'datasets/{name}/source': unknown dataset "
                               f"'{ds['source']}' (known: {', '.join(cfg['datasets'])})")
+    for i, m in enumerate(cfg["robustness"]["methods"] + [cfg["weights_method"]]):
+        try:
+            method_spec(m)
+        except KeyError:
+            where = f"robustness/methods/{i}" if i < len(cfg["robustness"]["methods"]) else "weights_method"
+            raise MedmixError(f"{source}: invalid config at '{where}': unknown method '{m}'") from None
     for i, t in enumerate(cfg["targets"]):
         if t not in cfg["datasets"]:
             raise MedmixError(f"{source}: invalid config at 'targets/{i}': unknown dataset '{t}'")

@@ -7,15 +7,18 @@ teachers are never read.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 import torch
 
 from medmix.data import cohort as cohort_mod
 from medmix.bundle import student_predict, task_of_run
 from medmix.metrics import METRICS, task_metrics
-from medmix.model import fusion_config
+from medmix.model import FusionConfig, fusion_config
+from medmix.tasks import Task
 from medmix.model.medmix import keep_at_least_one
 from medmix.train import load_role
 
@@ -25,8 +28,33 @@ def drop_masks(avail: torch.Tensor, rate: float, seed: int) -> torch.Tensor:
     return keep_at_least_one(avail, rate, torch.Generator().manual_seed(seed))
 
 
-def modality_drop(run: str | Path, results: str | Path, rates: list[float], seed: int = 0) -> dict:
-    """Test metrics of one run under each test-time drop rate."""
+@dataclass
+class TestInputs:
+    """The test split of one run: the student's inputs as it was trained on them (no teacher)."""
+    spec: dict
+    method: dict
+    ckpt: dict
+    fcfg: FusionConfig
+    task: Task
+    cohort: pl.DataFrame      # the test rows of the cohort, cohort order
+    y: np.ndarray             # labels of the test rows (shape by task type, medmix.tasks)
+    mods: list[str]           # the run's modalities
+    X: dict                   # m -> [(N, d_mk)] standardised expert embeddings
+    M: dict                   # m -> (N, K_m) bool presence
+
+    def predict(self, M: dict | None = None) -> tuple[np.ndarray, dict]:
+        return student_predict(self.method, self.ckpt["dims"], self.fcfg, self.ckpt["state_dict"], self.X,
+                               self.M if M is None else M, self.task)
+
+    def metrics(self, p: np.ndarray, rows: np.ndarray | None = None) -> dict[str, float | None]:
+        """The task's test metrics (decision thresholds from validation) of predictions p, on `rows`."""
+        y, p = (self.y, p) if rows is None else (self.y[rows], p[rows])
+        m = task_metrics(self.task.kind, y, np.asarray(p, dtype=np.float64), thr=self.ckpt.get("thresholds"))
+        return {k: m[k]["value"] for k in METRICS[self.task.kind]}
+
+
+def load_test(run: str | Path, results: str | Path) -> TestInputs:
+    """Read a run's checkpoint and its experts' caches restricted to the test split."""
     run, results = Path(run), Path(results)
     ckpt = torch.load(run / "model.pt", map_location="cpu", weights_only=True)
     spec, method = ckpt["spec"], ckpt["method"]
@@ -40,15 +68,22 @@ def modality_drop(run: str | Path, results: str | Path, rates: list[float], seed
         keep = [inp.slugs[m].index(s) for s in ckpt["experts"][m]]
         inp.X[m] = [inp.X[m][k] for k in keep]
         inp.M[m] = inp.M[m][:, keep]
-    avail = torch.stack([inp.M[m].any(1) for m in mods], 1)[torch.from_numpy(test)]
-    X = {m: [x[torch.from_numpy(test)] for x in inp.X[m]] for m in mods}
-    fcfg = fusion_config(method, spec["train"])
-    out = {"dataset": spec["dataset"], "method": spec["method"], "seed": ckpt["seed"], "rates": {}}
+    t = torch.from_numpy(test)
+    return TestInputs(spec=spec, method=method, ckpt=ckpt, fcfg=fusion_config(method, spec["train"]), task=task,
+                      cohort=cohort.filter(pl.Series(test)), y=y[test], mods=mods,
+                      X={m: [x[t] for x in inp.X[m]] for m in mods}, M={m: inp.M[m][t] for m in mods})
+
+
+def modality_drop(run: str | Path, results: str | Path, rates: list[float], seed: int = 0) -> dict:
+    """Test metrics of one run under each test-time drop rate."""
+    ti = load_test(run, results)
+    mods = ti.mods
+    avail = torch.stack([ti.M[m].any(1) for m in mods], 1)
+    out = {"dataset": ti.spec["dataset"], "method": ti.spec["method"], "seed": ti.ckpt["seed"], "rates": {}}
     for rate in rates:
         keep = drop_masks(avail, rate, seed)
-        M = {m: inp.M[m][torch.from_numpy(test)] & keep[:, i:i + 1] for i, m in enumerate(mods)}
-        p, _ = student_predict(method, ckpt["dims"], fcfg, ckpt["state_dict"], X, M, task)
-        m = task_metrics(task.kind, y[test], p.astype(np.float64), thr=ckpt.get("thresholds"))
-        out["rates"][str(rate)] = {**{k: m[k]["value"] for k in METRICS[task.kind]},
+        M = {m: ti.M[m] & keep[:, i:i + 1] for i, m in enumerate(mods)}
+        p, _ = ti.predict(M)
+        out["rates"][str(rate)] = {**ti.metrics(p),
                                    "dropped": int((~keep & avail).sum())}
     return out

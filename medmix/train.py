@@ -220,10 +220,15 @@ def train_run(spec: dict, seed: int, out: str | Path, results: str | Path = "res
     if role == "teachers":
         mods = [m for m in mods if spec["modalities"][m]["teachers"]]
     exp = load_role(results, spec, cohort, role, mods)
+    drop = None
+    if spec.get("drop"):  # robustness sweeps: modalities removed from training samples (medmix/robustness.py)
+        from medmix.robustness import TrainDrop
+        drop = TrainDrop(spec, cohort, seed)
+        split = drop.apply(exp, split)
     dropped = list(exp.dropped)
     if not exp.X:
         raise MedmixError(f"dataset {spec['dataset']}: no modality has any {role[:-1]} embedding on the train split")
-    info: dict = {}
+    info: dict = {"train_drop": drop.summary} if drop else {}
     if method.get("single_expert"):
         info["single_expert"] = _best_single_expert(exp, task, y, split)
     if method["arch"] == "logreg":
@@ -235,6 +240,8 @@ def train_run(spec: dict, seed: int, out: str | Path, results: str | Path = "res
         if method.get("teacher"):
             tm = [m for m in exp.X if spec["modalities"][m]["teachers"]]
             tea = load_role(results, spec, cohort, "teachers", tm, rows=split == "train")
+            if drop:
+                drop.apply(tea, split, relabel=False)
             dropped += tea.dropped
         p_all, o_all, state, more = _fit_neural(spec, method, cfg, task, exp, tea, y, split, seed, device, progress)
         info.update(more)

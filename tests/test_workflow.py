@@ -6,6 +6,7 @@ import re
 import subprocess
 import sys
 
+import polars as pl
 import pytest
 import yaml
 
@@ -51,6 +52,10 @@ def workdir(tmp_path_factory):
                            "notes": {"experts": ["bert_head"]},
                            "cxr": {"experts": ["vit_low"]}}}
         cfg["targets"].append("mimiciv_demo")
+    # the paper's experiments on a small grid: 2 methods × (3 one-modality + 1 multi drop) × 1 seed
+    cfg["robustness"] = {"methods": ["medmix", "early_concat"], "seeds": [0], "train_one_rates": [1.0],
+                         "train_multi_rates": [0.5], "test_rates": [0.0, 0.5]}
+    cfg["efficiency"] = {"samples": 2, "warmup": 1}
     (wd / "config.yaml").write_text(yaml.safe_dump(cfg))
     return wd
 
@@ -80,7 +85,26 @@ def test_dag_runs_end_to_end_and_reruns_only_what_changed(workdir):
     table = (workdir / "results/tables/main.md").read_text()
     assert all(m in table for m in TINY_CONFIG["methods"]) and "**" in table
 
-    assert "Nothing to be done" in _smk(workdir, "-n", "all").stdout + _smk(workdir, "-n", "all").stderr
+    for f in ("robustness_test", "robustness_train_one", "robustness_train_multi", "ablation", "efficiency",
+              "weights_tiny"):
+        assert (workdir / f"results/figures/{f}.png").read_bytes()[:4] == b"\x89PNG", f
+    subsets = (workdir / "results/tables/missing_subsets.md").read_text()
+    assert "| paired |" in subsets and "| cxr+ehr+notes |" in subsets
+    eff = pl.read_csv(workdir / "results/tables/efficiency.csv").filter(pl.col("dataset") == "tiny")
+    called = dict(zip(eff["method"], eff["teacher_encoders_called"].fill_null("")))
+    assert called["medmix"] == "" and called["teacher_deployed"] != ""   # measured: medmix calls no teacher
+    drop = json.loads((workdir / "results/tiny/runs/medmix/drop-notes-1.0/seed0/metrics.json").read_text())
+    assert drop["train_drop"]["removed"]["notes"] > 0
+
+    _smk(workdir, "--report", "results/report.html")
+    html = (workdir / "results/report.html").read_text()
+    for name in ("robustness_test.png", "robustness_train_one.png", "robustness_train_multi.png", "ablation.png",
+                 "efficiency.png", "weights_tiny.png", "missing_subsets.md", "ablation.md", "efficiency.csv",
+                 "main.md", "cohort.json"):
+        assert name in html, name
+
+    dry = _smk(workdir, "-n", "all")
+    assert "Nothing to be done" in dry.stdout + dry.stderr
 
     # a fusion hyperparameter and a new seed: training jobs only, zero embed jobs
     cfg = yaml.safe_load((workdir / "config.yaml").read_text())

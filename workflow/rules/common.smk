@@ -41,8 +41,8 @@ def all_metrics(wildcards):
 
 
 def all_targets(wildcards):
-    """`all`: every target's metrics.json (cross-cohort ones included) and the main table."""
-    return [f"results/{ds}/metrics.json" for ds in config["targets"]] + ["results/tables/main.md"]
+    """`all`: every target's metrics.json (cross-cohort ones included), the main table, the figures."""
+    return [f"results/{ds}/metrics.json" for ds in config["targets"]] + ["results/tables/main.md"] + FIGURES
 
 
 def _js(obj):
@@ -148,3 +148,77 @@ def crosscohort_embeddings(wildcards):
     return sorted({f"results/{wildcards.dataset}/embeddings/{m}/{slug}.h5"
                    for m, spec in src["modalities"].items() for r in roles for slug in spec[r]
                    if config["encoders"][slug]["kind"] != "ehr_tabular"})
+# ---- paper experiments: robustness sweeps, efficiency, figures (evaluate.smk, report.smk) ----
+
+from medmix.robustness import MULTI, drop_slug
+
+ROB = config["robustness"]
+
+
+wildcard_constraints:
+    drop="(" + "|".join([MULTI] + MODALITIES) + r")-[0-9.]+",
+
+
+def _drops(dataset):
+    """Train-time drops of the robustness grid: each modality of the dataset in turn, then multi-random."""
+    mods = sorted(config["datasets"][dataset]["modalities"])
+    return ([{"modality": m, "rate": r} for m in mods for r in ROB["train_one_rates"]]
+            + [{"modality": MULTI, "rate": r} for r in ROB["train_multi_rates"]])
+
+
+def drop_runs(wildcards):
+    return [f"results/{wildcards.dataset}/runs/{m}/{drop_slug(d)}/seed{s}/metrics.json"
+            for d in _drops(wildcards.dataset) for m in ROB["methods"] for s in ROB["seeds"]]
+
+
+def base_runs(wildcards):
+    """The main runs of the swept methods and seeds: the rate-0 point of the train-time curves."""
+    return [f"results/{wildcards.dataset}/runs/{m}/seed{s}/metrics.json" for m in ROB["methods"] for s in ROB["seeds"]]
+
+
+def train_drop_spec(wildcards):
+    mod, _, rate = wildcards.drop.rpartition("-")
+    spec = mcfg.train_spec(config, wildcards.dataset, wildcards.method)
+    spec["drop"] = {"modality": mod, "rate": float(rate), "seed": ROB["mask_seed"]}
+    return _js(spec)
+
+
+def robustness_params(wildcards, input):
+    def dirs(files):
+        return " ".join(sorted({str(Path(p).parent) for p in files}))
+    return {"runs": dirs(input.runs), "drop": dirs(input.drop_runs), "base": dirs(input.base_runs),
+            "rates": " ".join(str(float(r)) for r in ROB["test_rates"])}
+
+
+def efficiency_runs(wildcards):
+    """One run (the first seed) of every method: its model.pt names the encoders it needs."""
+    s = config["seeds"][0]
+    return [f"results/{wildcards.dataset}/runs/{m}/seed{s}/model.pt" for m in config["methods"]]
+
+
+def efficiency_spec(wildcards):
+    """Encoder descriptions of the dataset (the rerun trigger of the measurement)."""
+    ds = config["datasets"][wildcards.dataset]
+    return _js({s: config["encoders"][s] for m in ds["modalities"].values() for s in m["experts"] + m["teachers"]})
+
+
+def weights_runs(wildcards):
+    return [f"results/{wildcards.dataset}/runs/{config['weights_method']}/seed{s}/predictions.parquet"
+            for s in config["seeds"]]
+
+
+def prediction_dirs(wildcards, input):
+    return " ".join(str(Path(p).parent) for p in input)
+
+
+def target_files(pattern):
+    def inputs(wildcards):
+        return [pattern.format(dataset=ds) for ds in config["targets"] if ds not in CROSS]
+    return inputs
+
+
+FIGURES = (["results/figures/robustness_test.png", "results/figures/robustness_train_one.png",
+            "results/figures/robustness_train_multi.png", "results/tables/missing_subsets.md",
+            "results/figures/ablation.png", "results/tables/ablation.md",
+            "results/figures/efficiency.png", "results/tables/efficiency.csv"]
+           + [f"results/figures/weights_{ds}.png" for ds in config["targets"] if ds not in CROSS])

@@ -1,0 +1,189 @@
+"""Efficiency of the deployed stack: the encoders a method needs at inference plus its fusion network.
+
+For one run per method: parameters, FLOPs (torch.utils.flop_counter.FlopCounterMode, per sample,
+averaged over real test samples that have every modality) and measured end-to-end latency per
+sample (batch 1: tokenisation / image decoding, every encoder of the stack, standardisation,
+fusion). The stack is read from the run's checkpoint (`experts`: the encoder slugs the student
+was trained on) and each encoder is built from the config; which encoders were constructed and
+called is recorded with forward hooks, so "medmix uses no teacher at inference" is a
+measurement, not a claim: `teacher_encoders_called` must be empty and the fusion network loaded
+from the checkpoint has no teacher parameter.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from medmix.bundle import student_predict, task_of_run
+from medmix.data import cohort as cohort_mod
+from medmix.encoders import create_encoder
+from medmix.encoders.cache import read_attrs
+from medmix.metrics import PRIMARY
+from medmix.encoders.tabular import parse_serialised
+from medmix.io import MedmixError
+from medmix.model import create_model, fusion_config
+
+
+class _Stage:
+    """One deployed encoder: a per-sample callable `value -> (1, D) tensor`, with call counting."""
+
+    def __init__(self, slug: str, spec: dict, cache: Path):
+        self.slug, self.calls = slug, 0
+        enc = create_encoder(spec, "cpu")
+        self.module: torch.nn.Module | None = None
+        if spec["kind"] == "hf_text":
+            tok, model = enc._load()
+            self.module = model
+            max_len, pooling = int(spec.get("max_length", 256)), spec.get("pooling", "mean")
+
+            def fn(text):
+                b = tok([text], truncation=True, max_length=max_len, return_tensors="pt")
+                h = model(**b).last_hidden_state                                   # (1, T, H)
+                if pooling == "cls":
+                    return h[:, 0]
+                m = b["attention_mask"].unsqueeze(-1).float()
+                return (h * m).sum(1) / m.sum(1).clamp(min=1)
+        elif spec["kind"] == "open_clip":
+            from medmix.encoders.image import _Images
+            model, fwd, mean, std = enc._load()
+            self.module = model
+            size, crop = int(spec.get("image_size", 224)), float(spec.get("crop", 1.0))
+
+            def fn(path):
+                paths = [path] if isinstance(path, str) else list(path)
+                x, err = _Images(paths[:1], size, crop, mean, std)[0]
+                if err:
+                    raise MedmixError(f"{paths[0]}: {err} (efficiency samples must have readable inputs)")
+                return fwd(x.unsqueeze(0))
+        elif spec["kind"] == "ehr_tabular":
+            state = json.loads(read_attrs(cache).get("fit_state") or "{}")
+            names, mu, sd = state.get("variables", []), np.array(state.get("mean", [])), np.array(state.get("sd", []))
+            col = {k: j for j, k in enumerate(names)}
+
+            def fn(text):
+                x = np.full(len(names), np.nan, np.float32)
+                for k, v in parse_serialised(text)[0].items():
+                    if k in col:
+                        x[col[k]] = v
+                z = (x - mu) / sd
+                miss = np.isnan(z)
+                z = np.clip(np.where(miss, 0.0, z), -10, 10)
+                return torch.from_numpy(np.concatenate([z, miss]).astype(np.float32))[None]
+        else:  # pragma: no cover - the schema lists the kinds
+            raise MedmixError(f"efficiency: unsupported encoder kind '{spec['kind']}'")
+        self._fn = fn
+        self.weights = f"{enc.model_name()}@{enc.weights_hash()}"  # experts sharing weights deploy one model
+        self.params = sum(p.numel() for p in self.module.parameters()) if self.module is not None else 0
+        if self.module is not None:
+            self.module.register_forward_hook(self._hook)
+        self.forwards = 0
+
+    def _hook(self, *_):
+        self.forwards += 1
+
+    def __call__(self, value) -> torch.Tensor:
+        self.calls += 1
+        return self._fn(value).float()
+
+
+def measure(runs: list[str | Path], results: str | Path, encoders: dict, samples: int = 16, warmup: int = 2,
+            threads: int = 1) -> dict:
+    """Efficiency of each run's deployed stack on `samples` test samples with every modality present."""
+    torch.set_num_threads(threads)
+    results = Path(results)
+    stages: dict[str, _Stage] = {}
+    out: dict = {"samples": samples, "threads": threads, "methods": {}}
+    for run in map(Path, runs):
+        ckpt = torch.load(run / "model.pt", map_location="cpu", weights_only=True)
+        spec, method = ckpt["spec"], ckpt["method"]
+        ds = spec["dataset"]
+        out["dataset"] = ds
+        cohort = cohort_mod.read(results / ds / "cohort.parquet")
+        mods = list(ckpt["experts"])
+        rows = cohort.filter((pl.col("split") == "test") & pl.all_horizontal(pl.col(m).is_not_null() for m in mods))
+        if rows.height == 0:
+            raise MedmixError(f"{results / ds / 'cohort.parquet'}: no test sample has every modality of {run}")
+        rows = rows.head(samples + warmup)
+        teachers = {s for m in spec["modalities"].values() for s in m["teachers"]}
+        experts = {s for m in spec["modalities"].values() for s in m["experts"]}
+        before = {s: (st.calls, st.forwards) for s, st in stages.items()}
+        stack = [(m, s) for m in mods for s in ckpt["experts"][m]]
+        for m, s in stack:
+            if s not in stages:
+                if s not in encoders:
+                    raise MedmixError(f"{run}/model.pt: encoder '{s}' is not in the config's encoders")
+                stages[s] = _Stage(s, encoders[s], results / ds / "embeddings" / m / f"{s}.h5")
+        fcfg = fusion_config(method, spec["train"])
+        fusion = None
+        if method["arch"] != "logreg":
+            fusion = create_model({**method, "teacher": False}, ckpt["dims"], fcfg)
+            fusion.load_state_dict(ckpt["state_dict"])  # strict: the checkpoint holds the student only
+            fusion.eval()
+            fusion_params = sum(p.numel() for p in fusion.parameters())
+            fusion_teacher = sum(p.numel() for n, p in fusion.named_parameters() if n.startswith(("teacher", "align")))
+        else:
+            fusion_params, fusion_teacher = sum(v.numel() for v in ckpt["state_dict"].values()), 0
+
+        def encode(row: dict, flops: dict | None = None) -> tuple[dict, dict]:
+            X, M = {}, {}
+            for m in mods:
+                xs = []
+                for k, s in enumerate(ckpt["experts"][m]):
+                    if flops is None:
+                        e = stages[s](row[m])                                       # (1, d_mk)
+                    else:
+                        with FlopCounterMode(display=False) as fc:
+                            e = stages[s](row[m])
+                        flops[(m, s)] = flops.get((m, s), 0) + fc.get_total_flops()
+                    mu, sd = ckpt["norm"][m][k]
+                    xs.append((e - mu) / sd)
+                X[m], M[m] = xs, torch.ones(1, len(xs), dtype=torch.bool)
+            return X, M
+
+        def fuse(X: dict, M: dict):
+            if fusion is None:
+                return student_predict(method, ckpt["dims"], fcfg, ckpt["state_dict"], X, M, task_of_run(ckpt))
+            return fusion({"x": X, "mask": M}, train=False)
+
+        lat, flops = [], {}
+        with torch.inference_mode():
+            for i, row in enumerate(rows.iter_rows(named=True)):
+                t0 = time.perf_counter()
+                fuse(*encode(row))
+                dt = time.perf_counter() - t0
+                if i < warmup:
+                    continue
+                lat.append(dt * 1000)
+                X, M = encode(row, flops)
+                with FlopCounterMode(display=False) as fc:
+                    fuse(X, M)
+                flops["__fusion__"] = flops.get("__fusion__", 0) + fc.get_total_flops()
+        n = len(lat)
+        called = sorted(s for s, st in stages.items() if (st.calls, st.forwards) != before.get(s, (0, 0)))
+        enc_rows = [{"modality": m, "encoder": s, "role": "teacher" if s in teachers and s not in experts else "expert", "weights": stages[s].weights,
+                     "params": stages[s].params, "flops": flops[(m, s)] / n} for m, s in stack]
+        f_flops = flops["__fusion__"] / n
+        metrics = json.loads((run / "metrics.json").read_text())
+        out["methods"][spec["method"]] = {
+            "run": str(run), "encoders": enc_rows, "stack": sorted({s for _, s in stack}), "encoders_called": called,
+            "teacher_encoders_called": [s for s in called if s in teachers],
+            "fusion": {"params": fusion_params, "flops": f_flops, "teacher_params": fusion_teacher},
+            # one deployed model per distinct weights (a slug serving two modalities, or two slugs with the
+            # same weights and different preprocessing): its parameters count once
+            "params_total": sum({e["weights"]: e["params"] for e in enc_rows}.values()) + fusion_params,
+            "flops_total": sum(e["flops"] for e in enc_rows) + f_flops,
+            "latency_ms": {"median": statistics.median(lat), "p90": float(np.percentile(lat, 90)),
+                           "mean": float(np.mean(lat)), "n": len(lat)},
+            "test_primary": metrics["test"][PRIMARY[metrics.get("task_type", "binary")]]["value"],
+            "primary_metric": PRIMARY[metrics.get("task_type", "binary")],
+        }
+    out["encoders_constructed"] = sorted(stages)
+    return out

@@ -1,0 +1,260 @@
+"""Figures and tables of the paper's experiments, computed from the runs' outputs (never typed).
+
+robustness_{train_one,train_multi,test}.png and missing_subsets.md from results/{dataset}/robustness.json,
+ablation.{png,md} from results/{dataset}/metrics.json, efficiency.{png,csv} from
+results/{dataset}/efficiency.json, weights_{dataset}.png from a method's predictions.parquet.
+Every curve or bar is a mean over seeds with ± sd; one line (or bar) per method; one panel per dataset.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from medmix.io import atomic_path
+
+ABLATIONS = ["medmix", "medmix_noteacher", "medmix_single_expert", "medmix_intra_mean", "medmix_inter_concat"]
+
+
+def _plt():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _save(fig, out: str | Path) -> None:
+    fig.tight_layout()
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+    _plt().close(fig)
+
+
+def _read(files) -> list[dict]:
+    return [json.loads(Path(f).read_text()) for f in files]
+
+
+def _curve(ax, curve: dict, label: str, metric: str = "auroc") -> None:
+    pts = sorted((float(r), e[metric]["mean"], e[metric]["sd"]) for r, e in curve.items() if e[metric]["mean"] is not None)
+    if not pts:
+        return
+    x, y, sd = map(np.array, zip(*pts))
+    ax.errorbar(x, y, yerr=sd, marker="o", capsize=3, label=label)
+
+
+def _empty(ax, text: str) -> None:
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, fontsize=9)
+
+
+def _label(metric: str) -> str:
+    from medmix.aggregate import LABELS
+    return LABELS.get(metric, metric)
+
+
+def _finish(ax, xlabel: str, title: str, metric: str = "auroc") -> None:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(f"test {_label(metric)} (mean ± sd over seeds)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:  # beside the axes: many methods would hide the curves
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+
+
+def robustness(summaries: list[str | Path], fig_dir: str | Path, table_dir: str | Path) -> None:
+    """The three robustness figures and missing_subsets.md."""
+    plt = _plt()
+    res = _read(summaries)
+    fig_dir, table_dir = Path(fig_dir), Path(table_dir)
+
+    fig, axes = plt.subplots(1, len(res), figsize=(5.5 * len(res), 4), squeeze=False)
+    for ax, r in zip(axes[0], res):
+        k = r.get("primary", "auroc")
+        for method, curve in r["test_drop"].items():
+            _curve(ax, curve, method, k)
+        _finish(ax, "test-time drop rate per available modality (seeded masks shared by all methods)",
+                f"{r['dataset']}: test-time modality drop", k)
+    _save(fig, fig_dir / "robustness_test.png")
+
+    fig, axes = plt.subplots(1, len(res), figsize=(5.5 * len(res), 4), squeeze=False)
+    for ax, r in zip(axes[0], res):
+        k = r.get("primary", "auroc")
+        for method, curve in r["train_multi"].items():
+            _curve(ax, curve, method, k)
+        if not r["train_multi"]:
+            _empty(ax, "no train-time multi-random drop in the config")
+        _finish(ax, "train-time drop rate per modality of each training sample",
+                f"{r['dataset']}: train-time random drop, full test set", k)
+    _save(fig, fig_dir / "robustness_train_multi.png")
+
+    ncol = max([len(r["train_one"]) for r in res] + [1])
+    fig, axes = plt.subplots(len(res), ncol, figsize=(4.5 * ncol, 3.8 * len(res)), squeeze=False)
+    for row, r in zip(axes, res):
+        mods = sorted(r["train_one"])
+        k = r.get("primary", "auroc")
+        for ax, mod in zip(row, mods):
+            for method, curve in r["train_one"][mod].items():
+                _curve(ax, curve, method, k)
+            _finish(ax, f"fraction of training samples without {mod}", f"{r['dataset']}: {mod} removed in training", k)
+        for ax in row[len(mods):]:
+            _empty(ax, "no train-time one-modality drop in the config" if not mods else "")
+            ax.set_axis_off() if mods else None
+    _save(fig, fig_dir / "robustness_train_one.png")
+
+    lines = ["Test metric (the task's primary one: AUROC for binary tasks), mean ± sd over seeds, of the trained "
+             "models given only some modalities at test time.",
+             "*paired*: test samples with every modality; *partial*: all test samples; a subset row: the samples "
+             "that have at least one of its modalities, with the others withheld.", ""]
+    for r in res:
+        methods = list(r["test_sets"])
+        rows = ["partial", "paired"] + sorted({s for m in methods for s in r["subsets"][m]},
+                                             key=lambda s: (s.count("+"), s))
+        k = r.get("primary", "auroc")
+        lines += [f"### {r['dataset']} ({_label(k)})", "", "| test set | n | " + " | ".join(methods) + " |",
+                  "| --- | --- |" + " --- |" * len(methods)]
+        for name in rows:
+            cells, n = [], None
+            for m in methods:
+                e = r["test_sets"][m].get(name) if name in ("partial", "paired") else r["subsets"][m].get(name)
+                if e is None or e[k]["mean"] is None:
+                    cells.append("–")
+                    continue
+                n = n or e["n"]
+                cells.append(f"{e[k]['mean']:.3f} ± {e[k]['sd']:.3f}")
+            lines.append(f"| {name} | {n if n is not None else '–'} | " + " | ".join(cells) + " |")
+        lines.append("")
+    with atomic_path(table_dir / "missing_subsets.md") as tmp:
+        tmp.write_text("\n".join(lines))
+
+
+def ablation(metrics_files: list[str | Path], fig: str | Path, table: str | Path) -> None:
+    """Structural ablation: MedMIX against its ablations (those in the config), on the task's first
+    two test metrics (AUROC/AUPRC for binary tasks)."""
+    from medmix.metrics import METRICS
+    plt = _plt()
+    res = _read(metrics_files)
+    f, axes = plt.subplots(1, len(res), figsize=(6 * len(res), 4), squeeze=False)
+    lines = ["Structural ablation on the test split: mean ± sd over seeds (Δ: difference of means to medmix).", ""]
+    for ax, r in zip(axes[0], res):
+        methods = [m for m in ABLATIONS if m in r["methods"]]
+        names = METRICS[r.get("task_type", "binary")][:2]
+        lines += [f"### {r['dataset']}", "", "| method | " + " | ".join(f"{_label(k)} | Δ{_label(k)}" for k in names) + " |",
+                  "| --- |" + " --- | --- |" * len(names)]
+        ref = r["methods"].get("medmix", {}).get("test", {})
+        for metric, off in zip(names, (-0.2, 0.2) if len(names) == 2 else (0.0,)):
+            mean = [r["methods"][m]["test"][metric]["mean"] or np.nan for m in methods]
+            sd = [r["methods"][m]["test"][metric]["sd"] or 0.0 for m in methods]
+            ax.bar(np.arange(len(methods)) + off, mean, 0.4, yerr=sd, capsize=3, label=_label(metric))
+        for m in methods:
+            t = r["methods"][m]["test"]
+            cells = []
+            for metric in names:
+                e = t[metric]
+                if e["mean"] is None:
+                    cells += ["n/a", ""]
+                    continue
+                d = e["mean"] - ref[metric]["mean"] if ref and ref[metric]["mean"] is not None else None
+                cells += [f"{e['mean']:.3f} ± {e['sd']:.3f}", "" if d is None or m == "medmix" else f"{d:+.3f}"]
+            lines.append(f"| {m} | " + " | ".join(cells) + " |")
+        lines.append("")
+        ax.set_xticks(np.arange(len(methods)), methods, rotation=25, ha="right")
+        ax.set_ylabel("test metric (mean ± sd over seeds)")
+        lo = np.nanmin([r["methods"][m]["test"][k]["mean"] or np.nan for m in methods for k in names] + [1])
+        ax.set_ylim(max(0.0, lo - 0.1), 1.0)
+        ax.set_title(f"{r['dataset']}: structural ablation", fontsize=10)
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3, axis="y")
+    _save(f, fig)
+    with atomic_path(table) as tmp:
+        tmp.write_text("\n".join(lines))
+
+
+def efficiency(eff_files: list[str | Path], fig: str | Path, csv: str | Path) -> pl.DataFrame:
+    """Parameters, FLOPs and latency of each method's deployed stack (encoders + fusion)."""
+    plt = _plt()
+    rows = []
+    for r in _read(eff_files):
+        for method, e in r["methods"].items():
+            enc = e["encoders"]
+            rows.append({
+                "dataset": r["dataset"], "method": method,
+                "encoders": " ".join(f"{x['modality']}/{x['encoder']}" for x in enc),
+                "teacher_encoders_called": " ".join(e["teacher_encoders_called"]),
+                "params_encoders": sum({x["weights"]: x["params"] for x in enc}.values()),  # one model per weights
+                "params_fusion": e["fusion"]["params"],
+                "params_total": e["params_total"], "fusion_teacher_params": e["fusion"]["teacher_params"],
+                "gflops_encoders": sum(x["flops"] for x in enc) / 1e9, "gflops_fusion": e["fusion"]["flops"] / 1e9,
+                "gflops_total": e["flops_total"] / 1e9, "latency_ms_median": e["latency_ms"]["median"],
+                "latency_ms_p90": e["latency_ms"]["p90"], "latency_samples": e["latency_ms"]["n"],
+                "threads": r["threads"], "test_primary_seed": e["test_primary"]})
+    df = pl.DataFrame(rows)
+    with atomic_path(csv) as tmp:
+        df.write_csv(tmp)
+    dsets = df["dataset"].unique(maintain_order=True).to_list()
+    f, axes = plt.subplots(len(dsets), 3, figsize=(15, 0.45 * df.height / max(len(dsets), 1) * len(dsets) + 2.5),
+                           squeeze=False)
+    for row, ds in zip(axes, dsets):
+        d = df.filter(pl.col("dataset") == ds).sort("latency_ms_median")
+        y = np.arange(d.height)
+        names = [m + (" (teacher encoders)" if t else "") for m, t in zip(d["method"], d["teacher_encoders_called"])]
+        for ax, (a, b, unit) in zip(row, [("params_encoders", "params_fusion", "parameters (millions)"),
+                                          ("gflops_encoders", "gflops_fusion", "GFLOPs per sample"),
+                                          (None, None, "latency per sample, ms (median, batch 1)")]):
+            if a is None:
+                ax.barh(y, d["latency_ms_median"], xerr=[np.zeros(d.height), d["latency_ms_p90"] - d["latency_ms_median"]],
+                        color="tab:green", capsize=3, label="end to end (error bar: p90)")
+            else:
+                scale = 1e6 if a.startswith("params") else 1.0
+                ax.barh(y, d[a] / scale, color="tab:blue", label="encoders")
+                ax.barh(y, d[b] / scale, left=d[a] / scale, color="tab:orange", label="fusion")
+                for yi, ea, eb in zip(y, d[a] / scale, d[b] / scale):  # the fusion share is too thin to see
+                    ax.text(ea + eb, yi, f" {ea + eb:.3g} (fusion {eb:.2g})", va="center", fontsize=7)
+                ax.set_xlim(0, float((d[a] + d[b]).max()) / scale * 1.45)
+            ax.set_yticks(y, names if ax is row[0] else [""] * d.height)
+            ax.set_xlabel(unit)
+            ax.set_title(f"{ds}: {unit.split(',')[0]}", fontsize=10)
+            ax.legend(fontsize=8)
+            ax.grid(alpha=0.3, axis="x")
+    f.tight_layout()
+    _save(f, fig)
+    return df
+
+
+def weights(dataset: str, runs: list[str | Path], fig: str | Path) -> None:
+    """Distributions over test samples (all seeds pooled) of the modality weights β and expert weights α.
+
+    β of a modality is shown over the samples that have it (β > 0); α over the samples whose modality
+    is present (the experts' weights are defined there)."""
+    plt = _plt()
+    preds = pl.concat([pl.read_parquet(Path(r) / "predictions.parquet").filter(pl.col("split") == "test")
+                       for r in runs], how="diagonal")
+    method = json.loads((Path(runs[0]) / "metrics.json").read_text())["method"]
+    betas = [c for c in preds.columns if c.startswith("beta_")]
+    alphas = [c for c in preds.columns if c.startswith("alpha_")]
+    f, axes = plt.subplots(1, 2, figsize=(5 + 0.9 * len(alphas), 4), gridspec_kw={"width_ratios": [max(len(betas), 1), max(len(alphas), 1)]})
+    for ax, cols, title in ((axes[0], betas, "modality weight β"), (axes[1], alphas, "expert weight α")):
+        data, labels = [], []
+        for c in cols:
+            if c.startswith("alpha_"):
+                mod = next((m for m in (b[5:] for b in betas) if c.startswith(f"alpha_{m}_")), None)
+                keep = (preds[f"beta_{mod}"] > 0) if mod else pl.Series([True] * preds.height)
+                v = preds.filter(keep & preds[c].is_not_nan())[c].to_numpy()
+                label = re.sub(r"^alpha_", "", c).replace("_", "/\n", 1)
+            else:
+                v = preds.filter(preds[c] > 0)[c].to_numpy()
+                label = c[5:]
+            data.append(v)
+            labels.append(f"{label}\n(n={len(v)})")
+        if data and any(len(v) for v in data):
+            ax.boxplot([v if len(v) else [np.nan] for v in data], tick_labels=labels, showmeans=True)
+        else:
+            _empty(ax, f"{method} has no {title}")
+        ax.set_ylabel(f"{title} (0–1)")
+        ax.set_title(f"{dataset}: {title} of {method}, test samples, seeds: {len(runs)}", fontsize=10)
+        ax.tick_params(axis="x", labelsize=8)
+        ax.grid(alpha=0.3, axis="y")
+    f.tight_layout()
+    _save(f, fig)

@@ -1,0 +1,80 @@
+# Robustness sweeps and efficiency: train-time drop runs, test-time evaluation of the main runs,
+# measurement of each method's deployed stack.
+
+
+rule train_drop:
+    input:
+        cohort="results/{dataset}/cohort.parquet",
+        embeddings=train_embeddings,
+    output:
+        model="results/{dataset}/runs/{method}/drop-{drop}/seed{seed}/model.pt",
+        metrics="results/{dataset}/runs/{method}/drop-{drop}/seed{seed}/metrics.json",
+        predictions="results/{dataset}/runs/{method}/drop-{drop}/seed{seed}/predictions.parquet",
+    params:
+        spec=train_drop_spec,
+        out="results/{dataset}/runs/{method}/drop-{drop}/seed{seed}",
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    conda:
+        "../../envs/medmix.yaml"
+    log:
+        "results/{dataset}/logs/train/{method}/drop-{drop}/seed{seed}.log",
+    benchmark:
+        "results/{dataset}/benchmarks/train/{method}/drop-{drop}/seed{seed}.tsv"
+    shell:
+        "OMP_NUM_THREADS={threads} python -m medmix train --dataset {wildcards.dataset} --method {wildcards.method} "
+        "--seed {wildcards.seed} --out {params.out} --results results --spec {params.spec:q} --quiet > {log} 2>&1"
+
+
+rule robustness:
+    input:
+        runs=dataset_runs,
+        base_runs=base_runs,
+        drop_runs=drop_runs,
+    output:
+        "results/{dataset}/robustness.json",
+    params:
+        p=robustness_params,
+        mask_seed=ROB["mask_seed"],
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    conda:
+        "../../envs/medmix.yaml"
+    log:
+        "results/{dataset}/logs/robustness.log",
+    benchmark:
+        "results/{dataset}/benchmarks/robustness.tsv"
+    shell:
+        "OMP_NUM_THREADS={threads} python -m medmix robustness --dataset {wildcards.dataset} --runs {params.p[runs]} "
+        "--base-runs {params.p[base]} --drop-runs {params.p[drop]} --rates {params.p[rates]} "
+        "--mask-seed {params.mask_seed} --results results --out {output} > {log} 2>&1"
+
+
+rule efficiency:
+    input:
+        runs=efficiency_runs,
+    output:
+        "results/{dataset}/efficiency.json",
+    params:
+        spec=efficiency_spec,
+        dirs=run_dirs,
+        samples=config["efficiency"]["samples"],
+        warmup=config["efficiency"]["warmup"],
+    threads: config["efficiency"]["threads"]
+    resources:
+        mem_mb=8000,
+        runtime=30,
+    conda:
+        "../../envs/medmix.yaml"
+    log:
+        "results/{dataset}/logs/efficiency.log",
+    benchmark:
+        "results/{dataset}/benchmarks/efficiency.tsv"
+    shell:
+        "OMP_NUM_THREADS={threads} python -m medmix efficiency --runs {params.dirs} --results results "
+        "--samples {params.samples} --warmup {params.warmup} --threads {threads} --spec {params.spec:q} "
+        "--out {output} > {log} 2>&1"

@@ -1,0 +1,67 @@
+# Figures and tables of the paper's experiments over the target datasets, marked for
+# `snakemake --report results/report.html` (one self-contained page).
+
+localrules:
+    figure_robustness,
+    figure_ablation,
+    figure_efficiency,
+    figure_weights,
+
+
+rule figure_robustness:
+    input:
+        target_files("results/{dataset}/robustness.json"),
+    output:
+        test=report("results/figures/robustness_test.png", category="Robustness", caption="../report/robustness_test.rst"),
+        one=report("results/figures/robustness_train_one.png", category="Robustness", caption="../report/robustness_train_one.rst"),
+        multi=report("results/figures/robustness_train_multi.png", category="Robustness", caption="../report/robustness_train_multi.rst"),
+        subsets=report("results/tables/missing_subsets.md", category="Robustness", caption="../report/missing_subsets.rst"),
+    conda:
+        "../../envs/medmix.yaml"
+    log:
+        "results/logs/figure_robustness.log",
+    shell:
+        "python -m medmix figure robustness --inputs {input} --fig-dir results/figures --table-dir results/tables > {log} 2>&1"
+
+
+rule figure_ablation:
+    input:
+        all_metrics,
+    output:
+        fig=report("results/figures/ablation.png", category="Ablation", caption="../report/ablation.rst"),
+        table=report("results/tables/ablation.md", category="Ablation", caption="../report/ablation_table.rst"),
+    conda:
+        "../../envs/medmix.yaml"
+    log:
+        "results/logs/figure_ablation.log",
+    shell:
+        "python -m medmix figure ablation --inputs {input} --fig {output.fig} --table {output.table} > {log} 2>&1"
+
+
+rule figure_efficiency:
+    input:
+        target_files("results/{dataset}/efficiency.json"),
+    output:
+        fig=report("results/figures/efficiency.png", category="Efficiency", caption="../report/efficiency.rst"),
+        table=report("results/tables/efficiency.csv", category="Efficiency", caption="../report/efficiency_table.rst"),
+    conda:
+        "../../envs/medmix.yaml"
+    log:
+        "results/logs/figure_efficiency.log",
+    shell:
+        "python -m medmix figure efficiency --inputs {input} --fig {output.fig} --table {output.table} > {log} 2>&1"
+
+
+rule figure_weights:
+    input:
+        weights_runs,
+    output:
+        report("results/figures/weights_{dataset}.png", category="Interpretability", caption="../report/weights.rst"),
+    params:
+        runs=prediction_dirs,
+    conda:
+        "../../envs/medmix.yaml"
+    log:
+        "results/{dataset}/logs/figure_weights.log",
+    shell:
+        "python -m medmix figure weights --dataset {wildcards.dataset} --inputs {params.runs} --fig {output} > {log} 2>&1"
