@@ -126,6 +126,11 @@ def cmd_crosscohort(args) -> None:
         print(name, f"target {k}", e["target"][k]["mean"], f"source test {k}", e["source_test"][k]["mean"])
 
 
+def cmd_crosstable(args) -> None:
+    from medmix.crosscohort import cross_cohort_table
+    print(cross_cohort_table(args.metrics, args.out))
+
+
 def cmd_robustness(args) -> None:
     from medmix.io import write_json
     from medmix.robustness import evaluate_run, summarize
@@ -278,6 +283,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True)
     s.add_argument("--bootstrap", type=int, default=0, help="bootstrap resamples for a 95%% CI per run")
     s.set_defaults(func=cmd_crosscohort)
+    s = sub.add_parser("crosstable", help="cross-cohort metrics.json files → results/tables/cross_cohort.md")
+    s.add_argument("--metrics", nargs="+", required=True)
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_crosstable)
+
     s = sub.add_parser("robustness", help="runs → robustness.json: test-time drop curve (shared masks), paired vs "
                                           "partial test sets, modality subsets, train-time drop curves")
     s.add_argument("--dataset", required=True)

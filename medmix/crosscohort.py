@@ -21,7 +21,7 @@ from medmix.bundle import student_predict, task_of_run
 from medmix.data import cohort as cohort_mod
 from medmix.encoders.cache import read_attrs, read_cache
 from medmix.encoders.tabular import apply_state
-from medmix.io import MedmixError, write_json
+from medmix.io import MedmixError, atomic_path, write_json
 from medmix.metrics import METRICS, task_metrics
 from medmix.model import fusion_config
 
@@ -117,3 +117,27 @@ def crosscohort(runs: list[str | Path], results: str | Path, target: str, out: s
         res["methods"][name] = entry
     write_json(out, res)
     return res
+
+
+def cross_cohort_table(metrics_files: list[str | Path], out: str | Path) -> str:
+    """results/tables/cross_cohort.md: per target and method, the source-trained runs on the target
+    beside their own source test split (mean ± sd over seeds), for every metric of the task."""
+    def fmt(e: dict) -> str:
+        return "–" if e.get("mean") is None else f"{e['mean']:.3f} ± {e['sd']:.3f}"
+
+    lines = ["Models trained on the source dataset, applied unchanged to every sample of the target cohort, "
+             "beside their test split on the source (mean ± sd over seeds).", ""]
+    for f in metrics_files:
+        r = json.loads(Path(f).read_text())
+        names = list(next(iter(r["methods"].values()))["target"]) if r["methods"] else []
+        lines += [f"### {r['source']} → {r['dataset']} (task {r['task']})", "",
+                  "| method | seeds | " + " | ".join(f"{k} source test | {k} target" for k in names) + " | target n |",
+                  "| --- | --- |" + " --- | --- |" * len(names) + " --- |"]
+        for m, e in r["methods"].items():
+            cells = " | ".join(f"{fmt(e['source_test'][k])} | {fmt(e['target'][k])}" for k in names)
+            lines.append(f"| {m} | {len(e['seeds'])} | {cells} | {e['target_n']} |")
+        lines.append("")
+    text = "\n".join(lines)
+    with atomic_path(out) as tmp:
+        tmp.write_text(text)
+    return text

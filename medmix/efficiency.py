@@ -27,63 +27,61 @@ from medmix.data import cohort as cohort_mod
 from medmix.encoders import create_encoder
 from medmix.encoders.cache import read_attrs
 from medmix.metrics import PRIMARY
-from medmix.encoders.tabular import parse_serialised
 from medmix.io import MedmixError
 from medmix.model import create_model, fusion_config
 
 
+def _modules(obj):
+    """The torch modules an encoder loaded (a module, a bound method of one, or tuples of those)."""
+    if isinstance(obj, torch.nn.Module):
+        yield obj
+    elif isinstance(obj, (tuple, list)):
+        for o in obj:
+            yield from _modules(o)
+    elif isinstance(getattr(obj, "__self__", None), torch.nn.Module):
+        owner = obj.__self__  # a CLIP model's encode_image deploys its image tower only
+        yield owner.visual if getattr(obj, "__name__", "") == "encode_image" and hasattr(owner, "visual") else owner
+
+
 class _Stage:
-    """One deployed encoder: a per-sample callable `value -> (1, D) tensor`, with call counting."""
+    """One deployed encoder run per sample through its public API (the same code path as the embed
+    stage), with call counting: `value -> (1, D) tensor`. Fitted encoders apply their stored fit."""
 
     def __init__(self, slug: str, spec: dict, cache: Path):
+        from medmix.config import encoder_identity
+        from medmix.embed import fan_out, fit_path, unique_inputs
+        from medmix.encoders.base import BatchRunner, assemble
         self.slug, self.calls = slug, 0
-        enc = create_encoder(spec, "cpu")
-        self.module: torch.nn.Module | None = None
-        if spec["kind"] == "hf_text":
-            tok, model = enc._load()
-            self.module = model
-            max_len, pooling = int(spec.get("max_length", 256)), spec.get("pooling", "mean")
+        enc = create_encoder(encoder_identity(spec), "cpu")
+        if enc.fitted:
+            a = read_attrs(cache)
+            state = json.loads(a["fit_state"]) if isinstance(a.get("fit_state"), str) else a.get("fit_state") or {}
+            fit = fit_path(cache)
+            mods: list = []
 
-            def fn(text):
-                b = tok([text], truncation=True, max_length=max_len, return_tensors="pt")
-                h = model(**b).last_hidden_state                                   # (1, T, H)
-                if pooling == "cls":
-                    return h[:, 0]
-                m = b["attention_mask"].unsqueeze(-1).float()
-                return (h * m).sum(1) / m.sum(1).clamp(min=1)
-        elif spec["kind"] == "open_clip":
-            from medmix.encoders.image import _Images
-            model, fwd, mean, std = enc._load()
-            self.module = model
-            size, crop = int(spec.get("image_size", 224)), float(spec.get("crop", 1.0))
+            def fn(value):
+                emb, present = enc.apply([value], state, fit)
+                if not present[0]:
+                    raise MedmixError(f"{slug}: an efficiency sample has no usable input")
+                return torch.from_numpy(emb[:1])
+        else:
+            mods = list(dict.fromkeys(_modules(enc.load())))
+            runner = BatchRunner(enc, progress=False)
 
-            def fn(path):
-                paths = [path] if isinstance(path, str) else list(path)
-                x, err = _Images(paths[:1], size, crop, mean, std)[0]
-                if err:
-                    raise MedmixError(f"{paths[0]}: {err} (efficiency samples must have readable inputs)")
-                return fwd(x.unsqueeze(0))
-        elif spec["kind"] == "ehr_tabular":
-            state = json.loads(read_attrs(cache).get("fit_state") or "{}")
-            names, mu, sd = state.get("variables", []), np.array(state.get("mean", [])), np.array(state.get("sd", []))
-            col = {k: j for j, k in enumerate(names)}
-
-            def fn(text):
-                x = np.full(len(names), np.nan, np.float32)
-                for k, v in parse_serialised(text)[0].items():
-                    if k in col:
-                        x[col[k]] = v
-                z = (x - mu) / sd
-                miss = np.isnan(z)
-                z = np.clip(np.where(miss, 0.0, z), -10, 10)
-                return torch.from_numpy(np.concatenate([z, miss]).astype(np.float32))[None]
-        else:  # pragma: no cover - the schema lists the kinds
-            raise MedmixError(f"efficiency: unsupported encoder kind '{spec['kind']}'")
+            def fn(value):
+                uniq, per_sample = unique_inputs([value], enc)  # a sample's image list: every image, pooled
+                plan = enc.prepare(uniq)
+                emb_u, present_u, reasons = assemble(len(uniq), plan, runner.run(uniq, plan, list(range(len(plan.batches)))))
+                emb, present = fan_out(per_sample, emb_u, present_u)
+                if not present[0]:
+                    raise MedmixError(f"{slug}: {reasons} (efficiency samples must have readable inputs)")
+                return torch.from_numpy(emb[:1])
         self._fn = fn
+        self.module = mods
         self.weights = f"{enc.model_name()}@{enc.weights_hash()}"  # experts sharing weights deploy one model
-        self.params = sum(p.numel() for p in self.module.parameters()) if self.module is not None else 0
-        if self.module is not None:
-            self.module.register_forward_hook(self._hook)
+        self.params = sum(p.numel() for p in {id(p): p for m in mods for p in m.parameters()}.values())
+        for m in mods:
+            m.register_forward_hook(self._hook)
         self.forwards = 0
 
     def _hook(self, *_):

@@ -134,11 +134,11 @@ def test_crosscohort_target_runs_end_to_end(tmp_path):
         "src": {"kind": "mimic4", "synth": {"n": 120, "seed": 3}, "task": "ihm", "modalities": mods},
         "m3": {"kind": "mimic3", "synth": {"n": 40, "seed": 1}, "source": "src", "task": "ihm", "modalities": mods},
     }
-    cfg["targets"] = ["src"]
+    cfg["targets"] = ["src", "m3"]
     cfg["methods"] = ["medmix_noteacher", "logreg_concat"]
     cfg["train"].update(max_epochs=3, bootstrap=0)
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
-    _smk(tmp_path, "--cores", "2", "results/m3/metrics.json")
+    _smk(tmp_path, "--cores", "2", "results/m3/metrics.json", "results/tables/cross_cohort.md")
     res = json.loads((tmp_path / "results/m3/metrics.json").read_text())
     assert res["evaluation"] == "cross-cohort" and res["source"] == "src"
     n = json.loads((tmp_path / "results/m3/cohort.json").read_text())["counts"]["samples"]
@@ -147,4 +147,7 @@ def test_crosscohort_target_runs_end_to_end(tmp_path):
         assert e["target_n"] == n                                   # every mimic3 sample, not its test split
         assert 0 <= e["target"]["auroc"]["mean"] <= 1 and e["source_test"]["auroc"]["mean"] is not None
     assert not (tmp_path / "results/m3/runs").exists()            # nothing trained on the target
+    table = (tmp_path / "results/tables/cross_cohort.md").read_text()
+    assert "### src → m3 (task ihm)" in table
+    assert all(f"| {m} | 1 |" in table for m in cfg["methods"])
     assert not (tmp_path / "results/m3/embeddings/ehr/tab.h5").exists()   # the fitted encoder keeps its source state

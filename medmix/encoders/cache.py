@@ -32,7 +32,7 @@ def write_cache(path: str | Path, ids: list[str], emb: np.ndarray, present: np.n
             f.create_dataset("emb", data=emb.astype(dtype), chunks=(max(1, min(n, 1024)), d) if n and d else None)
             f.create_dataset("present", data=present.astype(bool))
             for k, v in attrs.items():
-                f.attrs[k] = json.dumps(v) if isinstance(v, (dict, list)) else v
+                f.attrs[k] = json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else v
             f.attrs["dim"] = d
             f.attrs["dtype"] = dtype
             f.attrs["medmix_version"] = __version__

@@ -40,9 +40,16 @@ def all_metrics(wildcards):
     return [f"results/{ds}/metrics.json" for ds in config["targets"] if ds not in CROSS]
 
 
+def cross_metrics(wildcards):
+    """Cross-cohort targets (kind mimic3) of `targets`: the rows of results/tables/cross_cohort.md."""
+    return [f"results/{ds}/metrics.json" for ds in config["targets"] if ds in CROSS]
+
+
 def all_targets(wildcards):
-    """`all`: every target's metrics.json (cross-cohort ones included), the main table, the figures."""
-    return [f"results/{ds}/metrics.json" for ds in config["targets"]] + ["results/tables/main.md"] + FIGURES
+    """`all`: every target's metrics.json (cross-cohort ones included), the main table, the figures,
+    and the cross-cohort table when a cross-cohort dataset is a target."""
+    return ([f"results/{ds}/metrics.json" for ds in config["targets"]] + ["results/tables/main.md"] + FIGURES
+            + (["results/tables/cross_cohort.md"] if cross_metrics(wildcards) else []))
 
 
 def _js(obj):

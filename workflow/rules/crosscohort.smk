@@ -7,6 +7,7 @@ ruleorder: crosscohort > aggregate
 
 localrules:
     crosscohort,
+    cross_cohort_table,
 
 
 rule crosscohort:
@@ -27,3 +28,16 @@ rule crosscohort:
     shell:
         "python -m medmix crosscohort --target {wildcards.dataset} --runs {params.runs} --results results "
         "--out {output.metrics} > {log} 2>&1"
+
+
+rule cross_cohort_table:
+    input:
+        metrics=cross_metrics,
+    output:
+        report("results/tables/cross_cohort.md", category="Results", caption="../report/crosscohort.rst"),
+    conda:
+        "../../envs/medmix.yaml"
+    log:
+        "results/logs/cross_cohort_table.log",
+    shell:
+        "python -m medmix crosstable --metrics {input.metrics} --out {output} > {log} 2>&1"
