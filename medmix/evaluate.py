@@ -17,7 +17,7 @@ from medmix.bundle import student_predict, task_of_run
 from medmix.metrics import METRICS, task_metrics
 from medmix.model import fusion_config
 from medmix.model.medmix import keep_at_least_one
-from medmix.train import load_role
+from medmix.train import load_role, load_run_checkpoint
 
 
 def drop_masks(avail: torch.Tensor, rate: float, seed: int) -> torch.Tensor:
@@ -28,7 +28,7 @@ def drop_masks(avail: torch.Tensor, rate: float, seed: int) -> torch.Tensor:
 def modality_drop(run: str | Path, results: str | Path, rates: list[float], seed: int = 0) -> dict:
     """Test metrics of one run under each test-time drop rate."""
     run, results = Path(run), Path(results)
-    ckpt = torch.load(run / "model.pt", map_location="cpu", weights_only=True)
+    ckpt = load_run_checkpoint(run / "model.pt")
     spec, method = ckpt["spec"], ckpt["method"]
     cohort = cohort_mod.read(results / spec["dataset"] / "cohort.parquet")
     task = task_of_run(ckpt)
