@@ -34,19 +34,22 @@ def test_tabular_encoder_treats_non_finite_as_absent_clips_absurd_values_and_cou
     bad[4] = "hr: 72; lactate: 1e300"         # 1e300 overflows float32: would poison the train mean
     bad[2] = "hr: 1e6; lactate: 1.1"          # val row: absurd but finite → clipped at 10 sd
     bad[5] = "hr: nan; lactate: -inf"         # nothing usable left: the sample's EHR is missing
+    absent = list(bad)                        # the same cohort with the bad values left out
+    absent[0], absent[1], absent[4], absent[5] = "lactate: 1.2", "lactate: 1.3", "hr: 72", None
     spec = {"kind": "ehr_tabular"}
-    s_clean = run_embed(write_cohort(tmp_path / "a.parquet", "ehr", base), "ehr", "tab", spec, tmp_path / "a.h5",
+    s_clean = run_embed(write_cohort(tmp_path / "a.parquet", "ehr", absent), "ehr", "tab", spec, tmp_path / "a.h5",
                         device="cpu")
     s_bad = run_embed(write_cohort(tmp_path / "b.parquet", "ehr", bad), "ehr", "tab", spec, tmp_path / "b.h5",
                       device="cpu")
-    assert s_clean["missing_by_reason"] == {}
+    assert s_clean["missing_by_reason"] == {"clipped_values": 1}
     assert s_bad["missing_by_reason"] == {"non_finite_values": 5, "clipped_values": 1}
     a, _ = h5(tmp_path / "a.h5")
     b, attrs = h5(tmp_path / "b.h5")
     assert json.loads(attrs["missing"]) == s_bad["missing_by_reason"]
     assert np.isfinite(b["emb"]).all() and np.abs(b["emb"]).max() <= 10
-    # the bad values stay local: the other rows are encoded almost as without them (train stats shift slightly)
-    np.testing.assert_allclose(b["emb"][6:], a["emb"][6:], atol=0.2)
+    # a non-finite value is exactly an absent one: same train statistics, same embeddings
+    np.testing.assert_array_equal(b["emb"], a["emb"])
+    np.testing.assert_array_equal(b["present"], a["present"])
     assert b["emb"][2, 0] == 10.0                                  # the absurd hr, clipped
     # columns: hr, lactate, then their missing indicators
     assert b["emb"][0, 2] == b["emb"][1, 2] == b["emb"][4, 3] == 1.0 and b["emb"][4, 2] == 0.0
