@@ -60,3 +60,24 @@ def medmix(*args, check: bool = False, cwd=None, timeout: int = 300) -> subproce
 def leftovers(folder: Path) -> list[str]:
     """Temporary files of atomic writes left in a folder (there must be none)."""
     return sorted(p.name for p in Path(folder).rglob("*.tmp"))
+
+
+SLOW_EMBED = """
+import sys, time
+sys.path.insert(0, {repo!r})
+from medmix.encoders import text
+real = text._HFTextBase.forward
+def slow(self, rows):
+    time.sleep({sleep})
+    return real(self, rows)
+text._HFTextBase.forward = slow
+from medmix import cli
+sys.exit(cli.main({argv!r}))
+"""
+
+
+def slow_embed(argv: list[str], sleep: float = 0.15):
+    """`medmix embed ARGV` in its own process, each batch slowed by `sleep` seconds (to be killed or raced)."""
+    code = SLOW_EMBED.format(repo=str(REPO), sleep=sleep, argv=[str(a) for a in argv])
+    return subprocess.Popen([sys.executable, "-c", code], env=env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
