@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.medmix-installed
 CORES   ?= all
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: venv demo test lint clean
+.PHONY: venv demo test soak lint clean
 
 venv: $(STAMP)
 
@@ -28,6 +28,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PYBIN) -m pytest -q tests
+
+# The reliability soak (tests/reliability/test_workflow_runs.py, docs/reliability.md): the tiny DAG killed
+# at random three times, then completed; its metrics must equal a clean run's (about 2 min).
+soak: $(STAMP)
+	$(PYBIN) -m pytest -q -m soak tests/reliability
 
 lint: $(STAMP)
 	$(PYBIN) -m snakemake --lint

@@ -26,7 +26,7 @@ from medmix.io import MedmixError, atomic_path, write_json
 from medmix.metrics import thresholds
 from medmix.model import FusionConfig, create_model, fusion_config
 from medmix.tasks import Task
-from medmix.train import weight_columns
+from medmix.train import load_run_checkpoint, weight_columns
 
 BUNDLE_VERSION = 1
 
@@ -43,7 +43,7 @@ def task_of_run(ckpt: dict) -> Task:
 def export(run: str | Path, out: str | Path, results: str | Path = "results") -> dict:
     """Write the bundle of one run directory (model.pt + predictions.parquet)."""
     run, out, results = Path(run), Path(out), Path(results)
-    ckpt = torch.load(run / "model.pt", map_location="cpu", weights_only=True)
+    ckpt = load_run_checkpoint(run / "model.pt")
     spec, method = ckpt["spec"], ckpt["method"]
     experts = {}
     out = Path(out)
@@ -112,7 +112,11 @@ def load(bundle: str | Path) -> tuple[dict, dict]:
     meta = json.loads((bundle / "bundle.json").read_text())
     if meta.get("bundle_version") != BUNDLE_VERSION:
         raise MedmixError(f"{bundle}/bundle.json: bundle_version {meta.get('bundle_version')} is not {BUNDLE_VERSION}")
-    return meta, load_file(str(bundle / "weights.safetensors"))
+    try:
+        return meta, load_file(str(bundle / "weights.safetensors"))
+    except Exception as e:  # noqa: BLE001 - SafetensorError, OSError: not a safetensors file
+        raise MedmixError(f"{bundle}/weights.safetensors: refused: not a safetensors file ({type(e).__name__}: "
+                          f"{str(e)[:200]}); bundles never load pickles: re-export it with `medmix export`") from None
 
 
 def predict(bundle: str | Path, embeddings: str | Path, out: str | Path | None = None) -> pl.DataFrame:

@@ -24,6 +24,7 @@ from medmix.encoders.tabular import apply_state
 from medmix.io import MedmixError, atomic_path, write_json
 from medmix.metrics import METRICS, task_metrics
 from medmix.model import fusion_config
+from medmix.train import load_run_checkpoint
 
 
 def _inputs(ckpt: dict, results: Path, target: str, cohort: pl.DataFrame) -> tuple[dict, dict]:
@@ -59,7 +60,7 @@ def _inputs(ckpt: dict, results: Path, target: str, cohort: pl.DataFrame) -> tup
 def evaluate_run(run: str | Path, results: str | Path, target: str, n_boot: int = 0) -> dict:
     """Metrics of one source run on every sample of the target cohort (and its source test metrics)."""
     run, results = Path(run), Path(results)
-    ckpt = torch.load(run / "model.pt", map_location="cpu", weights_only=True)
+    ckpt = load_run_checkpoint(run / "model.pt")
     spec, method = ckpt["spec"], ckpt["method"]
     cohort = cohort_mod.read(results / target / "cohort.parquet")
     task = task_of_run(ckpt)

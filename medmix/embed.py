@@ -27,7 +27,7 @@ from medmix.data import cohort as cohort_mod
 from medmix.encoders import create_encoder
 from medmix.encoders.base import BatchOut, BatchRunner, Plan, assemble, count_reasons
 from medmix.encoders.cache import cohort_hash, write_cache
-from medmix.io import MedmixError, atomic_path, hash_strings, stable_hash
+from medmix.io import MedmixError, atomic_path, hash_strings, output_lock, stable_hash
 
 log = logging.getLogger("medmix.embed")
 
@@ -143,8 +143,16 @@ def run_embed(cohort_path: str | Path, modality: str, slug: str, spec: dict, out
     """Encode one modality of a cohort with one encoder; write the cache (or shard i of n); return a summary.
 
     `checkpoint_every` batches (or `checkpoint_seconds`, whichever comes first) are written to the
-    checkpoint; a rerun with the same spec, cohort and shard resumes from it.
+    checkpoint; a rerun with the same spec, cohort and shard resumes from it. Two runs of the same
+    output never interleave: the second waits on the output's lock (`output_lock`).
     """
+    with output_lock(out):
+        return _run_embed(cohort_path, modality, slug, spec, out, device, workers, shard, checkpoint_every,
+                          checkpoint_seconds, progress)
+
+
+def _run_embed(cohort_path, modality, slug, spec, out, device, workers, shard, checkpoint_every,
+               checkpoint_seconds, progress) -> dict:
     import torch
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     spec = encoder_identity(spec)
@@ -244,6 +252,11 @@ def _write_shard(out: Path, attrs: dict, uniq: list, plan, done: dict[int, Batch
 def merge_shards(cohort_path: str | Path, modality: str, slug: str, spec: dict, shards: list[str | Path],
                  out: str | Path) -> dict:
     """Join shard files into the cache an unsharded run writes (same ids, embeddings and attributes)."""
+    with output_lock(out):
+        return _merge_shards(cohort_path, modality, slug, spec, shards, out)
+
+
+def _merge_shards(cohort_path, modality, slug, spec, shards, out) -> dict:
     spec = encoder_identity(spec)
     ids, _, values = _read_cohort(cohort_path, modality)
     enc = create_encoder(spec, "cpu")  # for the input kind only: no weights are loaded

@@ -20,7 +20,7 @@ from medmix.metrics import METRICS, task_metrics
 from medmix.model import FusionConfig, fusion_config
 from medmix.tasks import Task
 from medmix.model.medmix import keep_at_least_one
-from medmix.train import load_role
+from medmix.train import load_role, load_run_checkpoint
 
 
 def drop_masks(avail: torch.Tensor, rate: float, seed: int) -> torch.Tensor:
@@ -56,7 +56,7 @@ class TestInputs:
 def load_test(run: str | Path, results: str | Path) -> TestInputs:
     """Read a run's checkpoint and its experts' caches restricted to the test split."""
     run, results = Path(run), Path(results)
-    ckpt = torch.load(run / "model.pt", map_location="cpu", weights_only=True)
+    ckpt = load_run_checkpoint(run / "model.pt")
     spec, method = ckpt["spec"], ckpt["method"]
     cohort = cohort_mod.read(results / spec["dataset"] / "cohort.parquet")
     task = task_of_run(ckpt)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -19,7 +20,8 @@ class MedmixError(Exception):
 def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `final`; rename it into place only if the block succeeds.
 
-    A crash, a full disk or an exception leaves no partial file under the final name.
+    A crash, a full disk or an exception leaves no partial file under the final name; a full disk
+    (or quota) becomes a MedmixError naming the file.
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -29,9 +31,46 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp
         os.replace(tmp, final)
+    except OSError as e:
+        if not _disk_full(e):
+            raise
+        raise MedmixError(f"{final}: disk full while writing it ({str(e).splitlines()[0][:200]}); nothing was "
+                          f"written under this name. Free space on {final.parent} (or point the output "
+                          "elsewhere) and rerun") from None
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+@contextlib.contextmanager
+def output_lock(final: str | os.PathLike) -> Iterator[None]:
+    """Hold an exclusive lock (fcntl.flock on `.{name}.lock` beside `final`) while a job writes `final`.
+
+    A second run of the same target waits, with a log line, until the first has finished; the
+    lock dies with its holder, SIGKILL included, so a crashed job never blocks a rerun.
+    """
+    import fcntl
+    import logging
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    lock = final.parent / f".{final.name}.lock"
+    with open(lock, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            logging.getLogger("medmix.io").warning("%s is being written by another process (lock %s); waiting "
+                                                   "for it to finish", final, lock)
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _disk_full(e: OSError) -> bool:
+    """ENOSPC/EDQUOT, also when a library (h5py) reports it only in the message."""
+    return e.errno in (errno.ENOSPC, errno.EDQUOT) or "No space left on device" in str(e) \
+        or "errno = 28" in str(e) or "Disk quota exceeded" in str(e)
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:

@@ -44,6 +44,20 @@ class Inputs:
     dropped: list = field(default_factory=list)
 
 
+def load_run_checkpoint(path: str | Path) -> dict:
+    """A run's model.pt, loaded with `weights_only=True`: tensors and plain data only, so a file with
+    pickled code in it is refused (MedmixError naming the file) and its code never runs."""
+    path = Path(path)
+    if not path.exists():
+        raise MedmixError(f"{path}: model checkpoint not found (run the train step)")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - UnpicklingError, RuntimeError: all mean "not a plain checkpoint"
+        raise MedmixError(f"{path}: refused to load: not a plain weights checkpoint (weights_only=True: "
+                          f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}). "
+                          "Only load model.pt files that medmix wrote; retrain the run") from None
+
+
 def load_role(results: Path, spec: dict, cohort: pl.DataFrame, role: str, mods: list[str],
                rows: np.ndarray | None = None) -> Inputs:
     """Read the caches of one role (experts|teachers) of the given modalities.

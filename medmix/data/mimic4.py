@@ -17,7 +17,7 @@ from pathlib import Path
 
 import polars as pl
 
-from medmix.data.common import source
+from medmix.data.common import log, source
 from medmix.data.variables import BOUNDS, LAB_STATS, LABS, VITAL_STATS, VITALS
 from medmix.io import MedmixError
 
@@ -31,11 +31,24 @@ def _need(path: Path, what: str) -> Path:
     return path
 
 
-def _read_table(path: Path, columns: list[str]) -> pl.DataFrame:
+def _read_table(path: Path, columns: list[str], report: dict | None = None) -> pl.DataFrame:
+    """A CSV table; bytes that are not UTF-8 are decoded with U+FFFD replacement and the cells so
+    decoded counted (cohort.json counts/non_utf8_cells, and a warning), never a crash."""
     try:
         df = pl.read_csv(path, columns=columns, infer_schema_length=0)
     except pl.exceptions.ColumnNotFoundError as e:
         raise MedmixError(f"{path}: missing column: {e}") from None
+    except pl.exceptions.ComputeError as e:
+        if "utf-8" not in str(e).lower():
+            raise
+        df = pl.read_csv(path, columns=columns, infer_schema_length=0, encoding="utf8-lossy")
+        n = int(df.select(pl.sum_horizontal([pl.col(c).str.contains("\ufffd", literal=True).fill_null(False).sum()
+                                              for c in df.columns])).item())
+        msg = f"{path}: {n} cell(s) held bytes that are not UTF-8; decoded with replacement characters"
+        log.warning(msg)
+        if report is not None:
+            report["counts"].setdefault("non_utf8_cells", {})[path.name] = n
+            report.setdefault("warnings", []).append(msg)
     return df
 
 
@@ -219,7 +232,7 @@ def build_cohort(root: str | Path, note_root: str | Path | None = None, cxr_root
     rad_p = source(note_root / "note" / "radiology.csv.gz", "radiology", "MIMIC-IV-Note note/radiology", optional,
                    report, hint="set the dataset's note_root in the config")
     if rad_p:
-        rad = _read_table(rad_p, ["subject_id", "charttime", "text"])
+        rad = _read_table(rad_p, ["subject_id", "charttime", "text"], report)
         rad = _parse_times(rad.with_columns(pl.col("subject_id").cast(pl.Int64)), ["charttime"])
         rad = rad.join(stays.select("subject_id", "sample_id", "admittime", "pred_time"), on="subject_id")
         rad = rad.filter((pl.col("charttime") >= pl.col("admittime")) & (pl.col("charttime") < pl.col("pred_time")))

@@ -335,6 +335,11 @@ def dir_weights_hash(path: Path) -> str:
 
 
 def offline_error(name: str, err: Exception) -> MedmixError:
+    if "trust_remote_code" in str(err):  # the model ships its own Python code: never run it implicitly
+        return MedmixError(
+            f"'{name}' needs trust_remote_code (its repository ships Python code that would run on load), "
+            "which this encoder does not allow. Review that code; if you trust it, set "
+            "`trust_remote_code: true` on this encoder only (encoders/<slug> in config.yaml).")
     return MedmixError(
         f"could not load the weights of '{name}' ({type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}). "
         "Provide them offline: download once where the hub is reachable (huggingface-cli download "

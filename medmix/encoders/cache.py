@@ -8,6 +8,8 @@ names the attribute that differs.
 from __future__ import annotations
 
 import json
+import logging
+import os
 from pathlib import Path
 
 import h5py
@@ -15,6 +17,18 @@ import numpy as np
 
 from medmix import __version__
 from medmix.io import MedmixError, atomic_path, hash_strings
+
+log = logging.getLogger("medmix.cache")
+
+# The documented override: MEDMIX_ACCEPT_STALE=weights_hash,preprocessing_hash (comma-separated attribute
+# names) turns a refusal for exactly those attributes into a logged warning. The sample ids are never
+# overridable (the rows would not line up).
+ACCEPT_STALE_ENV = "MEDMIX_ACCEPT_STALE"
+
+
+def _accepted_stale() -> set[str]:
+    return {a.strip() for a in os.environ.get(ACCEPT_STALE_ENV, "").split(",") if a.strip()}
+
 
 def cohort_hash(ids: list[str], values: list) -> str:
     """Hash of the sample ids and of one modality's inputs, in cohort order."""
@@ -61,8 +75,13 @@ def read_cache(path: str | Path, expect: dict | None = None, ids: list[str] | No
             got = f.attrs.get(k)
             got = got.decode() if isinstance(got, bytes) else got
             if got != v:
+                if k in _accepted_stale():
+                    log.warning("%s: attribute '%s' is %r, expected %r: used anyway (%s)", path, k, got, v,
+                                ACCEPT_STALE_ENV)
+                    continue
                 raise MedmixError(f"{path}: stale embedding cache: attribute '{k}' is {got!r}, expected {v!r}; "
-                                  "rerun its embed job (snakemake does so when the config changes) or delete the file")
+                                  "rerun its embed job (snakemake --forcerun embed; it does so by itself when the "
+                                  f"config changes) or delete the file; to use it anyway set {ACCEPT_STALE_ENV}={k}")
         if ids is not None:
             have = [x.decode() if isinstance(x, bytes) else x for x in f["ids"][:]]
             if have != list(ids):

@@ -3,8 +3,9 @@
 The variable vocabulary, means and standard deviations are fitted on the train split only and
 stored with the cache (`fit_state`). Output per variable: the standardised value (0 when absent)
 and a missing indicator, so absence itself is a feature. Categorical values become
-indicator variables (`gender=F`); NaN/inf values are counted and treated as absent; values
-beyond 10 train standard deviations are clipped there.
+indicator variables (`gender=F`); NaN/inf values and values beyond float32's range (1e38: they
+would become inf) are counted (`non_finite_values`) and treated as absent; values beyond 10 train
+standard deviations are clipped there and counted (`clipped_values`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,9 @@ import math
 import numpy as np
 
 from medmix.encoders.base import EncodeResult, Encoder, register_encoder
+
+
+_F32_MAX = float(np.finfo(np.float32).max)
 
 
 def parse_serialised(text: str) -> tuple[dict[str, float], int]:
@@ -30,7 +34,7 @@ def parse_serialised(text: str) -> tuple[dict[str, float], int]:
         except ValueError:  # a categorical value becomes an indicator variable, e.g. "gender=F"
             out[f"{name}={val}"] = 1.0
             continue
-        if not math.isfinite(v):
+        if not math.isfinite(v) or abs(v) > _F32_MAX:
             bad += 1
             continue
         out[name] = v
@@ -103,4 +107,7 @@ class TabularEncoder(Encoder):
         sd = np.where(np.isfinite(sd) & (sd > 0), sd, 1.0)
         state = {"variables": names, "mean": [float(m) for m in mu], "sd": [float(s) for s in sd]}
         emb, present = _standardise(parsed, x, state)
-        return EncodeResult(emb, present, {"non_finite_values": bad} if bad else {}, fit_state=state)
+        z = (x - np.asarray(state["mean"], np.float32)) / np.asarray(state["sd"], np.float64)
+        clipped = int((np.abs(np.nan_to_num(z)) > 10).sum())
+        counts = {k: v for k, v in (("non_finite_values", bad), ("clipped_values", clipped)) if v}
+        return EncodeResult(emb, present, counts, fit_state=state)

@@ -1,0 +1,46 @@
+"""Row: empty or whitespace-only text → modality missing (`empty_text`); bytes that are not UTF-8 in a
+raw notes table → decoded with replacement characters and counted in cohort.json, never a crash."""
+
+import csv
+import gzip
+import json
+import os
+
+from medmix.data.mimic4 import build_cohort
+from medmix.embed import run_embed
+
+from relhelp import BERT, full_spec, h5, write_cohort
+
+
+def test_empty_and_whitespace_texts_are_missing_and_counted(tmp_path):
+    values = ["pleural effusion", "", "   \n\t ", "no acute findings", None, "\u00a0"]
+    cohort = write_cohort(tmp_path / "cohort.parquet", "notes", values)
+    s = run_embed(cohort, "notes", "bert", full_spec(BERT), tmp_path / "n.h5", device="cpu", progress=False)
+    data, attrs = h5(tmp_path / "n.h5")
+    assert data["present"].tolist() == [True, False, False, True, False, False]
+    assert json.loads(attrs["missing"]) == s["missing_by_reason"] == {"empty_text": 3}
+
+
+def test_non_utf8_note_bytes_are_decoded_with_replacement_and_counted(tmp_path, tiny_raw):
+    src = tiny_raw / "note" / "radiology.csv.gz"
+    with gzip.open(src, "rt", newline="") as f:
+        rows = list(csv.reader(f))
+    text_col = rows[0].index("text")
+    buf = [",".join(rows[0]).encode()]
+    for i, r in enumerate(rows[1:]):
+        cells = [c.encode() for c in r]
+        if i == 0:  # latin-1 and a stray continuation byte inside the first note
+            cells[text_col] = cells[text_col] + b" caf\xe9 \x9d MARKERBYTES"
+        buf.append(b",".join(b'"' + c.replace(b'"', b'""') + b'"' for c in cells))
+    (tmp_path / "note").mkdir()
+    with gzip.open(tmp_path / "note" / "radiology.csv.gz", "wb") as f:
+        f.write(b"\n".join(buf) + b"\n")
+    clean, _ = build_cohort(tiny_raw)
+    co, rep = build_cohort(tiny_raw, note_root=tmp_path)          # no crash
+    assert rep["counts"]["non_utf8_cells"] == {"radiology.csv.gz": 1}
+    assert any("not UTF-8" in w for w in rep["warnings"])
+    notes = [n for n in co["notes"].to_list() if n and "MARKERBYTES" in n]
+    if notes:  # the damaged note is before the prediction time of some stay: it is kept, with U+FFFD
+        assert "caf\ufffd \ufffd MARKERBYTES" in notes[0]
+    assert co.height == clean.height and co["ehr"].to_list() == clean["ehr"].to_list()
+    assert os.path.exists(src)
