@@ -29,6 +29,7 @@ from medmix.encoders.cache import read_attrs
 from medmix.metrics import PRIMARY
 from medmix.io import MedmixError
 from medmix.model import create_model, fusion_config
+from medmix.train import load_run_checkpoint
 
 
 def _modules(obj):
@@ -100,7 +101,7 @@ def measure(runs: list[str | Path], results: str | Path, encoders: dict, samples
     stages: dict[str, _Stage] = {}
     out: dict = {"samples": samples, "threads": threads, "methods": {}}
     for run in map(Path, runs):
-        ckpt = torch.load(run / "model.pt", map_location="cpu", weights_only=True)
+        ckpt = load_run_checkpoint(run / "model.pt")
         spec, method = ckpt["spec"], ckpt["method"]
         ds = spec["dataset"]
         out["dataset"] = ds
