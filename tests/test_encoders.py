@@ -82,7 +82,8 @@ def test_embed_dedupes_identical_inputs_and_writes_atomically(tiny_results, tmp_
     def boom(*a, **k):
         raise OSError(28, "No space left on device")
     monkeypatch.setattr(cache.h5py.File, "create_dataset", boom)
-    with pytest.raises(OSError):
+    from medmix.io import MedmixError
+    with pytest.raises(MedmixError, match="f.h5: disk full while writing it"):
         run_embed(tmp_path / "cohort.parquet", "notes", "bert_head", _spec("bert_head"), tmp_path / "f.h5", device="cpu")
     assert not (tmp_path / "f.h5").exists() and not list(tmp_path.glob(".f.h5.*.tmp"))
     assert list(tmp_path.glob(".f.h5.ckpt-*/chunk-*.npz"))  # the encoded batches wait for the rerun
