@@ -6,6 +6,8 @@ each distinct text once. Run twice: on the notes as they are, and with a duplica
 (`--dup`), as in real report corpora where short normal reports repeat verbatim.
 
     python benchmarks/bench_text_encode.py --cohort results/demo/cohort.parquet --column notes
+    python benchmarks/bench_text_encode.py --cohort results/openi/cohort.parquet \
+        --column indication findings impression --n 0 --dup 0      # the OpenI report fields, as they are
 """
 
 from __future__ import annotations
@@ -25,14 +27,16 @@ from medmix.encoders.base import resolve_local
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--cohort", default="results/demo/cohort.parquet")
-    ap.add_argument("--column", default="notes")
-    ap.add_argument("--n", type=int, default=1000)
-    ap.add_argument("--dup", type=float, default=0.3, help="share of texts replaced by copies of others")
+    ap.add_argument("--column", nargs="+", default=["notes"], help="text column(s), concatenated")
+    ap.add_argument("--n", type=int, default=1000, help="first N texts (0: all)")
+    ap.add_argument("--dup", type=float, default=0.3, help="share of texts replaced by copies of others (0: no such run)")
     ap.add_argument("--max-length", type=int, default=256)
     ap.add_argument("--batch-size", type=int, default=64)
     args = ap.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    texts = pl.read_parquet(args.cohort)[args.column].drop_nulls().to_list()[: args.n]
+    co = pl.read_parquet(args.cohort)
+    texts = [t for c in args.column for t in co[c].drop_nulls().to_list()]
+    texts = texts[: args.n] if args.n else texts
     rng = np.random.default_rng(0)
     dup = list(texts)
     k = int(args.dup * len(dup))
@@ -46,7 +50,8 @@ def main() -> None:
                           "max_length": args.max_length, "batch_size": args.batch_size})
     print(f"{len(texts)} texts from {args.cohort}:{args.column}, max_length {args.max_length}, "
           f"batch {args.batch_size}, {torch.get_num_threads()} threads")
-    for name, data in (("as is", texts), (f"{args.dup:.0%} duplicated", dup)):
+    runs = [("as is", texts)] + ([(f"{args.dup:.0%} duplicated", dup)] if args.dup else [])
+    for name, data in runs:
         st.encode(data[:64], batch_size=args.batch_size)  # warm-up
         t = time.perf_counter()
         ref = st.encode(data, batch_size=args.batch_size, convert_to_numpy=True, show_progress_bar=False)

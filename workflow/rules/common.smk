@@ -204,9 +204,10 @@ def efficiency_runs(wildcards):
 
 
 def efficiency_spec(wildcards):
-    """Encoder descriptions of the dataset (the rerun trigger of the measurement)."""
+    """Encoder descriptions of the dataset without run-only keys (the rerun trigger of the measurement)."""
     ds = config["datasets"][wildcards.dataset]
-    return _js({s: config["encoders"][s] for m in ds["modalities"].values() for s in m["experts"] + m["teachers"]})
+    return _js({s: mcfg.encoder_identity(config["encoders"][s])
+                for m in ds["modalities"].values() for s in m["experts"] + m["teachers"]})
 
 
 def weights_runs(wildcards):
