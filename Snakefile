@@ -9,6 +9,7 @@
 #   results/{dataset}/runs/{method}/drop-{modality|multi}-{rate}/seed{seed}/   train_drop (robustness sweeps)
 #   results/{dataset}/robustness.json, efficiency.json      robustness, efficiency
 #   results/tables/*.{md,csv,tex}, results/figures/*.png    tables, figure_* (marked for --report)
+#   results/{mimic3 dataset}/metrics.json, results/tables/cross_cohort.md   crosscohort, cross_cohort_table
 # Wildcards are config slugs. Logs in results/{dataset}/logs/, benchmarks in results/{dataset}/benchmarks/.
 
 from snakemake.utils import min_version, validate
