@@ -6,9 +6,35 @@ import logging
 import re
 from pathlib import Path
 
+import polars as pl
+
 from medmix.io import MedmixError
 
 log = logging.getLogger("medmix.prepare")
+
+
+def read_table(path: Path, columns: list[str] | None = None, report: dict | None = None) -> pl.DataFrame:
+    """A CSV table as strings. Bytes that are not UTF-8 are decoded with U+FFFD replacement and the
+    cells so decoded counted (cohort.json counts/non_utf8_cells, and a warning), never a crash; a
+    missing column or an unreadable file is an error naming the file."""
+    try:
+        df = pl.read_csv(path, columns=columns, infer_schema_length=0)
+    except pl.exceptions.ColumnNotFoundError as e:
+        raise MedmixError(f"{path}: missing column: {e}") from None
+    except pl.exceptions.NoDataError as e:
+        raise MedmixError(f"{path}: not a readable CSV: {e}") from None
+    except pl.exceptions.ComputeError as e:
+        if "utf-8" not in str(e).lower():
+            raise MedmixError(f"{path}: not a readable CSV: {e}") from None
+        df = pl.read_csv(path, columns=columns, infer_schema_length=0, encoding="utf8-lossy")
+        n = int(df.select(pl.sum_horizontal([pl.col(c).str.contains("\ufffd", literal=True).fill_null(False).sum()
+                                              for c in df.columns])).item())
+        msg = f"{path}: {n} cell(s) held bytes that are not UTF-8; decoded with replacement characters"
+        log.warning(msg)
+        if report is not None:
+            report["counts"].setdefault("non_utf8_cells", {})[Path(path).name] = n
+            report.setdefault("warnings", []).append(msg)
+    return df
 
 
 def new_report(tasks: dict | None = None) -> dict:

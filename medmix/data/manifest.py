@@ -26,7 +26,7 @@ from pathlib import Path
 import polars as pl
 
 from medmix.data import cohort as cohort_mod
-from medmix.data.common import check_unique, count, log, new_report, slug
+from medmix.data.common import check_unique, count, log, new_report, read_table, slug
 from medmix.io import MedmixError
 
 INPUT_TYPES = ("text", "json", "image", "volume", "features")
@@ -141,10 +141,8 @@ def build_cohort(manifest: str | Path, root: str | Path | None = None, tasks: di
     if not tasks:
         raise MedmixError(f"{path}: no task declared (set datasets/<name>/tasks in the config)")
     split = split or {"train": 0.7, "val": 0.15, "seed": 0}
-    try:
-        df = pl.read_csv(path, infer_schema_length=0)
-    except (pl.exceptions.ComputeError, pl.exceptions.NoDataError) as e:
-        raise MedmixError(f"{path}: not a readable CSV: {e}") from None
+    report = new_report()
+    df = read_table(path, report=report)
     for c in ("sample_id", "patient_id"):
         if c not in df.columns:
             raise MedmixError(f"{path}: missing column '{c}'")
@@ -152,7 +150,6 @@ def build_cohort(manifest: str | Path, root: str | Path | None = None, tasks: di
         if empty.any():
             raise MedmixError(f"{_where(path, int(empty.arg_true()[0]))}: field '{c}' is empty")
     check_unique(df["sample_id"].to_list(), str(path), "sample_id", rows=list(range(1, df.height + 1)))
-    report = new_report()
     count(report, "counts", "manifest_rows", df.height)
     label_src = {c for t in tasks.values() for c in t["columns"]}
     if not inputs:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import polars as pl
 
-from medmix.data.common import count, log, new_report, source
+from medmix.data.common import count, log, new_report, read_table, source
 from medmix.data.mimic4 import _read_events, _serialise, _summarise
 from medmix.data.variables import LAB_STATS, LABS, VITAL_STATS, VITALS
 from medmix.io import MedmixError
@@ -35,12 +35,8 @@ def _table(root: Path, name: str) -> Path:
     return root / f"{name}.csv.gz"
 
 
-def _read(path: Path, columns: list[str]) -> pl.DataFrame:
-    try:
-        df = pl.read_csv(path, columns=columns, infer_schema_length=0)
-    except pl.exceptions.ColumnNotFoundError as e:
-        raise MedmixError(f"{path}: missing column: {e}") from None
-    return df.rename(str.lower)
+def _read(path: Path, columns: list[str], report: dict | None = None) -> pl.DataFrame:
+    return read_table(path, columns, report).rename(str.lower)
 
 
 def _times(df: pl.DataFrame, cols: list[str], path: Path, required: bool = False) -> pl.DataFrame:
@@ -183,7 +179,7 @@ def build_cohort(root: str | Path, prediction_hours: float = 48, min_age: int = 
     # ---- notes: radiology NOTEEVENTS of the admission before the prediction time ----
     ne_p = source(_table(root, "NOTEEVENTS"), "noteevents", "MIMIC-III NOTEEVENTS", optional, report)
     if ne_p:
-        ne = _read(ne_p, ["SUBJECT_ID", "CHARTDATE", "CHARTTIME", "CATEGORY", "ISERROR", "TEXT"])
+        ne = _read(ne_p, ["SUBJECT_ID", "CHARTDATE", "CHARTTIME", "CATEGORY", "ISERROR", "TEXT"], report)
         count(report, "counts", "noteevents_rows", ne.height)
         ne = ne.filter(pl.col("category").str.strip_chars() == "Radiology")
         n = ne.height

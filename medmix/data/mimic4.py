@@ -17,7 +17,7 @@ from pathlib import Path
 
 import polars as pl
 
-from medmix.data.common import log, source
+from medmix.data.common import read_table as _read_table, source
 from medmix.data.variables import BOUNDS, LAB_STATS, LABS, VITAL_STATS, VITALS
 from medmix.io import MedmixError
 
@@ -29,27 +29,6 @@ def _need(path: Path, what: str) -> Path:
     if not path.exists():
         raise MedmixError(f"{path}: {what} not found (set the dataset's root in the config)")
     return path
-
-
-def _read_table(path: Path, columns: list[str], report: dict | None = None) -> pl.DataFrame:
-    """A CSV table; bytes that are not UTF-8 are decoded with U+FFFD replacement and the cells so
-    decoded counted (cohort.json counts/non_utf8_cells, and a warning), never a crash."""
-    try:
-        df = pl.read_csv(path, columns=columns, infer_schema_length=0)
-    except pl.exceptions.ColumnNotFoundError as e:
-        raise MedmixError(f"{path}: missing column: {e}") from None
-    except pl.exceptions.ComputeError as e:
-        if "utf-8" not in str(e).lower():
-            raise
-        df = pl.read_csv(path, columns=columns, infer_schema_length=0, encoding="utf8-lossy")
-        n = int(df.select(pl.sum_horizontal([pl.col(c).str.contains("\ufffd", literal=True).fill_null(False).sum()
-                                              for c in df.columns])).item())
-        msg = f"{path}: {n} cell(s) held bytes that are not UTF-8; decoded with replacement characters"
-        log.warning(msg)
-        if report is not None:
-            report["counts"].setdefault("non_utf8_cells", {})[path.name] = n
-            report.setdefault("warnings", []).append(msg)
-    return df
 
 
 def _read_events(path: Path, columns: list[str], itemids: set[int], key: str, keys: set[int]) -> pl.DataFrame:

@@ -30,7 +30,7 @@ from pathlib import Path
 import polars as pl
 
 from medmix.data import cohort as cohort_mod
-from medmix.data.common import check_unique, count, log, new_report, slug, source
+from medmix.data.common import check_unique, count, log, new_report, read_table, slug, source
 from medmix.io import MedmixError
 
 TEXTS = ("indication", "findings", "impression")
@@ -53,12 +53,9 @@ def _text(v: str | None) -> str | None:
     return v or None
 
 
-def _read_csv_layout(root: Path) -> tuple[list[dict], Path]:
+def _read_csv_layout(root: Path, report: dict | None = None) -> tuple[list[dict], Path]:
     path = root / "indiana_reports.csv"
-    try:
-        df = pl.read_csv(path, infer_schema_length=0)
-    except pl.exceptions.ComputeError as e:
-        raise MedmixError(f"{path}: not a readable CSV: {e}") from None
+    df = read_table(path, report=report)
     need = ["uid", "MeSH", "Problems", "indication", "findings", "impression"]
     miss = [c for c in need if c not in df.columns]
     if miss:
@@ -170,7 +167,7 @@ def build_cohort(root: str | Path, images: str | Path | None = None, split_file:
     report = new_report()
     if (root / "indiana_reports.csv").exists():
         layout = "csv"
-        studies, _ = _read_csv_layout(root)
+        studies, _ = _read_csv_layout(root, report)
         where = str(root / "indiana_reports.csv")
     elif (root / "ecgen-radiology").is_dir():
         layout = "xml"

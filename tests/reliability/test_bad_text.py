@@ -44,3 +44,24 @@ def test_non_utf8_note_bytes_are_decoded_with_replacement_and_counted(tmp_path, 
         assert "caf\ufffd \ufffd MARKERBYTES" in notes[0]
     assert co.height == clean.height and co["ehr"].to_list() == clean["ehr"].to_list()
     assert os.path.exists(src)
+
+
+def test_non_utf8_bytes_in_openi_and_manifest_tables_are_decoded_and_counted(tmp_path):
+    """The same rule in every loader that reads report text from CSV (shared reader, data/common.py)."""
+    from medmix.data import manifest, openi
+    from medmix.synth_layouts import synth_openi
+    root = tmp_path / "openi"
+    synth_openi(root, n=12, seed=0, layout="csv")
+    reports = root / "indiana_reports.csv"
+    reports.write_bytes(reports.read_bytes().replace(b"Cough for 1 days.", b"Cough caf\xe9 \x9d for 1 days.", 1))
+    co, rep = openi.build_cohort(root)                                  # no crash
+    assert rep["counts"]["non_utf8_cells"] == {"indiana_reports.csv": 1}
+    assert any("not UTF-8" in w for w in rep["warnings"]) and co.height == 12
+
+    m = tmp_path / "m.csv"
+    rows = [f"s{i},p{i},{i % 2},text {i}".encode() for i in range(20)]
+    rows[3] = b"s3,p3,1,caf\xe9 note"
+    m.write_bytes(b"sample_id,patient_id,y,note\n" + b"\n".join(rows) + b"\n")
+    co, rep = manifest.build_cohort(m, tasks={"y": {"type": "binary", "columns": ["y"]}})
+    assert rep["counts"]["non_utf8_cells"] == {"m.csv": 1}
+    assert co.filter(co["sample_id"] == "s3")["note"][0] == "caf\ufffd note"
