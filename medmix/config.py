@@ -19,6 +19,9 @@ from medmix.io import MedmixError, stable_hash
 from medmix.methods import METHODS, method_spec
 
 SCHEMA_PATH = Path(__file__).parent / "schemas" / "config.schema.json"
+# encoder kinds fitted on the train split (their `fitted` attribute): never sharded, and applied
+# with their stored fit on another cohort (cross-cohort, bundles), never refitted
+FITTED_KINDS = ("ehr_tabular", "tfidf_svd")
 
 
 @cache
@@ -83,7 +86,7 @@ def validate(cfg: dict, source: str = "config") -> dict:
                             f"{source}: invalid config at 'datasets/{name}/modalities/{mod}/{role}': "
                             f"unknown encoder '{slug}' (known: {', '.join(sorted(cfg['encoders']))})")
     for slug, enc in cfg["encoders"].items():
-        if enc["kind"] in ("ehr_tabular", "tfidf_svd") and enc["shards"] > 1:
+        if enc["kind"] in FITTED_KINDS and enc["shards"] > 1:
             raise MedmixError(f"{source}: invalid config at 'encoders/{slug}/shards': a {enc['kind']} encoder is "
                               "fitted on the whole train split and cannot be sharded (set 1)")
     for i, m in enumerate(cfg["methods"]):

@@ -2,7 +2,7 @@
 
 The target's inputs go through the same experts: frozen encoders are read from the target's
 embedding caches (which must have the source caches' weights and preprocessing hashes), and a
-fitted encoder (`ehr_tabular`) is applied with the state fitted on the *source* train split.
+fitted encoder (`ehr_tabular`, `tfidf_svd`) is applied with its fit on the *source* train split.
 Each embedding is standardised with the run's source train statistics (stored in model.pt). All
 target samples are evaluated (the target's split is ignored), beside the run's source test
 metrics. The teachers are never read.
@@ -20,7 +20,9 @@ import torch
 from medmix.bundle import student_predict, task_of_run
 from medmix.data import cohort as cohort_mod
 from medmix.encoders.cache import read_attrs, read_cache
-from medmix.encoders.tabular import apply_state
+from medmix.config import FITTED_KINDS
+from medmix.embed import fit_path
+from medmix.encoders import create_encoder
 from medmix.io import MedmixError, atomic_path, write_json
 from medmix.metrics import METRICS, task_metrics
 from medmix.model import fusion_config
@@ -40,8 +42,9 @@ def _inputs(ckpt: dict, results: Path, target: str, cohort: pl.DataFrame) -> tup
             dim = ckpt["dims"][m][k]
             if m not in cohort.columns:
                 emb, present = np.zeros((len(ids), dim), np.float32), np.zeros(len(ids), bool)
-            elif state:
-                emb, present = apply_state(cohort[m].to_list(), state)
+            elif a.get("kind") in FITTED_KINDS:  # applied with the source fit, never refitted on the target
+                enc_spec = json.loads(a["spec"]) if isinstance(a.get("spec"), str) else {"kind": a["kind"]}
+                emb, present = create_encoder(enc_spec).apply(cohort[m].to_list(), state, fit_path(src))
             else:
                 path = results / target / "embeddings" / m / f"{slug}.h5"
                 emb, present = read_cache(path, expect={"weights_hash": a["weights_hash"],

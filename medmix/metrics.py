@@ -191,10 +191,6 @@ def task_metrics(kind: str, y: np.ndarray, p: np.ndarray, n_boot: int = 0, seed:
     return out
 
 
-def binary_metrics(y: np.ndarray, p: np.ndarray, n_boot: int = 0, seed: int = 0) -> dict:
-    return task_metrics("binary", y, p, n_boot, seed)
-
-
 def bootstrap_ci(kind: str, name: str, ys: list[np.ndarray], ps: list[np.ndarray], n_boot: int = 1000,
                  seed: int = 0, thrs: list | None = None, alpha: float = 0.05, chunk: int = 100
                  ) -> tuple[float | None, float | None]:

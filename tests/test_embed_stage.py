@@ -324,3 +324,9 @@ def test_weights_hash_is_remembered_by_path_size_and_mtime(tmp_path, monkeypatch
     w.write_bytes(b"y" * 1000)
     os.utime(w, ns=(1, 1))
     assert cached_file_sha256(w) != h
+
+
+def test_fitted_kinds_list_exactly_the_fitted_encoders():
+    """config.FITTED_KINDS (torch-free, read by the Snakefile) names exactly the kinds fitted on train."""
+    from medmix.encoders.base import _REGISTRY
+    assert set(config.FITTED_KINDS) == {k for k, cls in _REGISTRY.items() if getattr(cls, "fitted", False)}

@@ -8,7 +8,7 @@ import torch
 from medmix import config
 from medmix.aggregate import aggregate
 from medmix.methods import METHODS
-from medmix.metrics import binary_metrics
+from medmix.metrics import task_metrics
 from medmix.train import train_run
 
 from conftest import TINY_CONFIG
@@ -46,7 +46,7 @@ def test_training_is_deterministic_under_a_seed(tiny_results, tmp_path):
 
 
 def test_undefined_metric_is_null_with_reason():
-    m = binary_metrics(np.array([0., 0., 0., np.nan]), np.array([0.1, 0.2, 0.3, 0.4]), n_boot=10)
+    m = task_metrics("binary", np.array([0., 0., 0., np.nan]), np.array([0.1, 0.2, 0.3, 0.4]), n_boot=10)
     assert m["n"] == 3 and m["auroc"] == {"value": None, "reason": "only one class in this split (0: 3 samples)"}
 
 

@@ -154,7 +154,7 @@ def crosscohort_embeddings(wildcards):
                                                for m in config["methods"]) else [])
     return sorted({f"results/{wildcards.dataset}/embeddings/{m}/{slug}.h5"
                    for m, spec in src["modalities"].items() for r in roles for slug in spec[r]
-                   if config["encoders"][slug]["kind"] != "ehr_tabular"})
+                   if config["encoders"][slug]["kind"] not in mcfg.FITTED_KINDS})
 # ---- paper experiments: robustness sweeps, efficiency, figures (evaluate.smk, report.smk) ----
 
 from medmix.robustness import MULTI, drop_slug
