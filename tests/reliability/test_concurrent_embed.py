@@ -17,13 +17,21 @@ def test_two_runs_of_the_same_target_serialise_on_the_lock(tmp_path, capsys):
     assert cli.main([str(a) for a in args] + ["--out", str(tmp_path / "ref.h5")]) == 0
     capsys.readouterr()
     out = tmp_path / "out.h5"
-    first = slow_embed(args + ["--out", out], sleep=0.2)
+    gate = tmp_path / "gate"
+    first = slow_embed(args + ["--out", out], sleep=0.05, gate=gate)
     deadline = time.time() + 90
     while time.time() < deadline and not list(tmp_path.glob(".out.h5.ckpt-*/chunk-*.npz")):
-        time.sleep(0.05)                                         # the first holds the lock and is encoding
-    second = slow_embed(args + ["--out", out], sleep=0.2)
+        time.sleep(0.05)                                         # the first holds the lock, one batch done
+    second = slow_embed(args + ["--out", out], sleep=0.05, gate=gate)
+    said = []
+    for line in second.stdout:                                   # the first is held at the gate: the second
+        said.append(line)                                        # must report the lock and wait on it
+        if "is being written by another process" in line:
+            break
+    gate.touch()                                                 # let the first finish
     out1, _ = first.communicate(timeout=180)
     out2, _ = second.communicate(timeout=180)
+    out2 = "".join(said) + out2
     assert first.returncode == 0 and second.returncode == 0, out1[-2000:] + out2[-2000:]
     assert "is being written by another process" in out2 and "waiting" in out2   # it waited, and said so
     assert "is being written by another process" not in out1
