@@ -3,10 +3,18 @@
 The naive loop is what a first script does: open each file in the main process, preprocess
 (centre crop, resize, normalise: the same transform), stack a batch, encode, next batch.
 medmix's stage plans the batches once, decodes images in DataLoader worker processes while the
-model runs, and runs the model under `inference_mode`. Both use the same weights; the embeddings
+model runs, keeps grayscale images one band until the model's input (exactly the same numbers),
+and runs the model under `inference_mode`. Both use the same weights; the embeddings
 must agree (cosine ≥ 0.999 per row).
 
     PYTHONPATH=. python benchmarks/bench_image_encode.py --images 'results/demo/raw/files/**/*.jpg'
+
+The demo's JPEGs are 128 px, so there the model's compute dominates. Real chest X-rays are not:
+MIMIC-CXR-JPG images are about 2544 × 3056 grayscale JPEGs, where decoding and resizing cost
+more than a small tower's forward pass (and far more than any tower on a GPU). `--synth-cxr N`
+writes N distinct synthetic radiograph-sized grayscale JPEGs (quality 95) and benchmarks on them:
+
+    PYTHONPATH=. python benchmarks/bench_image_encode.py --synth-cxr 200
 """
 
 from __future__ import annotations
@@ -14,6 +22,7 @@ from __future__ import annotations
 import argparse
 import glob
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -43,13 +52,37 @@ def naive(paths: list[str], model, size: int, crop: float, mean, std, bs: int) -
     return np.concatenate(out)
 
 
+def synth_cxr(folder: Path, n: int, seed: int = 0) -> str:
+    """N distinct 2544 × 3056 8-bit grayscale JPEGs: a smooth random field plus noise (made once)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        p = folder / f"cxr{i:05d}.jpg"
+        if p.exists():
+            continue
+        small = rng.normal(size=(48, 40)).astype(np.float32)
+        field = Image.fromarray(((small - small.min()) / np.ptp(small) * 255).astype(np.uint8)).resize(
+            (2544, 3056), Image.BICUBIC)
+        a = np.asarray(field, dtype=np.float32) + rng.normal(0, 6, size=(3056, 2544)).astype(np.float32)
+        tmp = p.with_suffix(".tmp")
+        Image.fromarray(np.clip(a, 0, 255).astype(np.uint8), "L").save(tmp, format="JPEG", quality=95)
+        tmp.replace(p)
+    return str(folder / "cxr*.jpg")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--images", default="results/demo/raw/files/**/*.jpg", help="glob of image files")
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--workers", type=int, default=2, help="medmix's image-decoding worker processes")
+    ap.add_argument("--synth-cxr", type=int, default=0, metavar="N",
+                    help="benchmark on N synthetic radiograph-sized JPEGs (2544 × 3056) instead of --images")
+    ap.add_argument("--synth-dir", default="/tmp/medmix-bench-cxr", help="where --synth-cxr writes its images")
     args = ap.parse_args()
+    if args.synth_cxr:
+        args.images = synth_cxr(Path(args.synth_dir), args.synth_cxr)
+        args.n = args.synth_cxr
     paths = sorted(glob.glob(args.images, recursive=True))[: args.n]
     if not paths:
         raise SystemExit(f"no images match {args.images} (run `make demo` first)")

@@ -1,10 +1,13 @@
-"""Training throughput: medmix's index-batched loop vs a plain DataLoader(TensorDataset) loop.
+"""Training throughput: medmix's trainer vs a plain DataLoader(TensorDataset) loop.
 
-Same model (MedMIX without teacher), same batch size, same optimiser, same cached tensors of a
-dataset (default: the demo), in one run. The DataLoader loop is what a typical PyTorch training
-script does: one __getitem__ per sample, then default_collate. Two figures: whole training
-steps (data + model), and the data path alone (building every batch of an epoch, no model), which
-is the part the trainer's design changes.
+Same model (MedMIX without teacher), same batch size, same learning rate, same cached tensors of a
+dataset (default: the demo), in one run. The plain loop is what a typical PyTorch training script
+does: `DataLoader(TensorDataset(...), shuffle=True)` (one __getitem__ per sample, then
+default_collate) and `torch.optim.AdamW(model.parameters())`. medmix's side is the trainer's own
+epoch function (`medmix.train.train_epoch`: index-gathered batches from tensors held in memory)
+with its optimiser (`medmix.train.adamw`: the fused AdamW kernel). To say where the gain comes
+from, it also prints the DataLoader loop with the fused optimiser, and the data path alone
+(building every batch of an epoch, no model).
 
     PYTHONPATH=. python benchmarks/train_throughput.py --dataset demo --epochs 5
 """
@@ -14,6 +17,7 @@ from __future__ import annotations
 import argparse
 import resource
 import time
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -23,7 +27,7 @@ from medmix import config
 from medmix.data import cohort as cohort_mod
 from medmix.methods import method_spec
 from medmix.model import create_model, fusion_config
-from medmix.train import load_role, make_batch
+from medmix.train import adamw, load_role, make_batch, train_epoch
 
 
 def _rss_mb() -> float:
@@ -37,11 +41,13 @@ def main() -> None:
     ap.add_argument("--results", default="results")
     ap.add_argument("--epochs", type=int, default=5)
     ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--memory-child", type=int, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.memory_child is not None:
+        return memory_child(args)
     rss0 = _rss_mb()
     cfg = config.load(args.config)
     spec = config.train_spec(cfg, args.dataset, "medmix_noteacher")
-    from pathlib import Path
     results = Path(args.results)
     cohort = cohort_mod.read(results / args.dataset / "cohort.parquet")
     mods = sorted(m for m in spec["modalities"] if m in cohort.columns)
@@ -54,33 +60,21 @@ def main() -> None:
     fcfg = fusion_config(method, spec["train"])
     rss_loaded = _rss_mb()
 
-    def run(loop) -> float:
+    def run(loop, fused: bool) -> float:
         torch.manual_seed(0)
         model = create_model(method, inp.dims, fcfg)
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        opt = adamw(model.parameters(), 1e-3, 0.01) if fused else torch.optim.AdamW(model.parameters(), lr=1e-3)
         gen = torch.Generator().manual_seed(0)
-        model.train()
         t = time.perf_counter()
         n = loop(model, opt, gen)
         return n / (time.perf_counter() - t)
 
-    def step(model, opt, gen, batch, yb):
-        out = model(batch, train=True, gen=gen)
-        loss, _ = model.loss(out, yb)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+    tr_t = torch.from_numpy(tr)
 
     def medmix_loop(model, opt, gen):
-        idx_all = torch.from_numpy(tr)
-        n = 0
         for _ in range(args.epochs):
-            perm = idx_all[torch.randperm(len(idx_all), generator=gen)]
-            for s in range(0, len(perm), args.batch_size):
-                idx = perm[s:s + args.batch_size]
-                step(model, opt, gen, make_batch(inp.X, inp.M, idx), yt[idx])
-                n += len(idx)
-        return n
+            train_epoch(model, opt, (inp.X, inp.M, None, None), yt, tr_t, args.batch_size, gen)
+        return args.epochs * len(tr)
 
     flat = [x[tr] for m in mods for x in inp.X[m]] + [inp.M[m][tr] for m in mods] + [yt[tr]]
     ds = torch.utils.data.TensorDataset(*flat)
@@ -89,12 +83,17 @@ def main() -> None:
         dl = torch.utils.data.DataLoader(ds, batch_size=args.batch_size, shuffle=True, generator=gen)
         n = 0
         for _ in range(args.epochs):
+            model.train()
             for b in dl:
                 it = iter(b)
                 x = {m: [next(it) for _ in inp.X[m]] for m in mods}
                 mask = {m: next(it) for m in mods}
                 yb = next(it)
-                step(model, opt, gen, {"x": x, "mask": mask}, yb)
+                out = model({"x": x, "mask": mask}, train=True, gen=gen)
+                loss, _ = model.loss(out, yb)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
                 n += len(yb)
         return n
 
@@ -107,8 +106,7 @@ def main() -> None:
                 for b in torch.utils.data.DataLoader(ds, batch_size=args.batch_size, shuffle=True, generator=gen):
                     n += len(b[-1])
             else:
-                idx_all = torch.from_numpy(tr)
-                perm = idx_all[torch.randperm(len(idx_all), generator=gen)]
+                perm = tr_t[torch.randperm(len(tr_t), generator=gen)]
                 for s in range(0, len(perm), args.batch_size):
                     idx = perm[s:s + args.batch_size]
                     make_batch(inp.X, inp.M, idx)
@@ -116,18 +114,94 @@ def main() -> None:
         return n / (time.perf_counter() - t)
 
     torch.set_num_threads(torch.get_num_threads())
-    dl_sps = run(dataloader_loop)
-    mm_sps = run(medmix_loop)
+    dl_sps = run(dataloader_loop, fused=False)
+    dlf_sps = run(dataloader_loop, fused=True)
+    mm_sps = run(medmix_loop, fused=True)
     dl_data, mm_data = batches_only("dataloader"), batches_only("medmix")
     print(f"{args.dataset}: {len(tr)} training samples, {sum(len(v) for v in inp.X.values())} experts, "
           f"cached tensors {cache_mb:.1f} MiB, batch {args.batch_size}, {args.epochs} epochs, "
           f"{torch.get_num_threads()} threads")
-    print(f"DataLoader(TensorDataset) loop: {dl_sps:8.0f} samples/s")
-    print(f"medmix index-batched loop:      {mm_sps:8.0f} samples/s   speed-up x{mm_sps / dl_sps:.2f}")
+    print(f"plain loop: DataLoader(TensorDataset) + torch.optim.AdamW: {dl_sps:8.0f} samples/s")
+    print(f"  the same with the fused AdamW:                          {dlf_sps:8.0f} samples/s   x{dlf_sps / dl_sps:.2f}")
+    print(f"medmix trainer (train_epoch + adamw):                     {mm_sps:8.0f} samples/s   "
+          f"speed-up x{mm_sps / dl_sps:.2f}")
     print(f"data path only (no model): DataLoader {dl_data:,.0f} vs index gather {mm_data:,.0f} samples/s, "
           f"speed-up x{mm_data / dl_data:.1f}")
-    print(f"peak RSS {_rss_mb():.0f} MiB (interpreter + libraries {rss0:.0f} MiB before loading; "
+    print(f"this process: peak RSS {_rss_mb():.0f} MiB (interpreter + libraries {rss0:.0f} MiB before loading; "
           f"{rss_loaded - rss0:.0f} MiB after loading the caches)")
+    memory(args)
+
+
+def memory(args) -> None:
+    """Peak memory of the trainer against the bytes of the cached tensors it trains on.
+
+    Each figure is a fresh process (`--memory-child`) that reads the config and the cohort, loads
+    the expert caches with `load_role` and trains one epoch with `train_epoch`. Tile 0 loads no
+    cache (it trains one epoch on 256 random rows of the same widths, so that torch's kernels and
+    thread pools are initialised alike): that is the fixed cost of the interpreter and libraries.
+    Tile k repeats the loaded rows k times (the loading transients stay at one copy of the
+    files), so the growth of the peak with k is the memory per byte of cached tensors."""
+    import json
+    import subprocess
+    import sys
+    rows = {}
+    for tile in (0, 1, 8):
+        out = subprocess.run([sys.executable, __file__, "--config", args.config, "--dataset", args.dataset,
+                              "--results", args.results, "--batch-size", str(args.batch_size),
+                              "--memory-child", str(tile)], capture_output=True, text=True, check=True)
+        rows[tile] = json.loads(out.stdout.strip().splitlines()[-1])
+    base = rows[0]["rss_mb"]
+    print(f"peak memory, one process each: no cache {base:.0f} MiB (interpreter, libraries, cohort, model)")
+    for tile in (1, 8):
+        r = rows[tile]
+        extra = r["rss_mb"] - base
+        print(f"  cached tensors x{tile}: {r['cache_mb']:7.1f} MiB -> peak {r['rss_mb']:.0f} MiB, "
+              f"{extra:.0f} MiB above no cache = {extra / r['cache_mb']:.2f}x the cached bytes")
+    d_rss = rows[8]["rss_mb"] - rows[1]["rss_mb"]
+    d_cache = rows[8]["cache_mb"] - rows[1]["cache_mb"]
+    print(f"  growth from x1 to x8: {d_rss:.0f} MiB for {d_cache:.1f} MiB more tensors = {d_rss / d_cache:.2f}x")
+
+
+def memory_child(args) -> None:
+    import json
+    cfg = config.load(args.config)
+    spec = config.train_spec(cfg, args.dataset, "medmix_noteacher")
+    results = Path(args.results)
+    cohort = cohort_mod.read(results / args.dataset / "cohort.parquet")
+    mods = sorted(m for m in spec["modalities"] if m in cohort.columns)
+    y = cohort[f"y_{spec['task']}"].cast(pl.Float64).fill_null(float("nan")).to_numpy()
+    tile = args.memory_child
+    if tile == 0:
+        dims = {m: _widths(results, spec, m) for m in mods}
+        g = torch.Generator().manual_seed(0)
+        X = {m: [torch.randn(256, d, generator=g) for d in ds] for m, ds in dims.items()}
+        M = {m: torch.ones(256, len(ds), dtype=torch.bool) for m, ds in dims.items()}
+        yt, tr, cache_mb = (torch.rand(256, generator=g) < 0.3).float(), torch.arange(256), 0.0
+    else:
+        inp = load_role(results, spec, cohort, "experts", mods)
+        dims = inp.dims
+        X = {m: [torch.cat([x] * tile) for x in xs] for m, xs in inp.X.items()}
+        M = {m: torch.cat([v] * tile) for m, v in inp.M.items()}
+        del inp
+        yt = torch.from_numpy(np.tile(y.astype(np.float32), tile))
+        tr = torch.from_numpy(np.flatnonzero((np.tile((cohort["split"] == "train").to_numpy(), tile))
+                                             & ~np.isnan(yt.numpy())))
+        cache_mb = sum(x.numel() * x.element_size() for xs in X.values() for x in xs) / 2**20
+    method = method_spec("medmix_noteacher")
+    torch.manual_seed(0)
+    model = create_model(method, dims, fusion_config(method, spec["train"]))
+    opt = adamw(model.parameters(), 1e-3, 0.01)
+    train_epoch(model, opt, (X, M, None, None), yt, tr, args.batch_size, torch.Generator().manual_seed(0))
+    print(json.dumps({"rss_mb": _rss_mb(), "cache_mb": cache_mb}))
+
+
+def _widths(results: Path, spec: dict, m: str) -> list[int]:
+    import h5py
+    out = []
+    for slug in spec["modalities"][m]["experts"]:
+        with h5py.File(results / spec["dataset"] / "embeddings" / m / f"{slug}.h5", "r") as f:
+            out.append(f["emb"].shape[1])
+    return out
 
 
 if __name__ == "__main__":

@@ -184,6 +184,23 @@ def test_image_inputs_16bit_dicom_nifti_series_and_bad_files(tmp_path):
     assert not np.allclose(one[0], e[4], atol=1e-4)     # pooling over slices, not one slice
 
 
+def test_grayscale_images_keep_one_band_and_give_exactly_the_rgb_numbers(tmp_path):
+    from medmix.encoders.image import _MEAN, _STD, _Images, load_slices
+    rng = np.random.default_rng(3)
+    gray = Image.fromarray(rng.integers(0, 256, (37, 53), dtype=np.uint8))        # non-square: the crop matters
+    gray.save(tmp_path / "g.png")
+    gray.save(tmp_path / "g.jpg", quality=90)
+    Image.fromarray(rng.integers(0, 256, (30, 41, 3), dtype=np.uint8)).save(tmp_path / "c.png")
+    Image.fromarray(rng.integers(0, 256, (30, 41, 4), dtype=np.uint8)).save(tmp_path / "rgba.png")
+    pre = _Images([], 24, 0.9, _MEAN, _STD, 16)._pre
+    for name, mode in (("g.png", "L"), ("g.jpg", "L"), ("c.png", "RGB"), ("rgba.png", "RGB")):
+        (img,) = load_slices(str(tmp_path / name))
+        assert img.mode == mode, name
+        x = pre(img)
+        assert x.shape == (3, 24, 24)
+        assert torch.equal(x, pre(Image.open(tmp_path / name).convert("RGB"))), name   # bit-identical to RGB first
+
+
 # ---------------------------------------------------------------------------------------------- embed stage
 
 

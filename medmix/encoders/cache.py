@@ -87,4 +87,4 @@ def read_cache(path: str | Path, expect: dict | None = None, ids: list[str] | No
             if have != list(ids):
                 raise MedmixError(f"{path}: stale embedding cache: attribute 'ids' does not match the cohort's "
                                   "sample ids; rerun its embed job or delete the file")
-        return f["emb"][:].astype(np.float32), f["present"][:].astype(bool)
+        return f["emb"][:].astype(np.float32, copy=False), f["present"][:].astype(bool)

@@ -9,7 +9,7 @@ Kinds:
   CLS (default) or mean-of-patches pooling; `arch` builds a random-init config (`model_type`
   vit, dinov2, ...).
 
-Inputs: PNG/JPEG (8- or 16-bit, grayscale → RGB), DICOM files (pydicom; rescale slope/intercept,
+Inputs: PNG/JPEG (8- or 16-bit, grayscale → three channels), DICOM files (pydicom; rescale slope/intercept,
 MONOCHROME1 inverted, multi-frame = a volume), NIfTI volumes (`.nii`, `.nii.gz`, nibabel) and DICOM
 series (a directory of slices, ordered by position). A volume is encoded slice-wise
 (`volume_slices` evenly spaced axial slices) and mean-pooled. Preprocessing: central crop of
@@ -51,11 +51,15 @@ def _to_uint8(a: np.ndarray) -> np.ndarray:
 
 
 def load_image(path: str) -> Image.Image:
-    """Open a PNG/JPEG (8- or 16-bit, grayscale or colour) as RGB."""
+    """Open a PNG/JPEG (8- or 16-bit, grayscale or colour) as 8-bit "L" (grayscale) or "RGB".
+
+    Grayscale stays one channel: cropping and resizing one band instead of three identical ones
+    is ~2.5× cheaper on a radiograph, and `_pre` broadcasts it to the three model channels, which
+    gives exactly the numbers of converting to RGB first."""
     img = Image.open(path)
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        img = Image.fromarray(_to_uint8(np.asarray(img)), mode="L")
-    return img.convert("RGB")
+        return Image.fromarray(_to_uint8(np.asarray(img)), mode="L")
+    return img if img.mode in ("L", "RGB") else img.convert("RGB")
 
 
 def _is_dicom(p: Path) -> bool:
@@ -77,8 +81,9 @@ def _dicom_pixels(ds) -> np.ndarray:
     return a
 
 
-def _read_volume(p: Path) -> np.ndarray:
-    """A file or DICOM-series directory → (S, H, W) float or (1, H, W, 3) colour."""
+def _read_volume(p: Path) -> np.ndarray | None:
+    """A DICOM file, DICOM-series directory or NIfTI file → (S, H, W) float or (S, H, W, 3) colour;
+    None for any other file (a 2D image)."""
     name = p.name.lower()
     if p.is_dir():
         import pydicom
@@ -113,27 +118,34 @@ def _read_volume(p: Path) -> np.ndarray:
         if int(getattr(ds, "SamplesPerPixel", 1) or 1) == 3:
             return a[None] if a.ndim == 3 else a          # colour: (1, H, W, 3) or frames (S, H, W, 3)
         return a[None] if a.ndim == 2 else a              # multi-frame: (S, H, W)
+    return None  # not a volume: a 2D image file
+
+
+def _read_image(p: Path) -> Image.Image:
     try:
         img = load_image(str(p))
         img.load()
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
         raise InputError("unreadable_image") from None
-    return np.asarray(img)[None]  # (1, H, W, 3) uint8
+    return img
 
 
 def load_slices(path: str, max_slices: int = 16) -> list[Image.Image]:
-    """One input path → RGB images: one for a 2D image, up to `max_slices` evenly spaced slices of a volume."""
+    """One input path → "L" or "RGB" images: one for a 2D image, up to `max_slices` evenly spaced
+    slices of a volume."""
     p = Path(path)
     if not p.exists():
         raise InputError("file_not_found")
     if p.is_file() and os.path.getsize(p) == 0:
         raise InputError("empty_file")
     a = _read_volume(p)
+    if a is None:
+        return [_read_image(p)]
     if len(a) > max_slices:
         a = a[np.linspace(0, len(a) - 1, max_slices).round().astype(int)]
     if a.dtype != np.uint8:
         a = _to_uint8(a)  # one window per volume: slices keep their relative intensity
-    return [Image.fromarray(s).convert("RGB") for s in a]
+    return [Image.fromarray(s) for s in a]   # (H, W) → "L", (H, W, 3) → "RGB"
 
 
 class _Images(torch.utils.data.Dataset):
@@ -150,8 +162,9 @@ class _Images(torch.utils.data.Dataset):
         s = min(w, h) * self.crop
         img = img.crop(((w - s) / 2, (h - s) / 2, (w + s) / 2, (h + s) / 2))
         img = img.resize((self.size, self.size), Image.BICUBIC)
-        x = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1)
-        return (x - self.mean) / self.std
+        a = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0)
+        x = a.unsqueeze(0) if a.ndim == 2 else a.permute(2, 0, 1)   # grayscale: one band, broadcast below
+        return (x - self.mean) / self.std                         # (3, H, W) either way
 
     def __getitem__(self, i):
         try:

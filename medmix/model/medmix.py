@@ -60,8 +60,8 @@ class Branch(nn.Module):
         super().__init__()
         self.mods = list(dims)
         self.proj = nn.ModuleDict({m: nn.ModuleList(
-            nn.Sequential(nn.Linear(dk, cfg.d), nn.LayerNorm(cfg.d), nn.Dropout(cfg.dropout)) for dk in dims[m])
-            for m in self.mods})
+            nn.Sequential(nn.Linear(dk, cfg.d), nn.LayerNorm(cfg.d)) for dk in dims[m]) for m in self.mods})
+        self.drop = nn.Dropout(cfg.dropout)  # one call per modality on its stacked expert tokens
         self.intra = nn.ModuleDict({m: create_fusion("intra", cfg.intra, cfg.d, len(dims[m])) for m in self.mods})
         self.inter = create_fusion("inter", cfg.inter, cfg.d, len(self.mods))
 
@@ -71,7 +71,7 @@ class Branch(nn.Module):
             # absent experts: neither their (garbage) input nor its gradient takes part
             h = torch.stack([p(e.masked_fill(~mask[m][:, k:k + 1], 0.0))
                              for k, (p, e) in enumerate(zip(self.proj[m], x[m]))], 1)  # (B, K, d)
-            h = h.masked_fill(~mask[m].unsqueeze(-1), 0.0)
+            h = self.drop(h).masked_fill(~mask[m].unsqueeze(-1), 0.0)
             z, a = self.intra[m](h, mask[m])                                  # (B, d), (B, K)
             zs.append(z)
             alphas[m] = a
