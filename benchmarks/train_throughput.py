@@ -1,8 +1,9 @@
 """Training throughput: medmix's trainer vs a plain DataLoader(TensorDataset) loop.
 
 Same model (MedMIX without teacher), same batch size, same learning rate, same cached tensors of a
-dataset (default: the demo), in one run. The plain loop is what a typical PyTorch training script
-does: `DataLoader(TensorDataset(...), shuffle=True)` (one __getitem__ per sample, then
+dataset (default: the demo), in one run, with one torch thread by default (a train job of the
+workflow declares `threads: 1`; `--threads 2` for both cores). The plain loop is what a typical
+PyTorch training script does: `DataLoader(TensorDataset(...), shuffle=True)` (one __getitem__ per sample, then
 default_collate) and `torch.optim.AdamW(model.parameters())`. medmix's side is the trainer's own
 epoch function (`medmix.train.train_epoch`: index-gathered batches from tensors held in memory)
 with its optimiser (`medmix.train.adamw`: the fused AdamW kernel). To say where the gain comes
@@ -41,8 +42,11 @@ def main() -> None:
     ap.add_argument("--results", default="results")
     ap.add_argument("--epochs", type=int, default=5)
     ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads for both loops (1: as the workflow runs a train job, `threads: 1`)")
     ap.add_argument("--memory-child", type=int, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    torch.set_num_threads(args.threads)
     if args.memory_child is not None:
         return memory_child(args)
     rss0 = _rss_mb()
@@ -113,7 +117,6 @@ def main() -> None:
                     n += len(yt[idx])
         return n / (time.perf_counter() - t)
 
-    torch.set_num_threads(torch.get_num_threads())
     dl_sps = run(dataloader_loop, fused=False)
     dlf_sps = run(dataloader_loop, fused=True)
     mm_sps = run(medmix_loop, fused=True)
@@ -148,6 +151,7 @@ def memory(args) -> None:
     for tile in (0, 1, 8):
         out = subprocess.run([sys.executable, __file__, "--config", args.config, "--dataset", args.dataset,
                               "--results", args.results, "--batch-size", str(args.batch_size),
+                              "--threads", str(args.threads),
                               "--memory-child", str(tile)], capture_output=True, text=True, check=True)
         rows[tile] = json.loads(out.stdout.strip().splitlines()[-1])
     base = rows[0]["rss_mb"]
