@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from medmix.data.common import check_unique, count, log, new_report, source
+from medmix.data.common import check_unique, count, log, new_report, read_table, source
 from medmix.io import MedmixError, atomic_path
 
 TASKS = {"os12": {"type": "binary", "columns": ["os12"]},
@@ -76,7 +76,7 @@ def write_manifest(root: str | Path, out: str | Path, horizon_months: float = 12
     optional = set(optional_tables or ())
     rep = new_report()
     clin_p = source(root / "clinical.csv", "clinical", "ccRCC clinical table", optional - {"clinical"}, rep)
-    clin = pl.read_csv(clin_p, infer_schema_length=0)
+    clin = read_table(clin_p, report=rep)
     idc = _id_col(clin, clin_p)
     for c in ("vital_status", "days_to_death", "days_to_last_follow_up"):
         if c not in clin.columns:
@@ -122,7 +122,7 @@ def write_manifest(root: str | Path, out: str | Path, horizon_months: float = 12
 
     gen_p = source(root / "genomics.csv", "genomics", "ccRCC genomics table", optional, rep)
     if gen_p:
-        gen = pl.read_csv(gen_p, infer_schema_length=0)
+        gen = read_table(gen_p, report=rep)
         gid = _id_col(gen, gen_p)
         gids = [(v or "").strip() for v in gen[gid].to_list()]
         check_unique(gids, str(gen_p), gid, rows=list(range(1, len(gids) + 1)))

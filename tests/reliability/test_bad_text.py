@@ -65,3 +65,18 @@ def test_non_utf8_bytes_in_openi_and_manifest_tables_are_decoded_and_counted(tmp
     co, rep = manifest.build_cohort(m, tasks={"y": {"type": "binary", "columns": ["y"]}})
     assert rep["counts"]["non_utf8_cells"] == {"m.csv": 1}
     assert co.filter(co["sample_id"] == "s3")["note"][0] == "caf\ufffd note"
+
+    from medmix.data import ccrcc
+    root = tmp_path / "ccrcc"
+    ccrcc.synth(root, n=8, seed=0)
+    clin = root / "clinical.csv"
+    lines = clin.read_bytes().split(b"\n")
+    header = lines[0].split(b",")
+    cells = lines[2].split(b",")
+    free = next(i for i, h in enumerate(header) if h not in (b"case_id", b"vital_status", b"days_to_death",
+                                                              b"days_to_last_follow_up", b"split"))
+    cells[free] = b"caf\xe9"                                       # the row stays valid; one text cell gets a bad byte
+    lines[2] = b",".join(cells)
+    clin.write_bytes(b"\n".join(lines))
+    _, adapter = ccrcc.write_manifest(root, tmp_path / "cc.csv")
+    assert adapter["counts"]["non_utf8_cells"] == {"clinical.csv": 1}
