@@ -185,8 +185,8 @@ def prepare_spec(cfg: dict, name: str) -> dict:
 
 
 # encoder keys that say how a job runs, not what it computes: excluded from the cache identity,
-# so changing the shard count or a resource hint reruns no embed or train job
-RUN_KEYS = ("shards", "resources")
+# so changing the shard count, the decoding workers or a resource hint reruns no embed or train job
+RUN_KEYS = ("shards", "workers", "resources")
 
 
 def encoder_identity(spec: dict) -> dict:

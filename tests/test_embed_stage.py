@@ -319,7 +319,7 @@ def test_uncached_hub_model_gives_one_clear_error(cohort, tmp_path):
 
 def test_run_keys_do_not_change_the_cache_identity(tiny_config):
     a = config.validate(tiny_config)
-    tiny_config["encoders"]["bert_head"].update(shards=4, resources={"mem_mb": 64000, "gpu": 1})
+    tiny_config["encoders"]["bert_head"].update(shards=4, workers=8, resources={"mem_mb": 64000, "gpu": 1})
     b = config.validate(tiny_config)
     assert config.embed_spec(a, "tiny", "notes", "bert_head") == config.embed_spec(b, "tiny", "notes", "bert_head")
     assert config.train_spec(a, "tiny", "medmix") == config.train_spec(b, "tiny", "medmix")

@@ -106,6 +106,13 @@ def test_dag_runs_end_to_end_and_reruns_only_what_changed(workdir):
     dry = _smk(workdir, "-n", "all")
     assert "Nothing to be done" in dry.stdout + dry.stderr
 
+    # run-only encoder keys (decoding workers, resources) rerun nothing
+    cfg = yaml.safe_load((workdir / "config.yaml").read_text())
+    cfg["encoders"]["vit_low"].update(workers=0, resources={"mem_mb": 1000, "gpu": 1})
+    (workdir / "config.yaml").write_text(yaml.safe_dump(cfg))
+    dry = _smk(workdir, "-n", "all")
+    assert "Nothing to be done" in dry.stdout + dry.stderr
+
     # a fusion hyperparameter and a new seed: training jobs only, zero embed jobs
     cfg = yaml.safe_load((workdir / "config.yaml").read_text())
     cfg["train"]["d"] = 24

@@ -101,6 +101,11 @@ def embed_resource(wildcards, key):
     return config["encoders"][wildcards.encoder]["resources"][key]
 
 
+def embed_workers(wildcards):
+    """Image-decoding workers (run-only `workers:`); a resource, not a param, so changing it reruns nothing."""
+    return config["encoders"][wildcards.encoder]["workers"]
+
+
 def embed_mem_mb(wildcards, attempt):
     """Memory grows with the attempt number (`--retries`), so an out-of-memory kill is retried larger."""
     return embed_resource(wildcards, "mem_mb") * attempt

@@ -19,6 +19,7 @@ rule embed:
         mem_mb=embed_mem_mb,
         runtime=embed_runtime,
         gpu=embed_gpu,
+        workers=embed_workers,
     conda:
         "../../envs/medmix.yaml"
     log:
@@ -27,7 +28,7 @@ rule embed:
         "results/{dataset}/benchmarks/embed/{modality}/{encoder}.tsv"
     shell:
         "python -m medmix embed --cohort {input.cohort} --modality {wildcards.modality} "
-        "--encoder {wildcards.encoder} --out {output} --spec {params.spec:q} --quiet > {log} 2>&1"
+        "--encoder {wildcards.encoder} --out {output} --spec {params.spec:q} --workers {resources.workers} --quiet > {log} 2>&1"
 
 
 rule embed_shard:
@@ -47,6 +48,7 @@ rule embed_shard:
         mem_mb=embed_mem_mb,
         runtime=embed_runtime,
         gpu=embed_gpu,
+        workers=embed_workers,
     conda:
         "../../envs/medmix.yaml"
     log:
@@ -56,7 +58,7 @@ rule embed_shard:
     shell:
         "python -m medmix embed --cohort {input.cohort} --modality {wildcards.modality} "
         "--encoder {wildcards.encoder} --out {output} --shard {wildcards.shard}/{wildcards.nshards} "
-        "--spec {params.spec:q} --quiet > {log} 2>&1"
+        "--spec {params.spec:q} --workers {resources.workers} --quiet > {log} 2>&1"
 
 
 rule embed_merge:
