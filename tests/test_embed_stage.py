@@ -249,8 +249,12 @@ sys.path.insert(0, {repo!r})
 from medmix.embed import run_embed
 from medmix.encoders import text
 real = text._HFTextBase.forward
+calls, t0 = [0], time.time()
 def slow(self, rows):
     time.sleep({sleep})
+    calls[0] += 1
+    while calls[0] > 5 and time.time() < t0 + 60:
+        time.sleep(0.05)                     # held after 5 batches until killed (no race on timing)
     return real(self, rows)
 text._HFTextBase.forward = slow
 run_embed({cohort!r}, "notes", "bert_tail", {spec!r}, {out!r}, device="cpu", checkpoint_every=1, progress=False)

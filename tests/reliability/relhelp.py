@@ -71,8 +71,8 @@ calls, t0 = [0], time.time()
 def slow(self, rows):
     time.sleep({sleep})
     calls[0] += 1
-    while {gate!r} and calls[0] > 1 and not os.path.exists({gate!r}) and time.time() < t0 + 60:
-        time.sleep(0.05)                     # after the first batch, hold until the test opens the gate (60 s in all)
+    while {gate!r} and calls[0] > {hold_after} and not os.path.exists({gate!r}) and time.time() < t0 + 60:
+        time.sleep(0.05)                     # after `hold_after` batches, hold until the test opens the gate (60 s in all)
     return real(self, rows)
 text._HFTextBase.forward = slow
 from medmix import cli
@@ -80,9 +80,10 @@ sys.exit(cli.main({argv!r}))
 """
 
 
-def slow_embed(argv: list[str], sleep: float = 0.15, gate: Path | None = None):
+def slow_embed(argv: list[str], sleep: float = 0.15, gate: Path | None = None, hold_after: int = 1):
     """`medmix embed ARGV` in its own process, each batch slowed by `sleep` seconds (to be killed or raced).
-    With `gate`, every batch after the first waits until that file exists (no race on timing)."""
-    code = SLOW_EMBED.format(repo=str(REPO), sleep=sleep, gate=str(gate or ""), argv=[str(a) for a in argv])
+    With `gate`, every batch after the first `hold_after` waits until that file exists (no race on timing)."""
+    code = SLOW_EMBED.format(repo=str(REPO), sleep=sleep, gate=str(gate or ""), hold_after=hold_after,
+                             argv=[str(a) for a in argv])
     return subprocess.Popen([sys.executable, "-c", code], env=env(), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)

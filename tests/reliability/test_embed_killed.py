@@ -19,7 +19,7 @@ def test_sigkilled_embed_resumes_and_equals_an_uninterrupted_run(tmp_path, capsy
     assert cli.main([str(a) for a in args] + ["--out", str(tmp_path / "ref.h5")]) == 0
     ref = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     out = tmp_path / "out.h5"
-    proc = slow_embed(args + ["--out", out])
+    proc = slow_embed(args + ["--out", out], gate=tmp_path / "never-opened", hold_after=6)   # held after 6 batches
     deadline, chunks = time.time() + 90, []
     while time.time() < deadline and len(chunks) < 5 and proc.poll() is None:
         time.sleep(0.05)
