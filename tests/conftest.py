@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -44,6 +46,41 @@ TINY_CONFIG = {
     "seeds": [0],
     "train": {"max_epochs": 8, "patience": 3, "bootstrap": 50, "d": 16, "hidden": 16},
 }
+
+
+# ------------------------------------------------------------- child processes, as a rule runs them
+
+def env() -> dict:
+    return {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1",
+            "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"}
+
+
+
+SLOW_EMBED = """
+import os, sys, time
+sys.path.insert(0, {repo!r})
+from medmix.encoders import text
+real = text._HFTextBase.forward
+calls, t0 = [0], time.time()
+def slow(self, rows):
+    time.sleep({sleep})
+    calls[0] += 1
+    while {gate!r} and calls[0] > {hold_after} and not os.path.exists({gate!r}) and time.time() < t0 + 60:
+        time.sleep(0.05)                     # after `hold_after` batches, hold until the test opens the gate (60 s in all)
+    return real(self, rows)
+text._HFTextBase.forward = slow
+from medmix import cli
+sys.exit(cli.main({argv!r}))
+"""
+
+
+def slow_embed(argv: list[str], sleep: float = 0.15, gate: Path | None = None, hold_after: int = 1):
+    """`medmix embed ARGV` in its own process, each batch slowed by `sleep` seconds (to be killed or raced).
+    With `gate`, every batch after the first `hold_after` waits until that file exists (no race on timing)."""
+    code = SLOW_EMBED.format(repo=str(REPO), sleep=sleep, gate=str(gate or ""), hold_after=hold_after,
+                             argv=[str(a) for a in argv])
+    return subprocess.Popen([sys.executable, "-c", code], env=env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
 
 
 @pytest.fixture

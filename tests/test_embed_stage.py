@@ -23,7 +23,7 @@ from medmix.encoders import create_encoder, list_encoders
 from medmix.encoders.base import cached_file_sha256
 from medmix.io import MedmixError
 
-from conftest import REPO, TINY_BERT, TINY_CONFIG, TINY_VIT
+from conftest import REPO, TINY_BERT, TINY_CONFIG, TINY_VIT, slow_embed
 
 TINY_QWEN = {"model_type": "qwen2", "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
              "num_key_value_heads": 1, "intermediate_size": 64}
@@ -243,30 +243,13 @@ def test_sharded_merge_equals_unsharded_run(cohort, tmp_path, modality, slug):
         merge_shards(cohort, modality, slug, {**spec, "seed": 99}, shards, tmp_path / "m3.h5")
 
 
-_SLOW_RUN = """
-import sys, time
-sys.path.insert(0, {repo!r})
-from medmix.embed import run_embed
-from medmix.encoders import text
-real = text._HFTextBase.forward
-calls, t0 = [0], time.time()
-def slow(self, rows):
-    time.sleep({sleep})
-    calls[0] += 1
-    while calls[0] > 5 and time.time() < t0 + 60:
-        time.sleep(0.05)                     # held after 5 batches until killed (no race on timing)
-    return real(self, rows)
-text._HFTextBase.forward = slow
-run_embed({cohort!r}, "notes", "bert_tail", {spec!r}, {out!r}, device="cpu", checkpoint_every=1, progress=False)
-"""
-
-
 def test_killed_job_resumes_from_checkpoint_and_equals_uninterrupted_run(cohort, tmp_path):
     spec = {**config.validate(TINY_CONFIG)["encoders"]["bert_tail"], "batch_size": 4}
     ref = run_embed(cohort, "notes", "bert_tail", spec, tmp_path / "ref.h5", device="cpu", progress=False)
     out = tmp_path / "out.h5"
-    code = _SLOW_RUN.format(repo=str(REPO), sleep=0.15, cohort=str(cohort), spec=spec, out=str(out))
-    proc = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = slow_embed(["embed", "--cohort", cohort, "--modality", "notes", "--encoder", "bert_tail", "--out", out,
+                       "--spec", json.dumps({"spec": spec}), "--checkpoint-every", "1", "--quiet"],
+                      gate=tmp_path / "never-opened", hold_after=5)          # held after 5 batches until killed
     deadline = time.time() + 60
     chunks: list = []
     while time.time() < deadline and len(chunks) < 4 and proc.poll() is None:
@@ -274,7 +257,7 @@ def test_killed_job_resumes_from_checkpoint_and_equals_uninterrupted_run(cohort,
         chunks = list(tmp_path.glob(".out.h5.ckpt-*/chunk-*.npz"))
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert len(chunks) >= 4, "the job finished or failed before it could be killed"
+    assert len(chunks) >= 4, "the job finished or failed before it could be killed: " + proc.stdout.read()[-2000:]
     assert not out.exists()                                         # nothing that looks complete
     again = run_embed(cohort, "notes", "bert_tail", spec, out, device="cpu", progress=False)
     assert 4 <= again["resumed_batches"] < ref["batches"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +10,7 @@ import h5py
 import numpy as np
 import polars as pl
 
-from conftest import REPO, TINY_BERT, TINY_VIT
+from conftest import REPO, TINY_BERT, TINY_VIT, env
 
 BERT = {"kind": "hf_text", "arch": TINY_BERT, "max_length": 32, "seed": 1}
 VIT = {"kind": "open_clip", "arch": TINY_VIT, "image_size": 16, "seed": 1}
@@ -46,11 +45,6 @@ def assert_same_cache(a: Path, b: Path) -> None:
     assert aa == ab
 
 
-def env() -> dict:
-    return {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1",
-            "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"}
-
-
 def medmix(*args, check: bool = False, cwd=None, timeout: int = 300) -> subprocess.CompletedProcess:
     """`python -m medmix ...` as a rule runs it (its own process)."""
     return subprocess.run([sys.executable, "-m", "medmix", *map(str, args)], capture_output=True, text=True,
@@ -60,30 +54,3 @@ def medmix(*args, check: bool = False, cwd=None, timeout: int = 300) -> subproce
 def leftovers(folder: Path) -> list[str]:
     """Temporary files of atomic writes left in a folder (there must be none)."""
     return sorted(p.name for p in Path(folder).rglob("*.tmp"))
-
-
-SLOW_EMBED = """
-import os, sys, time
-sys.path.insert(0, {repo!r})
-from medmix.encoders import text
-real = text._HFTextBase.forward
-calls, t0 = [0], time.time()
-def slow(self, rows):
-    time.sleep({sleep})
-    calls[0] += 1
-    while {gate!r} and calls[0] > {hold_after} and not os.path.exists({gate!r}) and time.time() < t0 + 60:
-        time.sleep(0.05)                     # after `hold_after` batches, hold until the test opens the gate (60 s in all)
-    return real(self, rows)
-text._HFTextBase.forward = slow
-from medmix import cli
-sys.exit(cli.main({argv!r}))
-"""
-
-
-def slow_embed(argv: list[str], sleep: float = 0.15, gate: Path | None = None, hold_after: int = 1):
-    """`medmix embed ARGV` in its own process, each batch slowed by `sleep` seconds (to be killed or raced).
-    With `gate`, every batch after the first `hold_after` waits until that file exists (no race on timing)."""
-    code = SLOW_EMBED.format(repo=str(REPO), sleep=sleep, gate=str(gate or ""), hold_after=hold_after,
-                             argv=[str(a) for a in argv])
-    return subprocess.Popen([sys.executable, "-c", code], env=env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)

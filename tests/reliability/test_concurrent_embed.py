@@ -6,7 +6,8 @@ import time
 
 from medmix import cli
 
-from relhelp import BERT, assert_same_cache, full_spec, slow_embed, write_cohort
+from conftest import slow_embed
+from relhelp import BERT, assert_same_cache, full_spec, write_cohort
 
 
 def test_two_runs_of_the_same_target_serialise_on_the_lock(tmp_path, capsys):

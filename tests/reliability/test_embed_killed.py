@@ -8,7 +8,8 @@ import time
 
 from medmix import cli
 
-from relhelp import BERT, assert_same_cache, full_spec, slow_embed, write_cohort
+from conftest import slow_embed
+from relhelp import BERT, assert_same_cache, full_spec, write_cohort
 
 
 def test_sigkilled_embed_resumes_and_equals_an_uninterrupted_run(tmp_path, capsys):
