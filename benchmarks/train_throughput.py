@@ -27,9 +27,10 @@ import torch
 from medmix import config
 from medmix.data import cohort as cohort_mod
 from medmix.encoders.cache import read_attrs
+from medmix.inputs import Caches, load_role
 from medmix.methods import method_spec
 from medmix.model import create_model, fusion_config
-from medmix.train import adamw, load_role, make_batch, train_epoch
+from medmix.train import adamw, make_batch, train_epoch
 
 
 def _rss_mb() -> float:
@@ -59,7 +60,7 @@ def main() -> None:
         return memory_child(args)
     rss0 = _rss_mb()
     spec, results, cohort, mods, y = _setup(args)
-    inp = load_role(results, spec, cohort, "experts", mods)
+    inp = load_role(Caches.under(results, args.dataset), spec, cohort, "experts", mods)
     tr = np.flatnonzero((cohort["split"] == "train").to_numpy() & ~np.isnan(y))
     yt = torch.from_numpy(y.astype(np.float32))
     cache_mb = sum(x.numel() * 4 for xs in inp.X.values() for x in xs) / 2**20
@@ -197,14 +198,14 @@ def memory_child(args) -> None:
     spec, results, cohort, mods, y = _setup(args)
     tile = args.memory_child
     if tile == 0:   # the experts' widths from the cache attributes, without reading the embeddings
-        dims = {m: [int(read_attrs(results / args.dataset / "embeddings" / m / f"{slug}.h5")["dim"])
+        dims = {m: [int(read_attrs(Caches.under(results, args.dataset)[m, slug])["dim"])
                     for slug in spec["modalities"][m]["experts"]] for m in mods}
         g = torch.Generator().manual_seed(0)
         X = {m: [torch.randn(256, d, generator=g) for d in ds] for m, ds in dims.items()}
         M = {m: torch.ones(256, len(ds), dtype=torch.bool) for m, ds in dims.items()}
         yt, tr, cache_mb = (torch.rand(256, generator=g) < 0.3).float(), torch.arange(256), 0.0
     else:
-        inp = load_role(results, spec, cohort, "experts", mods)
+        inp = load_role(Caches.under(results, args.dataset), spec, cohort, "experts", mods)
         dims = inp.dims
         X = {m: [torch.cat([x] * tile) for x in xs] for m, xs in inp.X.items()}
         M = {m: torch.cat([v] * tile) for m, v in inp.M.items()}

@@ -22,35 +22,28 @@ from safetensors.torch import load_file, save_file
 from medmix import __version__
 from medmix.embed import embed_with_fit, fit_path
 from medmix.encoders.cache import read_attrs, read_cache, read_ids
+from medmix.inputs import Caches, standardise
 from medmix.io import MedmixError, atomic_path, write_json
+from medmix.methods import MethodSpec
 from medmix.metrics import thresholds
-from medmix.model import FusionConfig, create_model, fusion_config
+from medmix.model import FusionConfig, weight_columns
+from medmix.run import Run, predict_student
 from medmix.tasks import Task
-from medmix.train import load_run_checkpoint, weight_columns
 
 BUNDLE_VERSION = 1
 
 
-def task_of_run(ckpt: dict) -> Task:
-    """The task a run was trained on (runs before the task field: the binary `spec.task`)."""
-    t = ckpt.get("task")
-    if not t:
-        name = ckpt["spec"]["task"]
-        return Task(name, "binary", (f"y_{name}",))
-    return Task.from_spec(t["name"], t)
-
-
-def export(run: str | Path, out: str | Path, results: str | Path = "results") -> dict:
-    """Write the bundle of one run directory (model.pt + predictions.parquet)."""
-    run, out, results = Path(run), Path(out), Path(results)
-    ckpt = load_run_checkpoint(run / "model.pt")
-    spec, method = ckpt["spec"], ckpt["method"]
-    experts = {}
+def export(run: str | Path, out: str | Path, caches: Caches | None = None, results: str | Path = "results") -> dict:
+    """Write the bundle of one run directory (model.pt + predictions.parquet). `caches`: the run's
+    expert caches (default: the workflow's layout under `results`)."""
+    r = Run.load(run)
     out = Path(out)
-    for m, slugs in ckpt["experts"].items():
+    caches = caches or Caches.under(results, r.dataset)
+    experts = {}
+    for m, slugs in r.experts.items():
         experts[m] = []
         for slug in slugs:
-            h5 = results / spec["dataset"] / "embeddings" / m / f"{slug}.h5"
+            h5 = caches[m, slug]
             a = read_attrs(h5)
             e = {k: a.get(k) for k in ("encoder", "kind", "model_name", "weights_hash", "preprocessing_hash",
                                        "spec_hash")} | {"dim": int(a["dim"])}
@@ -64,44 +57,26 @@ def export(run: str | Path, out: str | Path, results: str | Path = "results") ->
                 with atomic_path(out / e["fit_file"]) as tmp:
                     shutil.copyfile(fit_path(h5), tmp)
             experts[m].append(e)
-    task = task_of_run(ckpt)
-    pred = pl.read_parquet(run / "predictions.parquet").filter(pl.col("split") == "val")
+    task = r.task
+    pred = pl.read_parquet(r.path / "predictions.parquet").filter(pl.col("split") == "val")
     thr = thresholds(task.kind, *task.read_predictions(pred))
-    tensors = {f"model.{k}": v.contiguous() for k, v in ckpt["state_dict"].items()}
-    for m, stats in ckpt["norm"].items():
+    tensors = {f"model.{k}": v.contiguous() for k, v in r.ckpt["state_dict"].items()}
+    for m, stats in r.ckpt["norm"].items():
         for k, (mu, sd) in enumerate(stats):
             tensors[f"norm.{m}.{k}.mean"] = mu.contiguous()
             tensors[f"norm.{m}.{k}.sd"] = sd.contiguous()
     meta = {
-        "bundle_version": BUNDLE_VERSION, "medmix_version": __version__, "method": spec["method"],
-        "arch": method, "fusion": dataclasses.asdict(fusion_config(method, spec["train"])),
-        "dims": ckpt["dims"], "experts": experts, "label": f"y_{spec['task']}", "dataset": spec["dataset"],
-        "task": {"name": task.name, "type": task.kind, "columns": list(task.columns), "classes": list(task.classes)},
-        "labels": task.labels, "seed": ckpt["seed"], "threshold": thr[0] if thr else None, "thresholds": thr,
-        "threshold_rule": "max F1 on the validation split, per label (binary, multilabel)",
+        "bundle_version": BUNDLE_VERSION, "medmix_version": __version__, "method": r.name,
+        "arch": r.method.to_dict(), "fusion": dataclasses.asdict(r.fusion),
+        "dims": r.dims, "experts": experts, "label": f"y_{r.spec['task']}", "dataset": r.dataset,
+        "task": task.to_spec(), "labels": task.labels, "seed": r.seed, "threshold": thr[0] if thr else None,
+        "thresholds": thr, "threshold_rule": "max F1 on the validation split, per label (binary, multilabel)",
     }
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(out / "weights.safetensors") as tmp:
         save_file(tensors, str(tmp))
     write_json(out / "bundle.json", meta)
     return meta
-
-
-def student_predict(method: dict, dims: dict, fcfg: FusionConfig, state: dict, X: dict, M: dict,
-                    task: Task | None = None) -> tuple[np.ndarray, dict]:
-    """Predictions (probabilities; risk for survival) and α/β where the model has them, of a
-    trained student; no teacher involved. `task`: binary when not given."""
-    task = task or Task("y", "binary", ("y",))
-    if method["arch"] == "logreg":
-        x = torch.cat([xx.masked_fill(~M[m][:, k:k + 1], 0.0) for m in X for k, xx in enumerate(X[m])], 1)
-        return task.predictions((x @ state["coef"].T + state["intercept"]).numpy()), {}
-    model = create_model({**method, "teacher": False}, dims, dataclasses.replace(fcfg, task=task.kind),
-                         n_out=task.n_out)
-    model.load_state_dict(state)
-    model.eval()
-    with torch.no_grad():
-        o = model({"x": X, "mask": M}, train=False)
-    return task.predictions(o["logit"].numpy()), o
 
 
 def load(bundle: str | Path) -> tuple[dict, dict]:
@@ -136,13 +111,14 @@ def predict(bundle: str | Path, embeddings: str | Path, out: str | Path | None =
             elif these != ids:
                 raise MedmixError(f"{path}: sample ids differ from the other caches of this prediction")
             mu, sd = tensors[f"norm.{m}.{k}.mean"].numpy(), tensors[f"norm.{m}.{k}.sd"].numpy()
-            xs.append(torch.from_numpy(np.where(present[:, None], (emb - mu) / sd, 0.0).astype(np.float32)))
+            xs.append(torch.from_numpy(standardise(emb, present, mu, sd)))
             ms.append(torch.from_numpy(present))
         X[m], M[m] = xs, torch.stack(ms, 1)
     state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
     t = meta.get("task") or {"name": meta["label"][2:], "type": "binary", "columns": [meta["label"]]}
     task = Task.from_spec(t["name"], t)
-    p, o = student_predict(meta["arch"], meta["dims"], FusionConfig(**meta["fusion"]), state, X, M, task)
+    p, o = predict_student(MethodSpec.from_dict(meta["arch"]), meta["dims"], FusionConfig(**meta["fusion"]), state,
+                           X, M, task)
     p = p.astype(np.float64)
     thr = meta.get("thresholds") or [meta.get("threshold", 0.5)]
     cols: dict = {"sample_id": ids}
@@ -163,7 +139,6 @@ def predict(bundle: str | Path, embeddings: str | Path, out: str | Path | None =
         with atomic_path(out) as tmp:
             df.write_parquet(tmp)
     return df
-
 
 
 def predict_raw(bundle: str | Path, cohort: str | Path, out: str | Path | None = None,

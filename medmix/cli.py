@@ -90,51 +90,58 @@ def cmd_merge(args) -> None:
     print(json.dumps(merge_shards(args.cohort, args.modality, args.encoder, spec["spec"], args.shards, args.out)))
 
 
+def _caches(files, results: str, dataset: str):
+    """The caches a verb reads: the files the rule declared (`--embeddings`), else the workflow's
+    layout under `--results`."""
+    from medmix.inputs import Caches
+    return Caches.of_files(files) if files is not None else Caches.under(results, dataset)
+
+
+def _cohort(args, dataset: str) -> Path:
+    return Path(args.cohort) if args.cohort else Path(args.results) / dataset / "cohort.parquet"
+
+
 def cmd_train(args) -> None:
     from medmix import config
+    from medmix.masks import parse_drop
     from medmix.train import train_run
     spec = _spec(args, lambda cfg: config.train_spec(cfg, args.dataset, args.method))
     if args.drop:
-        from medmix.robustness import parse_drop
         spec["drop"] = {**parse_drop(args.drop), "seed": args.drop_seed}
-    m = train_run(spec, args.seed, args.out, results=args.results, device=args.device, progress=not args.quiet)
+    m = train_run(spec, args.seed, args.out, cohort=_cohort(args, args.dataset),
+                  caches=_caches(args.embeddings, args.results, args.dataset), device=args.device,
+                  progress=not args.quiet)
     print(json.dumps({k: m.get(k) for k in ("method", "seed", "best_epoch", "test")}))
 
 
 def cmd_aggregate(args) -> None:
-    from medmix.aggregate import aggregate, markdown_table
+    from medmix.experiments.aggregate import aggregate, markdown_table
     res = aggregate(args.dataset, args.runs, args.out, cohort_json=args.cohort_json, n_boot=args.bootstrap)
     print(markdown_table(res))
 
 
-def cmd_evaluate(args) -> None:
-    from medmix.evaluate import modality_drop
-    from medmix.io import write_json
-    res = [modality_drop(r, args.results, args.rates, seed=args.seed) for r in args.runs]
-    write_json(args.out, res)
-    for r in res:
-        k = next(iter(next(iter(r["rates"].values()))))  # the task's first metric
-        print(r["method"], r["seed"], k, {rate: round(v[k], 4) if v[k] is not None else None
-                                          for rate, v in r["rates"].items()})
-
-
 def cmd_crosscohort(args) -> None:
-    from medmix.crosscohort import crosscohort
-    res = crosscohort(args.runs, args.results, args.target, args.out, n_boot=args.bootstrap)
+    from medmix.experiments.crosscohort import crosscohort
+    from medmix.run import Run
+    source = Run.load(args.runs[0]).dataset
+    res = crosscohort(args.runs, _cohort(args, args.target), _caches(args.embeddings, args.results, args.target),
+                      _caches(args.source_embeddings, args.results, source), args.target, args.out,
+                      n_boot=args.bootstrap)
     for name, e in res["methods"].items():
         k = next(iter(e["target"]))  # the task's first metric (AUROC for binary tasks)
         print(name, f"target {k}", e["target"][k]["mean"], f"source test {k}", e["source_test"][k]["mean"])
 
 
 def cmd_crosstable(args) -> None:
-    from medmix.crosscohort import cross_cohort_table
+    from medmix.experiments.crosscohort import cross_cohort_table
     print(cross_cohort_table(args.metrics, args.out))
 
 
 def cmd_robustness(args) -> None:
+    from medmix.experiments.robustness import evaluate_run, summarize
     from medmix.io import write_json
-    from medmix.robustness import evaluate_run, summarize
-    evals = [evaluate_run(r, args.results, args.rates, args.mask_seed) for r in args.runs]
+    cohort, caches = _cohort(args, args.dataset), _caches(args.embeddings, args.results, args.dataset)
+    evals = [evaluate_run(r, cohort, caches, args.rates, args.mask_seed) for r in args.runs]
     res = summarize(args.dataset, evals, args.drop_runs, args.base_runs)
     write_json(args.out, res)
     k = res["primary"]
@@ -143,10 +150,13 @@ def cmd_robustness(args) -> None:
 
 
 def cmd_efficiency(args) -> None:
-    from medmix.efficiency import measure
+    from medmix.experiments.efficiency import measure
     from medmix.io import write_json
+    from medmix.run import Run
     encoders = _spec(args, lambda cfg: cfg["encoders"])
-    res = measure(args.runs, args.results, encoders, samples=args.samples, warmup=args.warmup, threads=args.threads)
+    dataset = Run.load(args.runs[0]).dataset
+    res = measure(args.runs, _cohort(args, dataset), _caches(args.embeddings, args.results, dataset), encoders,
+                  samples=args.samples, warmup=args.warmup, threads=args.threads)
     write_json(args.out, res)
     for method, e in res["methods"].items():
         print(f"{method}: {e['params_total']:,} params, {e['flops_total'] / 1e9:.3f} GFLOPs, "
@@ -154,7 +164,7 @@ def cmd_efficiency(args) -> None:
 
 
 def cmd_figure(args) -> None:
-    from medmix import figures
+    from medmix.experiments import figures
     if args.kind == "robustness":
         figures.robustness(args.inputs, args.fig_dir, args.table_dir)
     elif args.kind == "ablation":
@@ -167,14 +177,15 @@ def cmd_figure(args) -> None:
 
 
 def cmd_tables(args) -> None:
-    from medmix.aggregate import main_tables
+    from medmix.experiments.aggregate import main_tables
     main_tables(args.metrics, args.out_dir)
     print((Path(args.out_dir) / "main.md").read_text())
 
 
 def cmd_export(args) -> None:
     from medmix.bundle import export
-    meta = export(args.run, args.out, results=args.results)
+    from medmix.run import Run
+    meta = export(args.run, args.out, caches=_caches(args.embeddings, args.results, Run.load(args.run).dataset))
     print(json.dumps({k: meta[k] for k in ("method", "dataset", "seed", "threshold")}))
 
 
@@ -187,6 +198,13 @@ def cmd_predict(args) -> None:
     else:
         df = predict(args.bundle, args.embeddings, args.out)
     print(f"{df.height} predictions written to {args.out}")
+
+
+def _inputs_args(s, what: str = "the caches the runs read") -> None:
+    s.add_argument("--cohort", help="cohort.parquet (default: RESULTS/DATASET/cohort.parquet)")
+    s.add_argument("--embeddings", nargs="*", metavar="H5",
+                   help=f"{what}, as the rule declares them (default: RESULTS/DATASET/embeddings/...)")
+    s.add_argument("--results", default="results", help="results root, for what --cohort/--embeddings leave out")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -246,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--method", required=True)
     s.add_argument("--seed", type=int, required=True)
     s.add_argument("--out", required=True)
-    s.add_argument("--results", default="results", help="results root holding {dataset}/cohort.parquet and embeddings")
+    _inputs_args(s)
     s.add_argument("--device", default=None)
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.add_argument("--gpu-slots", type=int, default=None, metavar="N",
@@ -267,19 +285,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--bootstrap", type=int, default=1000)
     s.set_defaults(func=cmd_aggregate)
 
-    s = sub.add_parser("evaluate", help="test-time modality drop: runs → test metrics per drop rate (shared masks)")
-    s.add_argument("--runs", nargs="+", required=True)
-    s.add_argument("--rates", nargs="+", type=float, default=[0.0, 0.5])
-    s.add_argument("--seed", type=int, default=0, help="seed of the drop masks (shared by all runs)")
-    s.add_argument("--results", default="results")
-    s.add_argument("--out", required=True)
-    s.set_defaults(func=cmd_evaluate)
-
     s = sub.add_parser("crosscohort", help="runs trained on a source dataset, unchanged, on every sample of a "
                                            "target cohort → target metrics.json beside the source test metrics")
     s.add_argument("--target", required=True, help="target dataset (results/TARGET/cohort.parquet and embeddings)")
     s.add_argument("--runs", nargs="+", required=True, help="source run directories")
-    s.add_argument("--results", default="results")
+    _inputs_args(s, "the target's caches of the runs' frozen experts")
+    s.add_argument("--source-embeddings", nargs="*", metavar="H5",
+                   help="the runs' own expert caches (source dataset: fits and hashes); default: under --results")
     s.add_argument("--out", required=True)
     s.add_argument("--bootstrap", type=int, default=0, help="bootstrap resamples for a 95%% CI per run")
     s.set_defaults(func=cmd_crosscohort)
@@ -296,13 +308,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--drop-runs", nargs="*", default=[], help="train-time drop run directories")
     s.add_argument("--rates", nargs="+", type=float, default=[0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7])
     s.add_argument("--mask-seed", type=int, default=0, help="seed of the test-time drop masks (shared by all runs)")
-    s.add_argument("--results", default="results")
+    _inputs_args(s)
     s.add_argument("--out", required=True)
     s.set_defaults(func=cmd_robustness)
 
     s = sub.add_parser("efficiency", help="one run per method → parameters, FLOPs and latency of the deployed stack")
     s.add_argument("--runs", nargs="+", required=True)
-    s.add_argument("--results", default="results")
+    _inputs_args(s)
     s.add_argument("--samples", type=int, default=16, help="test samples timed (batch 1)")
     s.add_argument("--warmup", type=int, default=2)
     s.add_argument("--threads", type=int, default=1)
@@ -329,7 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("export", help="a run → deploy bundle (student only: no teacher is needed to load or run it)")
     s.add_argument("--run", required=True, help="run directory with model.pt and predictions.parquet")
     s.add_argument("--out", required=True, help="bundle directory")
-    s.add_argument("--results", default="results")
+    _inputs_args(s, "the run's expert caches")
     s.set_defaults(func=cmd_export)
 
     s = sub.add_parser("predict", help="bundle + expert embedding caches (or raw inputs) → predictions.parquet")

@@ -29,6 +29,12 @@ def schema() -> dict:
     return json.loads(SCHEMA_PATH.read_text())
 
 
+def schema_default(definition: str, key: str):
+    """The schema's default of `key` in `$defs/<definition>`: how code that holds a typed spec
+    (medmix.model.FusionConfig, …) takes its defaults from the one source."""
+    return copy.deepcopy(schema()["$defs"][definition]["properties"][key]["default"])
+
+
 def _resolve_ref(node: dict) -> dict:
     while "$ref" in node:
         name = node["$ref"].rsplit("/", 1)[-1]

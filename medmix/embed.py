@@ -26,7 +26,7 @@ from medmix.config import encoder_identity
 from medmix.data import cohort as cohort_mod
 from medmix.encoders import create_encoder
 from medmix.encoders.base import BatchOut, BatchRunner, Plan, assemble, count_reasons
-from medmix.encoders.cache import cohort_hash, write_cache
+from medmix.encoders.cache import cohort_hash, read_attrs, write_cache
 from medmix.io import MedmixError, atomic_path, hash_strings, output_lock, stable_hash
 
 log = logging.getLogger("medmix.embed")
@@ -132,7 +132,7 @@ def _finish(out, ids, values, per_sample, emb_u, present_u, reasons_u, attrs, sp
     emb, present = fan_out(per_sample, emb_u, present_u)
     missing = count_reasons(reasons_u)
     attrs = {**attrs, "n": len(ids), "n_present": int(present.sum()), "missing": missing, "fit_state": {}}
-    write_cache(out, ids, emb, present, attrs, dtype=spec.get("dtype", "float32"))
+    write_cache(out, ids, emb, present, attrs, dtype=spec["dtype"])
     return {"samples": len(ids), "inputs": sum(v is not None for v in values), "unique_inputs": len(emb_u),
             "present": int(present.sum()), "missing_by_reason": missing, "dim": int(emb.shape[1]), **(extra or {})}
 
@@ -172,7 +172,7 @@ def _run_embed(cohort_path, modality, slug, spec, out, device, workers, shard, c
             with atomic_path(fit_path(out)) as tmp:
                 with open(tmp, "wb") as f:
                     np.savez(f, **res.fit_arrays)
-        write_cache(out, ids, res.emb, res.present, attrs, dtype=spec.get("dtype", "float32"))
+        write_cache(out, ids, res.emb, res.present, attrs, dtype=spec["dtype"])
         return {"samples": len(ids), "inputs": sum(v is not None for v in values), "unique_inputs": None,
                 "present": int(res.present.sum()), "missing_by_reason": res.missing, "dim": int(res.emb.shape[1]),
                 "seconds": round(time.perf_counter() - t0, 2), "device": device}
@@ -305,19 +305,38 @@ def _merge_shards(cohort_path, modality, slug, spec, shards, out) -> dict:
 
 
 
+def stored_fit(cache: str | Path) -> tuple[dict, dict, Path | None]:
+    """What a cache recorded about its encoder: (encoder config, fit state, fit file or None).
+    The fit state and file are those of an encoder fitted on the train split (`fitted`); a frozen
+    encoder has neither."""
+    a = read_attrs(cache)
+    spec = json.loads(a["spec"]) if isinstance(a.get("spec"), str) else {"kind": a.get("kind")}
+    state = json.loads(a["fit_state"]) if isinstance(a.get("fit_state"), str) else {}
+    fit = fit_path(cache)
+    return spec, state, fit if fit.exists() else None
+
+
+def apply_fit(enc, values: list, fit_state: dict, fit_file: str | Path | None) -> tuple[np.ndarray, np.ndarray]:
+    """Encode `values` with a fitted encoder *as fitted on another cohort* (its stored state and
+    fit file), never refitting: the one way cross-cohort evaluation, deploy bundles and the
+    efficiency measurement apply a fitted encoder."""
+    if not enc.fitted:
+        raise MedmixError(f"encoder kind {enc.kind} is not fitted on a split; run it as an embed job")
+    return enc.apply(values, fit_state, fit_file)
+
+
 def embed_with_fit(cohort_path: str | Path, modality: str, slug: str, spec: dict, out: str | Path,
                    fit_state: dict, fit_file: str | Path | None, device: str | None = None) -> dict:
-    """Encode a cohort with an encoder *as fitted on another cohort* (deploy bundles, cross-cohort):
-    non-fitted encoders run as in `run_embed`; fitted ones (ehr_tabular, tfidf_svd) apply their
-    stored fit instead of refitting on this cohort's train split."""
+    """Encode a cohort with an encoder as fitted on another cohort (deploy bundles): non-fitted
+    encoders run as in `run_embed`; fitted ones (ehr_tabular, tfidf_svd) go through `apply_fit`."""
     spec = encoder_identity(spec)
     enc = create_encoder(spec, device or "cpu")
     if not enc.fitted:
         return run_embed(cohort_path, modality, slug, spec, out, device=device, progress=False)
     ids, _, values = _read_cohort(cohort_path, modality)
-    emb, present = enc.apply(values, fit_state, fit_file)
+    emb, present = apply_fit(enc, values, fit_state, fit_file)
     attrs = {**_cache_attrs(enc, slug, spec, modality, ids, values), "n": len(ids), "n_present": int(present.sum()),
              "missing": {"no_input_or_unparsable": int((~present).sum())}, "fit_state": fit_state,
              "fitted_on": "another cohort (stored fit)"}
-    write_cache(out, ids, emb, present, attrs, dtype=spec.get("dtype", "float32"))
+    write_cache(out, ids, emb, present, attrs, dtype=spec["dtype"])
     return {"samples": len(ids), "present": int(present.sum()), "dim": int(emb.shape[1])}

@@ -1,38 +1,74 @@
-"""The methods a config can list (the {method} wildcard), described as data.
+"""The methods a config can list (the {method} wildcard), described as data, and the caches each reads.
 
 Kept free of torch so that the Snakefile can ask which inputs a method needs at parse time.
+To add a method: one entry in METHODS (its architecture registered in medmix.model), and its name
+is valid in `methods:`; the parametrised tests pick it up (docs/design.md "Adding a method").
 """
 
 from __future__ import annotations
 
-# name -> architecture and options; `teacher`: reads teacher embeddings (training only, except
-# teacher_deployed which uses them at inference and is the accuracy/cost reference).
-METHODS: dict[str, dict] = {
-    "medmix": {"arch": "medmix", "intra": "gated", "inter": "gated", "teacher": True},
-    "medmix_noteacher": {"arch": "medmix", "intra": "gated", "inter": "gated", "teacher": False},
-    "medmix_intra_mean": {"arch": "medmix", "intra": "mean", "inter": "gated", "teacher": True},
-    "medmix_inter_concat": {"arch": "medmix", "intra": "gated", "inter": "concat", "teacher": True},
-    "medmix_single_expert": {"arch": "medmix", "intra": "gated", "inter": "gated", "teacher": True,
-                             "single_expert": True},  # best expert per modality, chosen on validation
-    "early_concat": {"arch": "early_concat", "teacher": False},
-    "logreg_concat": {"arch": "logreg", "teacher": False},
-    "teacher_deployed": {"arch": "medmix", "intra": "gated", "inter": "gated", "teacher": False,
-                         "inputs": "teachers"},  # the teacher branch used at inference: the cost reference
-    "late_fusion": {"arch": "late_fusion", "teacher": False},
+import dataclasses
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """What a method name means. Unknown keys are an error (`from_dict`)."""
+    arch: str                       # a model registered in medmix.model (medmix, early_concat, late_fusion, logreg)
+    intra: str = "gated"            # intra-modality fusion (medmix arch)
+    inter: str = "gated"            # inter-modality fusion (medmix arch)
+    teacher: bool = False           # trains with the teacher branch (teacher embeddings, training only)
+    inputs: str = "experts"         # the role it reads at inference: experts, or teachers (teacher_deployed)
+    single_expert: bool = False     # keep the best expert per modality, chosen on validation
+    only: str = ""                  # a single modality (unimodal_<modality>)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "MethodSpec":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"method spec: unknown key(s) {unknown} (known: {sorted(names)})")
+        return cls(**d)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# name -> spec; `teacher`: reads teacher embeddings (training only, except teacher_deployed which
+# uses them at inference and is the accuracy/cost reference).
+METHODS: dict[str, MethodSpec] = {
+    "medmix": MethodSpec("medmix", teacher=True),
+    "medmix_noteacher": MethodSpec("medmix"),
+    "medmix_intra_mean": MethodSpec("medmix", intra="mean", teacher=True),
+    "medmix_inter_concat": MethodSpec("medmix", inter="concat", teacher=True),
+    "medmix_single_expert": MethodSpec("medmix", teacher=True, single_expert=True),
+    "early_concat": MethodSpec("early_concat"),
+    "logreg_concat": MethodSpec("logreg"),
+    "teacher_deployed": MethodSpec("medmix", inputs="teachers"),
+    "late_fusion": MethodSpec("late_fusion"),
 }
 
 
-def method_spec(name: str) -> dict:
+def method_spec(name: str) -> MethodSpec:
     """Spec of a method name; `unimodal_<modality>` is MedMIX (no teacher) on one modality."""
     if name in METHODS:
-        return dict(METHODS[name])
+        return METHODS[name]
     if name.startswith("unimodal_") and len(name) > len("unimodal_"):
-        return {"arch": "medmix", "intra": "gated", "inter": "gated", "teacher": False,
-                "only": name[len("unimodal_"):]}
+        return MethodSpec("medmix", only=name[len("unimodal_"):])
     raise KeyError(name)
 
 
 def uses_teacher(name: str) -> bool:
     """Whether the method reads teacher embeddings (for training, or at inference for teacher_deployed)."""
     spec = method_spec(name)
-    return bool(spec["teacher"]) or spec.get("inputs") == "teachers"
+    return spec.teacher or spec.inputs == "teachers"
+
+
+def method_caches(name: str, modalities: dict, inference: bool = False) -> list[tuple[str, str]]:
+    """The (modality, encoder) caches a method reads on a dataset with these `modalities` (the
+    config's modality → {experts, teachers}): what its train job (or, `inference=True`, its
+    deployed model) needs. The one place that decides it; the workflow asks here."""
+    spec = method_spec(name)
+    roles = [spec.inputs] if inference or spec.inputs == "teachers" else ["experts"] + (["teachers"] * spec.teacher)
+    mods = [spec.only] if spec.only else sorted(modalities)
+    return sorted({(m, slug) for m in mods if m in modalities for r in roles for slug in modalities[m][r]})

@@ -36,6 +36,10 @@ class Task:
     def from_spec(cls, name: str, spec: dict) -> "Task":
         return cls(name, spec["type"], tuple(spec["columns"]), tuple(spec.get("classes") or ()))
 
+    def to_spec(self) -> dict:
+        """The plain form runs and bundles store (`from_spec` reads it back)."""
+        return {"name": self.name, "type": self.kind, "columns": list(self.columns), "classes": list(self.classes)}
+
     @classmethod
     def of_cohort(cls, path: str | Path, name: str, cohort: pl.DataFrame | None = None) -> "Task":
         declared = cohort_mod.tasks(path, cohort)

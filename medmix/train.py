@@ -12,7 +12,6 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -22,81 +21,17 @@ from tqdm.auto import tqdm
 
 from medmix import __version__
 from medmix.data import cohort as cohort_mod
-from medmix.encoders.cache import cohort_hash, read_cache
+from medmix.inputs import Caches, Inputs, load_role
 from medmix.io import MedmixError, atomic_path, write_json
-from medmix.methods import method_spec
+from medmix.masks import TrainDrop, dataset_modalities
+from medmix.methods import MethodSpec, method_spec
 from medmix.metrics import primary_score, task_metrics, thresholds
-from medmix.model import create_model, fusion_config
+from medmix.model import create_model, fusion_config, weight_columns
 from medmix.model.losses import cox_loss
+from medmix.model.registry import model_class
 from medmix.tasks import Task
 
 log = logging.getLogger("medmix.train")
-
-
-@dataclass
-class Inputs:
-    """One role's cached embeddings, standardised, per modality."""
-    X: dict = field(default_factory=dict)      # m -> list of (N, d_mk) float32 tensors
-    M: dict = field(default_factory=dict)      # m -> (N, K_m) bool presence
-    dims: dict = field(default_factory=dict)   # m -> [d_mk]
-    slugs: dict = field(default_factory=dict)  # m -> [encoder slug]
-    norm: dict = field(default_factory=dict)   # m -> [(mean, sd)] train-split statistics
-    dropped: list = field(default_factory=list)
-
-
-def load_run_checkpoint(path: str | Path) -> dict:
-    """A run's model.pt, loaded with `weights_only=True`: tensors and plain data only, so a file with
-    pickled code in it is refused (MedmixError naming the file) and its code never runs."""
-    path = Path(path)
-    if not path.exists():
-        raise MedmixError(f"{path}: model checkpoint not found (run the train step)")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - UnpicklingError, RuntimeError: all mean "not a plain checkpoint"
-        raise MedmixError(f"{path}: refused to load: not a plain weights checkpoint (weights_only=True: "
-                          f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}). "
-                          "Only load model.pt files that medmix wrote; retrain the run") from None
-
-
-def load_role(results: Path, spec: dict, cohort: pl.DataFrame, role: str, mods: list[str],
-               rows: np.ndarray | None = None) -> Inputs:
-    """Read the caches of one role (experts|teachers) of the given modalities.
-
-    Each embedding is standardised with its train-split statistics; absent rows are 0 (= the
-    train mean). `rows`: keep presence only on these rows (teachers: train only).
-    """
-    ids = cohort["sample_id"].to_list()
-    is_train = (cohort["split"] == "train").to_numpy()
-    inp = Inputs()
-    for m in mods:
-        h = cohort_hash(ids, cohort[m].to_list())
-        xs, ms, kept, stats = [], [], [], []
-        for slug in spec["modalities"][m][role]:
-            path = results / spec["dataset"] / "embeddings" / m / f"{slug}.h5"
-            emb, present = read_cache(path, expect={"encoder": slug, "spec_hash": spec["encoders"][slug],
-                                                    "cohort_hash": h}, ids=ids)
-            if rows is not None:
-                present = present & rows
-            fit = present & is_train
-            if emb.shape[1] == 0 or not fit.any():
-                inp.dropped.append(f"{m}/{slug}: no embedding on the train split")
-                continue
-            mu = emb[fit].mean(0)
-            sd = emb[fit].std(0)
-            sd = np.where(sd > 1e-6, sd, np.float32(1.0))
-            emb -= mu                    # in place: the cache's own array becomes the model input,
-            emb /= sd                    # so loading holds each embedding matrix once, not four times
-            emb[~present] = 0.0
-            xs.append(torch.from_numpy(emb))
-            ms.append(torch.from_numpy(present))
-            kept.append(slug)
-            stats.append((torch.from_numpy(mu), torch.from_numpy(sd)))
-        if xs:
-            inp.X[m], inp.M[m], inp.dims[m] = xs, torch.stack(ms, 1), [x.shape[1] for x in xs]
-            inp.slugs[m], inp.norm[m] = kept, stats
-        elif role == "experts":
-            inp.dropped.append(f"{m}: no expert has an embedding on the train split; modality left out")
-    return inp
 
 
 def make_batch(X, M, idx, TX=None, TM=None) -> dict:
@@ -133,18 +68,6 @@ def train_epoch(model, opt, data: tuple, yt: torch.Tensor, tr: torch.Tensor, bs:
         opt.step()
         tot += loss.item() * len(idx)
     return tot
-
-
-def weight_columns(out: dict, slugs: dict[str, list[str]]) -> dict[str, np.ndarray]:
-    """Per-sample expert weights α (`alpha_<modality>_<encoder>`) and modality weights β (`beta_<modality>`)."""
-    cols = {}
-    for m, a in (out.get("alpha") or {}).items():
-        for k, slug in enumerate(slugs[m]):
-            cols[f"alpha_{m}_{slug}"] = a[:, k].float().cpu().numpy().astype(np.float64)
-    if out.get("beta") is not None:
-        for i, m in enumerate(slugs):
-            cols[f"beta_{m}"] = out["beta"][:, i].float().cpu().numpy().astype(np.float64)
-    return cols
 
 
 def _val_score(kind: str, y: np.ndarray, p: np.ndarray, loss: float) -> float:
@@ -239,51 +162,54 @@ def _fit_logreg(inp: Inputs, task: Task, y: np.ndarray, split: np.ndarray, seed:
     return _linear_predict(task, x, coef, icpt), state, {"C": c, "n_params": int(coef.size + icpt.size)}
 
 
-def train_run(spec: dict, seed: int, out: str | Path, results: str | Path = "results",
+def train_run(spec: dict, seed: int, out: str | Path, cohort: str | Path | None = None,
+              caches: Caches | None = None, results: str | Path = "results",
               device: str | None = None, progress: bool = True) -> dict:
-    """Train one (dataset, method, seed) on cached embeddings; write model.pt, metrics.json, predictions."""
+    """Train one (dataset, method, seed) on cached embeddings; write model.pt, metrics.json, predictions.
+
+    `cohort` and `caches`: the files the train rule declares (default: the workflow's layout under
+    `results`, for library use)."""
     t_start = time.perf_counter()
-    out, results = Path(out), Path(results)
+    out = Path(out)
+    cpath = Path(cohort) if cohort else Path(results) / spec["dataset"] / "cohort.parquet"
+    caches = caches or Caches.under(results, spec["dataset"])
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     method = method_spec(spec["method"])
     tcfg = spec["train"]
-    cfg = fusion_config(method, tcfg)
-    cpath = results / spec["dataset"] / "cohort.parquet"
     cohort = cohort_mod.read(cpath)
     task = Task.of_cohort(cpath, spec["task"], cohort)
-    cfg.task = task.kind
-    mods = sorted(m for m in spec["modalities"] if m in cohort.columns)  # canonical order: same model from CLI or API
-    if method.get("only"):
-        if method["only"] not in mods:
-            raise MedmixError(f"method {spec['method']}: modality '{method['only']}' is not an input of "
+    cfg = fusion_config(method, tcfg, task.kind)
+    mods = dataset_modalities(spec["modalities"], cohort)  # canonical order: same model from CLI or API
+    if method.only:
+        if method.only not in mods:
+            raise MedmixError(f"method {spec['method']}: modality '{method.only}' is not an input of "
                               f"dataset {spec['dataset']} ({', '.join(mods)})")
-        mods = [method["only"]]
+        mods = [method.only]
     split = cohort["split"].to_numpy()
     y = task.targets(cohort)
-    role = method.get("inputs", "experts")  # teacher_deployed: the teachers are its inputs, on every split
+    role = method.inputs  # teacher_deployed: the teachers are its inputs, on every split
     if role == "teachers":
         mods = [m for m in mods if spec["modalities"][m]["teachers"]]
-    exp = load_role(results, spec, cohort, role, mods)
+    exp = load_role(caches, spec, cohort, role, mods)
     drop = None
-    if spec.get("drop"):  # robustness sweeps: modalities removed from training samples (medmix/robustness.py)
-        from medmix.robustness import TrainDrop
-        drop = TrainDrop(spec, cohort, seed)
+    if spec.get("drop"):  # robustness sweeps: modalities removed from training samples (medmix/masks.py)
+        drop = TrainDrop(spec["drop"], spec["modalities"], cohort, seed)
         split = drop.apply(exp, split)
     dropped = list(exp.dropped)
     if not exp.X:
         raise MedmixError(f"dataset {spec['dataset']}: no modality has any {role[:-1]} embedding on the train split")
     info: dict = {"train_drop": drop.summary} if drop else {}
-    if method.get("single_expert"):
+    if method.single_expert:
         info["single_expert"] = _best_single_expert(exp, task, y, split)
-    if method["arch"] == "logreg":
+    if getattr(model_class(method.arch), "fitted", False):  # a closed-form fit (logreg), not gradient steps
         p_all, state, more = _fit_logreg(exp, task, y, split, seed)
         o_all: dict = {}
         info.update(more)
     else:
         tea = None
-        if method.get("teacher"):
+        if method.teacher:
             tm = [m for m in exp.X if spec["modalities"][m]["teachers"]]
-            tea = load_role(results, spec, cohort, "teachers", tm, rows=split == "train")
+            tea = load_role(caches, spec, cohort, "teachers", tm, rows=split == "train")
             if drop:
                 drop.apply(tea, split, relabel=False)
             dropped += tea.dropped
@@ -296,7 +222,7 @@ def train_run(spec: dict, seed: int, out: str | Path, results: str | Path = "res
     metrics = {
         "dataset": spec["dataset"], "method": spec["method"], "seed": seed, "task": spec["task"],
         "task_type": task.kind, "labels": task.labels,
-        "task_spec": {"name": task.name, "type": task.kind, "columns": list(task.columns), "classes": list(task.classes)},
+        "task_spec": task.to_spec(),
         "val": task_metrics(task.kind, y[va], p_all[va], thr=thr),
         "test": task_metrics(task.kind, y[te], p_all[te], n_boot=n_boot, seed=seed, thr=thr),
         "modalities": list(exp.dims), "inputs": exp.slugs, "left_out": dropped, "device": device,
@@ -310,16 +236,15 @@ def train_run(spec: dict, seed: int, out: str | Path, results: str | Path = "res
     with atomic_path(out / "predictions.parquet") as tmp:
         pl.DataFrame(cols).write_parquet(tmp)
     with atomic_path(out / "model.pt") as tmp:
-        torch.save({"state_dict": state, "spec": spec, "seed": seed, "dims": exp.dims, "method": method,
-                    "task": {"name": task.name, "type": task.kind, "columns": list(task.columns),
-                             "classes": list(task.classes)}, "n_out": task.n_out, "thresholds": thr,
+        torch.save({"state_dict": state, "spec": spec, "seed": seed, "dims": exp.dims, "method": method.to_dict(),
+                    "task": task.to_spec(), "n_out": task.n_out, "thresholds": thr,
                     "experts": exp.slugs, "norm": exp.norm, "history": info.get("history", []),
                     "medmix_version": __version__}, tmp)
     write_json(out / "metrics.json", metrics)
     return metrics
 
 
-def _fit_neural(spec, method, cfg, task: Task, exp: Inputs, tea: Inputs | None, y, split, seed, device, progress):
+def _fit_neural(spec, method: MethodSpec, cfg, task: Task, exp: Inputs, tea: Inputs | None, y, split, seed, device, progress):
     """AdamW with early stopping on the validation metric; returns (probabilities, outputs, student state, info)."""
     tcfg = spec["train"]
     # the whole cache lives on the training device; batches are index gathers

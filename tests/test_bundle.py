@@ -38,15 +38,20 @@ def test_bundle_predicts_the_same_without_any_teacher_file(tiny_results, tmp_pat
 @pytest.mark.parametrize("method", ["medmix", "early_concat", "logreg_concat", "medmix_single_expert"])
 def test_test_time_modality_drop(tiny_results, tmp_path, method):
     import json
-    from medmix.evaluate import modality_drop
+    from medmix.experiments.robustness import evaluate_run
+    from medmix.inputs import Caches
     cfg = config.validate(TINY_CONFIG)
     m = train_run(config.train_spec(cfg, "tiny", method), 0, tmp_path / "run", results=tiny_results, progress=False)
-    res = modality_drop(tmp_path / "run", tiny_results, [0.0, 0.5])
+    res = evaluate_run(tmp_path / "run", tiny_results / "tiny" / "cohort.parquet", Caches.under(tiny_results, "tiny"),
+                       [0.0, 0.5])
     assert res["rates"]["0.0"]["auroc"] == pytest.approx(m["test"]["auroc"]["value"], abs=1e-6)
     assert res["rates"]["0.0"]["dropped"] == 0 and res["rates"]["0.5"]["dropped"] > 0
-    assert main(["evaluate", "--runs", str(tmp_path / "run"), "--results", str(tiny_results),
+    files = sorted(str(p) for p in (tiny_results / "tiny" / "embeddings").rglob("*.h5") if "shards" not in p.parts)
+    assert main(["robustness", "--dataset", "tiny", "--runs", str(tmp_path / "run"), "--rates", "0.0", "0.5",
+                 "--cohort", str(tiny_results / "tiny" / "cohort.parquet"), "--embeddings", *files,
                  "--out", str(tmp_path / "drop.json")]) == 0
-    assert json.loads((tmp_path / "drop.json").read_text())[0]["rates"]["0.5"] == res["rates"]["0.5"]
+    drop = json.loads((tmp_path / "drop.json").read_text())["test_drop"][method]["0.5"]
+    assert drop["auroc"]["mean"] == pytest.approx(res["rates"]["0.5"]["auroc"], abs=1e-12)
 
 
 def test_threshold_maximises_f1():

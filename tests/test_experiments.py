@@ -1,4 +1,4 @@
-"""Robustness sweeps, efficiency and figures on the tiny dataset (medmix.robustness/efficiency/figures)."""
+"""Robustness sweeps, efficiency and figures on the tiny dataset (medmix.masks, medmix.experiments)."""
 
 import json
 
@@ -7,7 +7,9 @@ import polars as pl
 import pytest
 
 from medmix import config
-from medmix.robustness import MULTI, cohort_availability, drop_slug, evaluate_run, parse_drop, summarize, train_keep
+from medmix.experiments.robustness import evaluate_run as _evaluate_run, summarize
+from medmix.inputs import Caches
+from medmix.masks import MULTI, cohort_availability, drop_slug, parse_drop, train_keep
 from medmix.train import train_run
 
 from conftest import TINY_CONFIG
@@ -36,6 +38,10 @@ def runs(tiny_results, tmp_path_factory):
         train_run(_spec(method, drop), 0, d, results=tiny_results, progress=False)
         out[(method, drop)] = d
     return out
+
+
+def evaluate_run(run, results, rates, mask_seed=0):
+    return _evaluate_run(run, results / "tiny" / "cohort.parquet", Caches.under(results, "tiny"), rates, mask_seed)
 
 
 def test_train_keep_masks_are_seeded_train_only_and_keep_one():
@@ -101,7 +107,7 @@ def test_test_time_masks_are_shared_and_rate_zero_matches_training(runs, tiny_re
 
 
 def test_summary_and_figures(runs, tiny_results, tmp_path):
-    from medmix import figures
+    from medmix.experiments import figures
     evals = [evaluate_run(runs[m], tiny_results, [0.0, 0.5]) for m in ("medmix", "early_concat")]
     drop = [runs[("medmix", "notes:1.0")], runs[("early_concat", "notes:1.0")], runs[("medmix", "multi:0.5")]]
     s = summarize("tiny", evals, drop, [runs["medmix"], runs["early_concat"]])
@@ -120,10 +126,11 @@ def test_summary_and_figures(runs, tiny_results, tmp_path):
 
 
 def test_efficiency_counts_the_deployed_stack_only(runs, tiny_results, tmp_path):
-    from medmix import figures
-    from medmix.efficiency import measure
+    from medmix.experiments import figures
+    from medmix.experiments.efficiency import measure
     cfg = config.validate(TINY_CONFIG)
-    res = measure([runs["medmix"], runs["teacher_deployed"], runs["early_concat"]], tiny_results,
+    res = measure([runs["medmix"], runs["teacher_deployed"], runs["early_concat"]],
+                  tiny_results / "tiny" / "cohort.parquet", Caches.under(tiny_results, "tiny"),
                   cfg["encoders"], samples=2, warmup=1)
     mm, td = res["methods"]["medmix"], res["methods"]["teacher_deployed"]
     assert mm["teacher_encoders_called"] == [] and set(mm["encoders_called"]) == set(mm["stack"])

@@ -3,7 +3,7 @@ import torch
 
 from medmix.model import FusionConfig, MedMIX, EarlyConcat, LateFusion, create_fusion, list_fusions
 from medmix.model.fusion import masked_softmax
-from medmix.model.medmix import keep_at_least_one
+from medmix.masks import keep_at_least_one
 
 DIMS = {"ehr": [5, 7], "notes": [6, 6], "cxr": [4, 3]}
 

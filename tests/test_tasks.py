@@ -139,7 +139,7 @@ def _spec(method: str, task: str) -> dict:
 @pytest.mark.parametrize("task,primary", [("ml", "macro_auroc"), ("cls", "macro_auroc"), ("os", "c_index")])
 @pytest.mark.parametrize("method", ["medmix", "late_fusion", "logreg_concat", "medmix_single_expert"])
 def test_every_task_trains_exports_and_predicts(task_results, tmp_path, task, primary, method):
-    from medmix.aggregate import aggregate
+    from medmix.experiments.aggregate import aggregate
     from medmix.bundle import export, predict
     from medmix.train import train_run
     m = train_run(_spec(method, task), 0, tmp_path / "run", results=task_results, progress=False)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from medmix import config
-from medmix.aggregate import aggregate
+from medmix.experiments.aggregate import aggregate
 from medmix.methods import METHODS
 from medmix.metrics import task_metrics
 from medmix.train import train_run
@@ -74,7 +74,7 @@ def test_single_expert_and_teacher_deployed_inputs(tiny_results, tmp_path):
 
 
 def test_main_tables_mark_the_best(tmp_path):
-    from medmix.aggregate import main_tables
+    from medmix.experiments.aggregate import main_tables
     def res(ds, vals):
         return {"dataset": ds, "methods": {m: {"seeds": [0, 1], "test": {k: {"mean": v, "sd": 0.01} for k in
                                                                          ("auroc", "auprc")}} for m, v in vals.items()}}

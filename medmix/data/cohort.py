@@ -1,4 +1,4 @@
-"""The cohort contract (DESIGN.md "Cohort table"): split by patient, validate, write atomically."""
+"""The cohort contract (docs/design.md "Cohort table"): split by patient, validate, write atomically."""
 
 from __future__ import annotations
 

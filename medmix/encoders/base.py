@@ -29,6 +29,8 @@ _REGISTRY: dict[str, Callable[[dict, str], "Encoder"]] = {}
 def register_encoder(kind: str) -> Callable:
     """Register a class (or a factory `(spec, device) -> Encoder`) under an encoder kind."""
     def deco(obj):
+        if kind in _REGISTRY:
+            raise ValueError(f"encoder kind '{kind}' is registered already ({getattr(_REGISTRY[kind], '__qualname__', _REGISTRY[kind])})")
         obj.kind = kind
         _REGISTRY[kind] = obj
         return obj

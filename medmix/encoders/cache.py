@@ -1,4 +1,4 @@
-"""The embedding cache (DESIGN.md "Embedding cache"): one HDF5 file per dataset × modality × encoder.
+"""The embedding cache (docs/design.md "Embedding cache"): one HDF5 file per dataset × modality × encoder.
 
 Datasets: `ids` (utf-8 sample ids, cohort order), `emb` [N, D] (row-chunked, uncompressed),
 `present` [N] bool. Attributes record what produced it; `read_cache` refuses a stale file and
@@ -28,6 +28,13 @@ ACCEPT_STALE_ENV = "MEDMIX_ACCEPT_STALE"
 
 def _accepted_stale() -> set[str]:
     return {a.strip() for a in os.environ.get(ACCEPT_STALE_ENV, "").split(",") if a.strip()}
+
+
+def cache_path(results: str | Path, dataset: str, modality: str, encoder: str) -> Path:
+    """Where the workflow keeps a cache: `{results}/{dataset}/embeddings/{modality}/{encoder}.h5`.
+    The only place medmix spells it (workflow/rules/common.smk spells it once for the rules); the
+    stages themselves read the files they are given, indexed by their own attributes."""
+    return Path(results) / dataset / "embeddings" / modality / f"{encoder}.h5"
 
 
 def cohort_hash(ids: list[str], values: list) -> str:

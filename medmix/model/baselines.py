@@ -1,4 +1,5 @@
-"""Baselines that share MedMIX's inputs: early concatenation and late fusion."""
+"""Baselines that share MedMIX's inputs: early concatenation, late fusion, and a linear model
+(`logreg_concat`, fitted by scikit-learn in medmix.train, predicting like every other model)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import torch.nn as nn
 
 from medmix.model.losses import combine_late, task_loss
 from medmix.model.medmix import FusionConfig, mlp
+from medmix.model.registry import register_model
 
 
 def _zero_fill(x: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
@@ -14,10 +16,11 @@ def _zero_fill(x: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
     return x.masked_fill(~present.unsqueeze(-1), 0.0)
 
 
+@register_model("early_concat")
 class EarlyConcat(nn.Module):
     """All expert embeddings concatenated (missing zero-filled, i.e. the train mean) → MLP."""
 
-    def __init__(self, dims: dict[str, list[int]], cfg: FusionConfig, n_out: int = 1):
+    def __init__(self, dims: dict[str, list[int]], cfg: FusionConfig, n_out: int = 1, teacher_dims=None):
         super().__init__()
         self.mods = list(dims)
         self.kind = cfg.task
@@ -34,11 +37,12 @@ class EarlyConcat(nn.Module):
         return task, {"task": task.item()}
 
 
+@register_model("late_fusion")
 class LateFusion(nn.Module):
     """One head per modality on its experts; prediction = mean of the available modalities'
     probabilities (risk scores for survival)."""
 
-    def __init__(self, dims: dict[str, list[int]], cfg: FusionConfig, n_out: int = 1):
+    def __init__(self, dims: dict[str, list[int]], cfg: FusionConfig, n_out: int = 1, teacher_dims=None):
         super().__init__()
         self.mods = list(dims)
         self.kind = cfg.task
@@ -58,3 +62,23 @@ class LateFusion(nn.Module):
                  for i in range(len(self.mods))]
         task = torch.stack(terms).sum()
         return task, {"task": task.item()}
+
+
+@register_model("logreg")
+class Linear(nn.Module):
+    """Logits = (every expert embedding concatenated, zero-filled) @ coefᵀ + intercept. Not trained by
+    gradient: medmix.train fits it (logistic regression; a linear Cox model for survival) and loads
+    the fit into `coef` (n_out, Σ d_mk) and `intercept` (n_out,)."""
+    fitted = True
+
+    def __init__(self, dims: dict[str, list[int]], cfg: FusionConfig, n_out: int = 1, teacher_dims=None):
+        super().__init__()
+        self.mods = list(dims)
+        d = sum(sum(v) for v in dims.values())
+        self.coef = nn.Parameter(torch.zeros(n_out, d), requires_grad=False)
+        self.intercept = nn.Parameter(torch.zeros(n_out), requires_grad=False)
+
+    def forward(self, batch: dict, train: bool = False, gen=None) -> dict:
+        x = torch.cat([_zero_fill(e, batch["mask"][m][:, k]) for m in self.mods
+                       for k, e in enumerate(batch["x"][m])], 1)  # (B, Σ d_mk)
+        return {"logit": x @ self.coef.T + self.intercept}

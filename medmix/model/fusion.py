@@ -1,6 +1,6 @@
 """Fusion modules as a registry: `register_fusion` / `list_fusions` / `create_fusion`.
 
-Two levels (DESIGN.md "The method"):
+Two levels (docs/design.md "The method"):
 - intra: expert tokens of one modality (B, K, d) + expert mask (B, K) → z (B, d), α (B, K)
 - inter: modality tokens (B, M, d) + availability (B, M) → u (B, d), β (B, M)
 Missing tokens are masked, never imputed (except `concat`, the zero-filling ablation).
@@ -17,9 +17,12 @@ _FUSIONS: dict[tuple[str, str], type[nn.Module]] = {}
 
 
 def register_fusion(level: str, name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
-    assert level in ("intra", "inter")
+    if level not in ("intra", "inter"):
+        raise ValueError(f"fusion level '{level}': expected intra or inter")
 
     def deco(cls):
+        if (level, name) in _FUSIONS:
+            raise ValueError(f"{level} fusion '{name}' is registered already ({_FUSIONS[(level, name)].__qualname__})")
         _FUSIONS[(level, name)] = cls
         return cls
     return deco

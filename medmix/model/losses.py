@@ -1,4 +1,4 @@
-"""Task losses and teacher→student distillation for every task type (DESIGN.md item 5-6).
+"""Task losses and teacher→student distillation for every task type (docs/design.md "The method", items 5-6).
 
 Logits are (B, n_out). Targets follow medmix.tasks: binary (B,), multilabel (B, L),
 multiclass (B,) class index, survival (B, 2) = (time, event); NaN marks an unknown label, which

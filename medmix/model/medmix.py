@@ -1,5 +1,5 @@
 """MedMIX: intra-modality expert fusion, inter-modality fusion over available modalities, and a
-training-only teacher branch (DESIGN.md "The method", items 1-6).
+training-only teacher branch (docs/design.md "The method", items 1-6).
 
 Inputs (one batch):
     x[m]     list of expert embeddings of modality m, each (B, d_mk), standardised, 0 where absent
@@ -10,43 +10,39 @@ Inputs (one batch):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from medmix.config import schema_default
+from medmix.masks import keep_at_least_one
+from medmix.methods import MethodSpec
 from medmix.model.fusion import create_fusion
+from medmix.model.registry import register_model
 from medmix.model.losses import kd_loss, task_loss
+
+
+_train = partial(schema_default, "train")
 
 
 @dataclass
 class FusionConfig:
-    d: int = 32                   # shared width of projected expert embeddings
-    hidden: int = 32              # head MLP width
-    dropout: float = 0.2
-    intra: str = "gated"
-    inter: str = "gated"
-    modality_dropout: float = 0.4  # per available modality, at least one kept
-    expert_dropout: float = 0.3    # per present expert, at least one per modality kept
-    lambda_align: float = 1.0
-    lambda_kd: float = 1.0
-    tau: float = 2.0              # distillation temperature
-    align: str = "cosine"         # cosine (stop-gradient on the teacher) | infonce
-    task: str = "binary"          # binary | multilabel | multiclass | survival (medmix.tasks)
-
-
-def keep_at_least_one(mask: torch.Tensor, p: float, gen: torch.Generator | None = None) -> torch.Tensor:
-    """Drop each True entry of `mask` (B, T) with prob p; a row that had any True keeps one."""
-    if p <= 0:
-        return mask
-    drop = torch.rand(mask.shape, generator=gen, device=mask.device) < p
-    kept = mask & ~drop
-    lost = mask.any(1) & ~kept.any(1)
-    if lost.any():
-        score = torch.rand(mask.shape, generator=gen, device=mask.device).masked_fill(~mask, -1)
-        pick = F.one_hot(score.argmax(1), mask.shape[1]).bool()
-        kept = torch.where(lost.unsqueeze(1), pick, kept)
-    return kept
+    """The network's hyperparameters. Defaults are the schema's (`$defs/train`, one source);
+    `intra`/`inter` come from the method (medmix.methods.MethodSpec), `task` from the cohort."""
+    d: int = _train("d")                                  # shared width of projected expert embeddings
+    hidden: int = _train("hidden")                        # head MLP width
+    dropout: float = _train("dropout")
+    intra: str = MethodSpec.intra
+    inter: str = MethodSpec.inter
+    modality_dropout: float = _train("modality_dropout")  # per available modality, at least one kept
+    expert_dropout: float = _train("expert_dropout")      # per present expert, at least one per modality kept
+    lambda_align: float = _train("lambda_align")
+    lambda_kd: float = _train("lambda_kd")
+    tau: float = _train("tau")                            # distillation temperature
+    align: str = _train("align")                          # cosine (stop-gradient on the teacher) | infonce
+    task: str = "binary"                                  # binary | multilabel | multiclass | survival (medmix.tasks)
 
 
 def mlp(d_in: int, hidden: int, d_out: int, dropout: float) -> nn.Module:
@@ -82,6 +78,7 @@ class Branch(nn.Module):
         return u, z, avail, alphas, beta
 
 
+@register_model("medmix")
 class MedMIX(nn.Module):
     """Student (small experts) with an optional teacher branch used only while training."""
 

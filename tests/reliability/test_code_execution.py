@@ -13,7 +13,7 @@ from medmix.bundle import load
 from medmix.encoders import create_encoder
 from medmix.encoders.base import resolve_local
 from medmix.io import MedmixError
-from medmix.train import load_run_checkpoint
+from medmix.run import load_checkpoint as load_run_checkpoint
 
 REMOTE_CODE = """
 import pathlib

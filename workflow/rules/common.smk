@@ -5,7 +5,11 @@ import json
 from pathlib import Path
 
 from medmix import config as mcfg
-from medmix.methods import method_spec, uses_teacher
+from medmix.methods import method_caches
+
+# the cache path convention, the one place the workflow spells it (medmix.encoders.cache.cache_path
+# is the library's); stages read exactly the files the rules pass them
+CACHE = "results/{dataset}/embeddings/{modality}/{encoder}.h5"
 
 # complete the config with the schema's defaults and cross-check encoder and method names
 config.update(mcfg.validate(config))
@@ -92,7 +96,8 @@ def embed_weights(wildcards):
 def embed_shard_files(wildcards):
     """The shard files `embed_merge` joins: shards/{encoder}/{i}-of-{n}.h5 for i < n (n from the config)."""
     n = config["encoders"][wildcards.encoder]["shards"]
-    return [f"results/{wildcards.dataset}/embeddings/{wildcards.modality}/shards/{wildcards.encoder}/{i}-of-{n}.h5"
+    shard = CACHE.replace("{encoder}.h5", "shards/{encoder}/{i}-of-{n}.h5")
+    return [shard.format(dataset=wildcards.dataset, modality=wildcards.modality, encoder=wildcards.encoder, i=i, n=n)
             for i in range(n)]
 
 
@@ -123,12 +128,17 @@ def train_spec(wildcards):
     return _js(mcfg.train_spec(config, wildcards.dataset, wildcards.method))
 
 
+def caches(dataset, methods, inference=False, modalities_of=None):
+    """Cache files of `dataset` that `methods` read (medmix.methods.method_caches decides which);
+    `modalities_of`: the dataset whose config lists the encoders (cross-cohort: the source)."""
+    mods = config["datasets"][modalities_of or dataset]["modalities"]
+    pairs = {p for m in methods for p in method_caches(m, mods, inference)}
+    return sorted(CACHE.format(dataset=dataset, modality=m, encoder=s) for m, s in pairs)
+
+
 def train_embeddings(wildcards):
-    """Expert caches of every modality (+ teacher caches for methods with a teacher branch)."""
-    ds = config["datasets"][wildcards.dataset]
-    roles = ["experts", "teachers"] if uses_teacher(wildcards.method) else ["experts"]
-    return sorted({f"results/{wildcards.dataset}/embeddings/{m}/{slug}.h5"
-                   for m, spec in ds["modalities"].items() for r in roles for slug in spec[r]})
+    """The caches a train job reads: its method's experts (+ teachers where the method has a teacher branch)."""
+    return caches(wildcards.dataset, [wildcards.method])
 
 
 def dataset_runs(wildcards):
@@ -157,17 +167,25 @@ def crosscohort_run_dirs(wildcards, input):
 
 
 def crosscohort_embeddings(wildcards):
-    """The target's caches of the source's frozen encoders (a fitted encoder is applied in-process
-    with its source state), teachers only where a method reads them at inference."""
-    src = config["datasets"][_source(wildcards)]
-    roles = ["experts"] + (["teachers"] if any(method_spec(m).get("inputs") == "teachers"
-                                               for m in config["methods"]) else [])
-    return sorted({f"results/{wildcards.dataset}/embeddings/{m}/{slug}.h5"
-                   for m, spec in src["modalities"].items() for r in roles for slug in spec[r]
-                   if config["encoders"][slug]["kind"] not in mcfg.FITTED_KINDS})
+    """The target's caches of the source runs' frozen encoders (a fitted encoder is applied in-process
+    with its source fit, so it has no target cache)."""
+    return [f for f in caches(wildcards.dataset, config["methods"], True, _source(wildcards))
+            if config["encoders"][Path(f).stem]["kind"] not in mcfg.FITTED_KINDS]
+
+
+def crosscohort_source_embeddings(wildcards):
+    """The source runs' own caches: the fits of fitted encoders and the hashes frozen ones must match."""
+    return caches(_source(wildcards), config["methods"], True)
+
+
+def inference_embeddings(wildcards):
+    """The caches the dataset's trained methods read at inference (robustness, efficiency)."""
+    return caches(wildcards.dataset, config["methods"], True)
+
+
 # ---- paper experiments: robustness sweeps, efficiency, figures (evaluate.smk, report.smk) ----
 
-from medmix.robustness import MULTI, drop_slug
+from medmix.masks import MULTI, drop_slug
 
 ROB = config["robustness"]
 

@@ -15,6 +15,7 @@ rule crosscohort:
         runs=crosscohort_runs,
         cohort="results/{dataset}/cohort.parquet",
         embeddings=crosscohort_embeddings,
+        source_embeddings=crosscohort_source_embeddings,
     output:
         metrics=report("results/{dataset}/metrics.json", category="Results", caption="../report/crosscohort.rst"),
     wildcard_constraints:
@@ -26,8 +27,8 @@ rule crosscohort:
     log:
         "results/{dataset}/logs/crosscohort.log",
     shell:
-        "python -m medmix crosscohort --target {wildcards.dataset} --runs {params.runs} --results results "
-        "--out {output.metrics} > {log} 2>&1"
+        "python -m medmix crosscohort --target {wildcards.dataset} --runs {params.runs} --cohort {input.cohort} "
+        "--embeddings {input.embeddings} --source-embeddings {input.source_embeddings} --out {output.metrics} > {log} 2>&1"
 
 
 rule cross_cohort_table:

@@ -9,7 +9,7 @@ rule embed:
         cohort="results/{dataset}/cohort.parquet",
         weights=embed_weights,
     output:
-        "results/{dataset}/embeddings/{modality}/{encoder}.h5",
+        CACHE,
     wildcard_constraints:
         encoder=UNSHARDED_RE,
     params:
@@ -36,7 +36,7 @@ rule embed_shard:
         cohort="results/{dataset}/cohort.parquet",
         weights=embed_weights,
     output:
-        "results/{dataset}/embeddings/{modality}/shards/{encoder}/{shard}-of-{nshards}.h5",
+        CACHE.replace("{encoder}.h5", "shards/{encoder}/{shard}-of-{nshards}.h5"),
     wildcard_constraints:
         encoder=SHARDED_RE,
         shard=r"\d+",
@@ -66,7 +66,7 @@ rule embed_merge:
         cohort="results/{dataset}/cohort.parquet",
         shards=embed_shard_files,
     output:
-        "results/{dataset}/embeddings/{modality}/{encoder}.h5",
+        CACHE,
     wildcard_constraints:
         encoder=SHARDED_RE,
     params:

@@ -25,11 +25,14 @@ rule train_drop:
         "results/{dataset}/benchmarks/train/{method}/drop-{drop}/seed{seed}.tsv"
     shell:
         "OMP_NUM_THREADS={threads} python -m medmix train --dataset {wildcards.dataset} --method {wildcards.method} "
-        "--seed {wildcards.seed} --out {params.out} --results results --spec {params.spec:q} --quiet > {log} 2>&1"
+        "--seed {wildcards.seed} --out {params.out} --cohort {input.cohort} --embeddings {input.embeddings} "
+        "--spec {params.spec:q} --quiet > {log} 2>&1"
 
 
 rule robustness:
     input:
+        cohort="results/{dataset}/cohort.parquet",
+        embeddings=inference_embeddings,
         runs=dataset_runs,
         base_runs=base_runs,
         drop_runs=drop_runs,
@@ -51,11 +54,13 @@ rule robustness:
     shell:
         "OMP_NUM_THREADS={threads} python -m medmix robustness --dataset {wildcards.dataset} --runs {params.p[runs]} "
         "--base-runs {params.p[base]} --drop-runs {params.p[drop]} --rates {params.p[rates]} "
-        "--mask-seed {params.mask_seed} --results results --out {output} > {log} 2>&1"
+        "--mask-seed {params.mask_seed} --cohort {input.cohort} --embeddings {input.embeddings} --out {output} > {log} 2>&1"
 
 
 rule efficiency:
     input:
+        cohort="results/{dataset}/cohort.parquet",
+        embeddings=inference_embeddings,
         runs=efficiency_runs,
     output:
         "results/{dataset}/efficiency.json",
@@ -75,6 +80,7 @@ rule efficiency:
     benchmark:
         "results/{dataset}/benchmarks/efficiency.tsv"
     shell:
-        "OMP_NUM_THREADS={threads} python -m medmix efficiency --runs {params.dirs} --results results "
+        "OMP_NUM_THREADS={threads} python -m medmix efficiency --runs {params.dirs} --cohort {input.cohort} "
+        "--embeddings {input.embeddings} "
         "--samples {params.samples} --warmup {params.warmup} --threads {threads} --spec {params.spec:q} "
         "--out {output} > {log} 2>&1"

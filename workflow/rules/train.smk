@@ -21,4 +21,5 @@ rule train:
         "results/{dataset}/benchmarks/train/{method}/seed{seed}.tsv"
     shell:
         "OMP_NUM_THREADS={threads} python -m medmix train --dataset {wildcards.dataset} --method {wildcards.method} "
-        "--seed {wildcards.seed} --out {params.out} --results results --spec {params.spec:q} > {log} 2>&1"
+        "--seed {wildcards.seed} --out {params.out} --cohort {input.cohort} --embeddings {input.embeddings} "
+        "--spec {params.spec:q} > {log} 2>&1"

@@ -22,14 +22,15 @@ import polars as pl
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from medmix.bundle import student_predict, task_of_run
+from medmix.config import encoder_identity
 from medmix.data import cohort as cohort_mod
+from medmix.embed import apply_fit, fan_out, stored_fit, unique_inputs
 from medmix.encoders import create_encoder
-from medmix.encoders.cache import read_attrs
-from medmix.metrics import PRIMARY
+from medmix.encoders.base import BatchRunner, assemble
+from medmix.inputs import Caches
 from medmix.io import MedmixError
-from medmix.model import create_model, fusion_config
-from medmix.train import load_run_checkpoint
+from medmix.metrics import PRIMARY
+from medmix.run import Run
 
 
 def _modules(obj):
@@ -49,19 +50,14 @@ class _Stage:
     stage), with call counting: `value -> (1, D) tensor`. Fitted encoders apply their stored fit."""
 
     def __init__(self, slug: str, spec: dict, cache: Path):
-        from medmix.config import encoder_identity
-        from medmix.embed import fan_out, fit_path, unique_inputs
-        from medmix.encoders.base import BatchRunner, assemble
         self.slug, self.calls = slug, 0
         enc = create_encoder(encoder_identity(spec), "cpu")
         if enc.fitted:
-            a = read_attrs(cache)
-            state = json.loads(a["fit_state"]) if isinstance(a.get("fit_state"), str) else a.get("fit_state") or {}
-            fit = fit_path(cache)
+            _, state, fit = stored_fit(cache)
             mods: list = []
 
             def fn(value):
-                emb, present = enc.apply([value], state, fit)
+                emb, present = apply_fit(enc, [value], state, fit)
                 if not present[0]:
                     raise MedmixError(f"{slug}: an efficiency sample has no usable input")
                 return torch.from_numpy(emb[:1])
@@ -93,43 +89,35 @@ class _Stage:
         return self._fn(value).float()
 
 
-def measure(runs: list[str | Path], results: str | Path, encoders: dict, samples: int = 16, warmup: int = 2,
-            threads: int = 1) -> dict:
-    """Efficiency of each run's deployed stack on `samples` test samples with every modality present."""
+def measure(runs: list[str | Path], cohort: str | Path, caches: Caches, encoders: dict, samples: int = 16,
+            warmup: int = 2, threads: int = 1) -> dict:
+    """Efficiency of each run's deployed stack on `samples` test samples with every modality present.
+    `cohort`, `caches`: the runs' dataset and the caches of their (fitted) experts."""
     torch.set_num_threads(threads)
-    results = Path(results)
     stages: dict[str, _Stage] = {}
     out: dict = {"samples": samples, "threads": threads, "methods": {}}
+    co = cohort_mod.read(cohort)
     for run in map(Path, runs):
-        ckpt = load_run_checkpoint(run / "model.pt")
-        spec, method = ckpt["spec"], ckpt["method"]
-        ds = spec["dataset"]
-        out["dataset"] = ds
-        cohort = cohort_mod.read(results / ds / "cohort.parquet")
-        mods = list(ckpt["experts"])
-        rows = cohort.filter((pl.col("split") == "test") & pl.all_horizontal(pl.col(m).is_not_null() for m in mods))
+        r = Run.load(run)
+        spec, ckpt = r.spec, r.ckpt
+        out["dataset"] = r.dataset
+        mods = list(r.experts)
+        rows = co.filter((pl.col("split") == "test") & pl.all_horizontal(pl.col(m).is_not_null() for m in mods))
         if rows.height == 0:
-            raise MedmixError(f"{results / ds / 'cohort.parquet'}: no test sample has every modality of {run}")
+            raise MedmixError(f"{cohort}: no test sample has every modality of {run}")
         rows = rows.head(samples + warmup)
         teachers = {s for m in spec["modalities"].values() for s in m["teachers"]}
         experts = {s for m in spec["modalities"].values() for s in m["experts"]}
         before = {s: (st.calls, st.forwards) for s, st in stages.items()}
-        stack = [(m, s) for m in mods for s in ckpt["experts"][m]]
+        stack = r.caches()
         for m, s in stack:
             if s not in stages:
                 if s not in encoders:
                     raise MedmixError(f"{run}/model.pt: encoder '{s}' is not in the config's encoders")
-                stages[s] = _Stage(s, encoders[s], results / ds / "embeddings" / m / f"{s}.h5")
-        fcfg = fusion_config(method, spec["train"])
-        fusion = None
-        if method["arch"] != "logreg":
-            fusion = create_model({**method, "teacher": False}, ckpt["dims"], fcfg)
-            fusion.load_state_dict(ckpt["state_dict"])  # strict: the checkpoint holds the student only
-            fusion.eval()
-            fusion_params = sum(p.numel() for p in fusion.parameters())
-            fusion_teacher = sum(p.numel() for n, p in fusion.named_parameters() if n.startswith(("teacher", "align")))
-        else:
-            fusion_params, fusion_teacher = sum(v.numel() for v in ckpt["state_dict"].values()), 0
+                stages[s] = _Stage(s, encoders[s], caches[m, s])
+        fusion = r.model()
+        fusion_params = sum(p.numel() for p in fusion.parameters())
+        fusion_teacher = sum(p.numel() for n, p in fusion.named_parameters() if n.startswith(("teacher", "align")))
 
         def encode(row: dict, flops: dict | None = None) -> tuple[dict, dict]:
             X, M = {}, {}
@@ -148,8 +136,6 @@ def measure(runs: list[str | Path], results: str | Path, encoders: dict, samples
             return X, M
 
         def fuse(X: dict, M: dict):
-            if fusion is None:
-                return student_predict(method, ckpt["dims"], fcfg, ckpt["state_dict"], X, M, task_of_run(ckpt))
             return fusion({"x": X, "mask": M}, train=False)
 
         lat, flops = [], {}
@@ -171,7 +157,7 @@ def measure(runs: list[str | Path], results: str | Path, encoders: dict, samples
                      "params": stages[s].params, "flops": flops[(m, s)] / n} for m, s in stack]
         f_flops = flops["__fusion__"] / n
         metrics = json.loads((run / "metrics.json").read_text())
-        out["methods"][spec["method"]] = {
+        out["methods"][r.name] = {
             "run": str(run), "encoders": enc_rows, "stack": sorted({s for _, s in stack}), "encoders_called": called,
             "teacher_encoders_called": [s for s in called if s in teachers],
             "fusion": {"params": fusion_params, "flops": f_flops, "teacher_params": fusion_teacher},

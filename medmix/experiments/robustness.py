@@ -1,0 +1,120 @@
+"""Missing-modality robustness of trained runs: test-time drops, paired vs partial test sets,
+every modality subset, and the train-time drop curves (runs retrained under medmix.masks drops).
+
+Test time: for each rate, the same seeded keep mask for every method (medmix.masks.test_masks,
+drawn from the cohort's availability, not from a run's caches); the run's student re-predicts.
+The teachers are never read (a run's deployed inputs only).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import torch
+
+from medmix.data import cohort as cohort_mod
+from medmix.inputs import Caches
+from medmix.io import stable_hash
+from medmix.masks import MULTI, cohort_availability, dataset_modalities, test_masks
+from medmix.metrics import METRICS, PRIMARY, task_metrics
+from medmix.run import Run
+
+_NOT_METRICS = ("n", "dropped", "mask_hash", "excluded", "excluded_no_modality")
+
+
+def evaluate_run(run: str | Path, cohort: str | Path, caches: Caches, rates: list[float], mask_seed: int = 0) -> dict:
+    """Test metrics of one run under each drop rate, on the paired and partial test sets, and for
+    every subset of the dataset's modalities. Masks and sample sets come from the cohort only."""
+    r = Run.load(run)
+    co = cohort_mod.read(cohort)
+    test = (co["split"] == "test").to_numpy()
+    X, M = r.inputs(co, caches)
+    t = torch.from_numpy(test)
+    X = {m: [x[t] for x in xs] for m, xs in X.items()}
+    M = {m: v[t] for m, v in M.items()}
+    test_cohort = co.filter(pl.Series(test))
+    y = r.task.targets(co)[test]
+    dmods = dataset_modalities(r.spec["modalities"], test_cohort)
+    avail = cohort_availability(test_cohort, dmods)
+    out = {"dataset": r.dataset, "method": r.name, "seed": r.seed, "task_type": r.task.kind,
+           "rates": {}, "test_sets": {}, "subsets": {}}
+
+    def predict(keep: np.ndarray, rows: np.ndarray) -> dict:
+        kept = {m: M[m] & torch.from_numpy(keep[:, dmods.index(m)])[:, None] for m in M}
+        p, _ = r.predict(X, kept)
+        res = task_metrics(r.task.kind, y[rows], np.asarray(p, dtype=np.float64)[rows], thr=r.thresholds)
+        return {**{k: res[k]["value"] for k in METRICS[r.task.kind]}, "n": int(rows.sum())}
+
+    everyone = np.ones(len(y), dtype=bool)
+    for rate in rates:
+        keep = test_masks(avail, rate, mask_seed)
+        out["rates"][str(float(rate))] = {**predict(keep, everyone), "dropped": int((avail & ~keep).sum()),
+                                          "mask_hash": stable_hash(keep.tolist())}
+    full = np.ones_like(avail)
+    out["test_sets"]["partial"] = predict(full, everyone)
+    out["test_sets"]["paired"] = predict(full, avail.all(1))
+    for k in range(1, len(dmods) + 1):
+        for sub in itertools.combinations(dmods, k):
+            cols = np.array([m in sub for m in dmods])
+            rows = (avail & cols).any(1)
+            if not any(m in M for m in sub) or not rows.any():
+                continue
+            out["subsets"]["+".join(sub)] = predict(np.broadcast_to(cols, avail.shape).copy(), rows)
+    return out
+
+
+def _msd(values: list) -> dict:
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return {"mean": None, "sd": None, "seeds": 0}
+    return {"mean": float(np.mean(vals)), "sd": float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0,
+            "seeds": len(vals)}
+
+
+def _summ(entries: list[dict]) -> dict:
+    """Mean ± sd over seeds of every metric of the entries (the task's metrics, medmix.metrics)."""
+    names = [k for k in entries[0] if k not in _NOT_METRICS]
+    return {**{k: _msd([e[k] for e in entries]) for k in names}, "n": entries[0].get("n")}
+
+
+def summarize(dataset: str, evals: list[dict], drop_runs: list[str | Path], base_runs: list[str | Path]) -> dict:
+    """robustness.json of a dataset: mean ± sd over seeds, per method, of every curve and table.
+
+    `evals`: evaluate_run outputs of the main runs; `drop_runs`: train-time drop run directories;
+    `base_runs`: the main runs of the swept methods (the rate-0 point of both train-time curves).
+    """
+    kind = evals[0].get("task_type", "binary") if evals else "binary"
+    res: dict = {"dataset": dataset, "task_type": kind, "metrics": list(METRICS[kind]), "primary": PRIMARY[kind],
+                 "test_drop": {}, "test_sets": {}, "subsets": {}, "train_one": {}, "train_multi": {}, "masks": {}}
+    by: dict = {}
+    for e in evals:
+        by.setdefault(e["method"], []).append(e)
+        for rate, r in e["rates"].items():
+            res["masks"].setdefault(rate, set()).add(r["mask_hash"])
+    res["masks"] = {k: sorted(v) for k, v in res["masks"].items()}
+    for method, es in by.items():
+        res["test_drop"][method] = {rate: {**_summ([e["rates"][rate] for e in es]),
+                                           "dropped": es[0]["rates"][rate]["dropped"]} for rate in es[0]["rates"]}
+        res["test_sets"][method] = {k: _summ([e["test_sets"][k] for e in es]) for k in es[0]["test_sets"]}
+        res["subsets"][method] = {k: _summ([e["subsets"][k] for e in es]) for k in es[0]["subsets"]}
+    runs: dict = {}
+    for d in list(map(Path, base_runs)) + list(map(Path, drop_runs)):
+        m = json.loads((d / "metrics.json").read_text())
+        drop = m.get("train_drop") or {"modality": None, "rate": 0.0}
+        runs.setdefault((drop["modality"], float(drop["rate"]), m["method"]), []).append(
+            {**{k: m["test"][k]["value"] for k in METRICS[m.get("task_type", "binary")]}, "n": m["test"]["n"],
+             "excluded": drop.get("excluded_no_modality", 0)})
+    base = {k[2]: v for k, v in runs.items() if k[0] is None}
+    for (mod, rate, method), es in sorted(runs.items(), key=lambda kv: (str(kv[0][0]), kv[0][1], kv[0][2])):
+        if mod is None:
+            continue
+        target = res["train_multi"] if mod == MULTI else res["train_one"].setdefault(mod, {})
+        curve = target.setdefault(method, {})
+        if method in base:
+            curve["0.0"] = _summ(base[method])
+        curve[str(rate)] = {**_summ(es), "excluded_no_modality": max(e["excluded"] for e in es)}
+    return res
