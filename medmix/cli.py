@@ -208,6 +208,7 @@ def _inputs_args(s, what: str = "the caches the runs read") -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from medmix.data.loaders import list_loaders
     p = argparse.ArgumentParser(prog="medmix", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="verb", required=True)
 
@@ -223,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("dataset")
     s.add_argument("--root", help="raw data root (overrides the config)")
     s.add_argument("--out", required=True)
-    s.add_argument("--kind", choices=["mimic4", "mimic3", "openi", "ccrcc"],
+    s.add_argument("--kind", choices=[k for k in list_loaders() if k != "manifest"],
                    help="loader for a dataset that is not in the config (default: by name, else mimic4)")
     s.add_argument("--optional-tables", nargs="+", default=[], metavar="NAME",
                    help="sources that may be absent (their modality is then missing); adds to the config's")

@@ -15,6 +15,7 @@ from typing import Any
 import jsonschema
 import yaml
 
+from medmix.data.loaders import get_loader
 from medmix.io import MedmixError, stable_hash
 from medmix.methods import METHODS, method_spec
 
@@ -117,14 +118,6 @@ def validate(cfg: dict, source: str = "config") -> dict:
     return cfg
 
 
-# The tasks each loader declares (the first is the default `task`); manifest datasets declare theirs.
-KIND_TASKS = {"mimic4": ["ihm", "los7"], "mimic3": ["ihm", "los7"], "openi": ["normal", "problems"],
-              "ccrcc": ["os12", "os"]}
-# Sources that may be absent unless the config says otherwise (their modality is then missing).
-KIND_OPTIONAL = {"mimic4": ["radiology", "cxr_metadata"], "mimic3": ["noteevents"], "openi": ["images"],
-                 "manifest": [], "ccrcc": ["genomics", "ct", "mri", "wsi"]}
-
-
 def kind_keys(kind: str) -> list[str]:
     """The dataset keys that apply to a loader kind (from the schema's per-kind `allOf`)."""
     for rule in schema()["$defs"]["dataset"]["allOf"]:
@@ -138,9 +131,10 @@ def _complete_dataset(name: str, ds: dict, source: str) -> None:
     keys = set(kind_keys(ds["kind"]))
     for k in [k for k in ds if k not in keys]:
         del ds[k]
+    loader = get_loader(ds["kind"])
     if ds.get("optional_tables") is None:
-        ds["optional_tables"] = list(KIND_OPTIONAL[ds["kind"]])
-    known = list(ds["tasks"]) if ds["kind"] == "manifest" else KIND_TASKS[ds["kind"]]
+        ds["optional_tables"] = list(loader.optional)
+    known = list(ds["tasks"]) if ds["kind"] == "manifest" else list(loader.tasks)
     if not ds["task"]:
         if not known:
             raise MedmixError(f"{source}: invalid config at 'datasets/{name}/tasks': a manifest dataset "

@@ -94,15 +94,25 @@ def _garbage(batch, seed=5):
     return out
 
 
-MODELS = {
-    "medmix": lambda: MedMIX(DIMS, FusionConfig(d=8, hidden=8)),
-    "medmix_intra_attention": lambda: MedMIX(DIMS, FusionConfig(d=8, hidden=8, intra="attention")),
-    "medmix_inter_transformer": lambda: MedMIX(DIMS, FusionConfig(d=8, hidden=8, inter="transformer")),
-    "medmix_intra_concat": lambda: MedMIX(DIMS, FusionConfig(d=8, hidden=8, intra="concat")),
-    "medmix_inter_concat": lambda: MedMIX(DIMS, FusionConfig(d=8, hidden=8, inter="concat")),
-    "early_concat": lambda: EarlyConcat(DIMS, FusionConfig(d=8, hidden=8)),
-    "late_fusion": lambda: LateFusion(DIMS, FusionConfig(d=8, hidden=8)),
-}
+def _models() -> dict:
+    """Every method of the registry (medmix.methods) on its registered architecture, plus MedMIX
+    with every registered intra and inter fusion: a new method or fusion is tested for free."""
+    from medmix.methods import METHODS, MethodSpec
+    from medmix.model import create_model, fusion_config
+    out = {name: (spec, {}) for name, spec in METHODS.items()}
+    out.update({f"medmix_{level}_{f}": (MethodSpec("medmix", **{level: f}), {}) for level, f in list_fusions()})
+
+    def build(spec):
+        torch.manual_seed(0)
+        model = create_model(spec, DIMS, fusion_config(spec, {"d": 8, "hidden": 8}))
+        if getattr(model, "fitted", False):  # a closed-form model: give it non-zero weights
+            for p in model.parameters():
+                p.data.normal_()
+        return model
+    return {name: (lambda spec=spec: build(spec)) for name, (spec, _) in out.items()}
+
+
+MODELS = _models()
 
 
 @pytest.mark.parametrize("name", list(MODELS))

@@ -19,8 +19,7 @@ from pathlib import Path
 
 import polars as pl
 
-from medmix.data.common import count, log, new_report, read_table, source
-from medmix.data.mimic4 import _read_events, _serialise, _summarise
+from medmix.data.common import count, log, new_report, read_events, read_table, serialise_ehr, source, summarise_events
 from medmix.data.variables import LAB_STATS, LABS, VITAL_STATS, VITALS
 from medmix.io import MedmixError
 
@@ -140,22 +139,22 @@ def build_cohort(root: str | Path, prediction_hours: float = 48, min_age: int = 
     ce_p = source(_table(root, "CHARTEVENTS"), "chartevents", "MIMIC-III CHARTEVENTS", optional, report)
     if ce_p:
         cm = imap.filter(pl.col("table") == "chartevents")
-        ce = _read_events(ce_p, ["ICUSTAY_ID", "ITEMID", "CHARTTIME", "VALUENUM"], set(cm["itemid"].to_list()),
+        ce = read_events(ce_p, ["ICUSTAY_ID", "ITEMID", "CHARTTIME", "VALUENUM"], set(cm["itemid"].to_list()),
                           "ICUSTAY_ID", set(stays["icustay_id"].to_list()))
         ce = _times(ce, ["charttime"], ce_p).join(stays.select("icustay_id", "sample_id", "intime", "pred_time"),
                                                   on="icustay_id")
         ce = ce.filter((pl.col("charttime") >= pl.col("intime")) & (pl.col("charttime") < pl.col("pred_time")))
-        summaries.append(_summarise(_mapped(ce, cm, VITALS).rename({"charttime": "t"}), VITALS, VITAL_STATS, counts))
+        summaries.append(summarise_events(_mapped(ce, cm, VITALS).rename({"charttime": "t"}), VITALS, VITAL_STATS, counts))
     le_p = source(_table(root, "LABEVENTS"), "labevents", "MIMIC-III LABEVENTS", optional, report)
     if le_p:
         lm = imap.filter(pl.col("table") == "labevents")
-        le = _read_events(le_p, ["SUBJECT_ID", "ITEMID", "CHARTTIME", "VALUENUM"], set(lm["itemid"].to_list()),
+        le = read_events(le_p, ["SUBJECT_ID", "ITEMID", "CHARTTIME", "VALUENUM"], set(lm["itemid"].to_list()),
                           "SUBJECT_ID", set(stays["subject_id"].to_list()))
         le = _times(le, ["charttime"], le_p).join(stays.select("subject_id", "sample_id", "intime", "pred_time"),
                                                   on="subject_id")
         lookback = timedelta(hours=lab_lookback_hours)
         le = le.filter((pl.col("charttime") >= pl.col("intime") - lookback) & (pl.col("charttime") < pl.col("pred_time")))
-        summaries.append(_summarise(_mapped(le, lm, LABS).rename({"charttime": "t"}), LABS, LAB_STATS, counts))
+        summaries.append(summarise_events(_mapped(le, lm, LABS).rename({"charttime": "t"}), LABS, LAB_STATS, counts))
     report["counts"].update(counts)
     order = {name: i for i, (name, _) in enumerate(list(VITALS.values()) + list(LABS.values()))}
     items: dict[str, list] = {}
@@ -174,7 +173,7 @@ def build_cohort(root: str | Path, prediction_hours: float = 48, min_age: int = 
             continue
         age, gender = demo[sid]
         ehr.append(f"age: {age}; gender: {gender or 'unknown'}; "
-                   + _serialise(sorted(it, key=lambda x: order.get(x[0], 99))))  # as mimic4: stable by variable
+                   + serialise_ehr(sorted(it, key=lambda x: order.get(x[0], 99))))  # as mimic4: stable by variable
 
     # ---- notes: radiology NOTEEVENTS of the admission before the prediction time ----
     ne_p = source(_table(root, "NOTEEVENTS"), "noteevents", "MIMIC-III NOTEEVENTS", optional, report)

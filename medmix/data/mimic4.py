@@ -10,19 +10,16 @@ A missing note or CXR source makes that modality missing for every stay (counted
 
 from __future__ import annotations
 
-import gzip
-import io
 from datetime import timedelta
 from pathlib import Path
 
 import polars as pl
 
-from medmix.data.common import read_table as _read_table, source
-from medmix.data.variables import BOUNDS, LAB_STATS, LABS, VITAL_STATS, VITALS
+from medmix.data.common import read_events, read_table as _read_table, serialise_ehr, source, summarise_events
+from medmix.data.variables import LAB_STATS, LABS, VITAL_STATS, VITALS
 from medmix.io import MedmixError
 
 _TS = "%Y-%m-%d %H:%M:%S"
-_CHUNK_BYTES = 64 << 20
 
 
 def _need(path: Path, what: str) -> Path:
@@ -31,73 +28,8 @@ def _need(path: Path, what: str) -> Path:
     return path
 
 
-def _read_events(path: Path, columns: list[str], itemids: set[int], key: str, keys: set[int]) -> pl.DataFrame:
-    """Stream a large event table (labevents/chartevents: no multi-line fields) in chunks,
-    keeping the wanted items of the wanted subjects/stays only: memory stays bounded on the
-    full 300M-row MIMIC-IV chartevents."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    parts = []
-    with opener(path, "rb") as f:
-        header = f.readline()
-        names = header.decode().strip().split(",")
-        missing = [c for c in columns if c not in names]
-        if missing:
-            raise MedmixError(f"{path}: missing column(s) {missing} in header")
-        rest = b""
-        while True:
-            block = f.read(_CHUNK_BYTES)
-            if not block and not rest:
-                break
-            data = rest + block
-            if block:
-                cut = data.rfind(b"\n") + 1
-                data, rest = data[:cut], data[cut:]
-            else:
-                rest = b""
-            if not data.strip():
-                continue
-            df = pl.read_csv(io.BytesIO(header + data), columns=columns, infer_schema_length=0)
-            df = df.rename(str.lower)  # MIMIC-III headers are upper case
-            df = df.with_columns(pl.col("itemid").cast(pl.Int64), pl.col(key.lower()).cast(pl.Int64, strict=False))
-            parts.append(df.filter(pl.col("itemid").is_in(list(itemids)) & pl.col(key.lower()).is_in(list(keys))))
-    if not parts:
-        return pl.DataFrame({c.lower(): [] for c in columns})
-    return pl.concat(parts)
-
-
 def _parse_times(df: pl.DataFrame, cols: list[str]) -> pl.DataFrame:
     return df.with_columns([pl.col(c).str.strptime(pl.Datetime("us"), _TS, strict=False) for c in cols])
-
-
-def _fmt(v: float) -> str:
-    return f"{v:.4g}"
-
-
-def _summarise(events: pl.DataFrame, names: dict[int, tuple[str, str]], stats: tuple[str, ...],
-               counts: dict) -> pl.DataFrame:
-    """events (sample_id, itemid, t, value) → one row per (sample_id, name) with the stats."""
-    ev = events.with_columns(
-        pl.col("itemid").replace_strict({k: v[0] for k, v in names.items()}, default=None,
-                                        return_dtype=pl.String).alias("name"),
-        pl.col("valuenum").cast(pl.Float64, strict=False).alias("v"),
-    )
-    n0 = ev.height
-    ev = ev.filter(pl.col("v").is_not_null() & pl.col("v").is_finite())
-    counts["ehr_values_non_numeric"] = counts.get("ehr_values_non_numeric", 0) + (n0 - ev.height)
-    lo = pl.col("name").replace_strict({k: float(b[0]) for k, b in BOUNDS.items()}, default=float("-inf"),
-                                        return_dtype=pl.Float64)
-    hi = pl.col("name").replace_strict({k: float(b[1]) for k, b in BOUNDS.items()}, default=float("inf"),
-                                        return_dtype=pl.Float64)
-    n1 = ev.height
-    ev = ev.filter((pl.col("v") >= lo) & (pl.col("v") <= hi))
-    counts["ehr_values_out_of_bounds"] = counts.get("ehr_values_out_of_bounds", 0) + (n1 - ev.height)
-    agg = {"mean": pl.col("v").mean(), "min": pl.col("v").min(), "max": pl.col("v").max(),
-           "last": pl.col("v").sort_by("t").last()}
-    return ev.group_by("sample_id", "name").agg([agg[s].alias(s) for s in stats])
-
-
-def _serialise(row_items: list[tuple[str, str, float]]) -> str:
-    return "; ".join(f"{name} {stat}: {_fmt(v)}" for name, stat, v in row_items)
 
 
 def build_cohort(root: str | Path, note_root: str | Path | None = None, cxr_root: str | Path | None = None,
@@ -173,20 +105,20 @@ def build_cohort(root: str | Path, note_root: str | Path | None = None, cxr_root
     le_p = source(root / "hosp" / "labevents.csv.gz", "labevents", "MIMIC-IV hosp/labevents", optional, report)
     summaries = []
     if ce_p:
-        ce = _read_events(ce_p, ["stay_id", "itemid", "charttime", "valuenum"], set(VITALS), "stay_id",
+        ce = read_events(ce_p, ["stay_id", "itemid", "charttime", "valuenum"], set(VITALS), "stay_id",
                           set(stays["stay_id"].to_list()))
         ce = _parse_times(ce, ["charttime"]).join(stays.select("stay_id", "sample_id", "intime", "pred_time"),
                                                   on="stay_id")
         ce = ce.filter((pl.col("charttime") >= pl.col("intime")) & (pl.col("charttime") < pl.col("pred_time")))
-        summaries.append(_summarise(ce.rename({"charttime": "t"}), VITALS, VITAL_STATS, counts))
+        summaries.append(summarise_events(ce.rename({"charttime": "t"}), VITALS, VITAL_STATS, counts))
     if le_p:
-        le = _read_events(le_p, ["subject_id", "itemid", "charttime", "valuenum"], set(LABS), "subject_id",
+        le = read_events(le_p, ["subject_id", "itemid", "charttime", "valuenum"], set(LABS), "subject_id",
                           set(stays["subject_id"].to_list()))
         le = _parse_times(le, ["charttime"]).join(
             stays.select("subject_id", "sample_id", "intime", "pred_time"), on="subject_id")
         lookback = timedelta(hours=lab_lookback_hours)
         le = le.filter((pl.col("charttime") >= pl.col("intime") - lookback) & (pl.col("charttime") < pl.col("pred_time")))
-        summaries.append(_summarise(le.rename({"charttime": "t"}), LABS, LAB_STATS, counts))
+        summaries.append(summarise_events(le.rename({"charttime": "t"}), LABS, LAB_STATS, counts))
     report["counts"].update(counts)
     order = {name: i for i, (name, _) in enumerate(list(VITALS.values()) + list(LABS.values()))}
     ehr_items: dict[str, list] = {}
@@ -203,7 +135,7 @@ def build_cohort(root: str | Path, note_root: str | Path | None = None, cxr_root
             return None
         age, gender = demo[sid]
         head = f"age: {age}; gender: {gender or 'unknown'}; "
-        return head + _serialise(sorted(items, key=lambda x: order.get(x[0], 99)))
+        return head + serialise_ehr(sorted(items, key=lambda x: order.get(x[0], 99)))
 
     ehr = [ehr_text(s) for s in stays["sample_id"].to_list()]
 
