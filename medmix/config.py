@@ -7,8 +7,10 @@ defaults; workflow/schemas/config.schema.json links to it so the Snakefile valid
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
-from functools import cache
+from dataclasses import dataclass, field
+from functools import cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,53 @@ def schema_default(definition: str, key: str):
     """The schema's default of `key` in `$defs/<definition>`: how code that holds a typed spec
     (medmix.model.FusionConfig, …) takes its defaults from the one source."""
     return copy.deepcopy(schema()["$defs"][definition]["properties"][key]["default"])
+
+
+def _default(definition: str, key: str):
+    """A dataclass field whose default is the schema's (a fresh copy for dicts and lists)."""
+    return field(default_factory=partial(schema_default, definition, key))
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    """One `encoders:` entry, typed. Every default is the schema's (`$defs/encoder`); an unknown key
+    is an error. Encoders read their settings from here (`Encoder.cfg`)."""
+    kind: str = _default("encoder", "kind")
+    model: str = _default("encoder", "model")
+    pretrained: str = _default("encoder", "pretrained")
+    revision: str = _default("encoder", "revision")
+    arch: dict = _default("encoder", "arch")
+    tokenizer: str = _default("encoder", "tokenizer")
+    seed: int = _default("encoder", "seed")
+    pooling: str = _default("encoder", "pooling")
+    instruction: str = _default("encoder", "instruction")
+    tower: str = _default("encoder", "tower")
+    trust_remote_code: bool = _default("encoder", "trust_remote_code")
+    precision: str = _default("encoder", "precision")
+    max_length: int = _default("encoder", "max_length")
+    truncation_side: str = _default("encoder", "truncation_side")
+    image_size: int = _default("encoder", "image_size")
+    crop: float = _default("encoder", "crop")
+    volume_slices: int = _default("encoder", "volume_slices")
+    dim: int = _default("encoder", "dim")
+    max_features: int = _default("encoder", "max_features")
+    ngram_max: int = _default("encoder", "ngram_max")
+    batch_size: int = _default("encoder", "batch_size")
+    dtype: str = _default("encoder", "dtype")
+    shards: int = _default("encoder", "shards")          # run-only (RUN_KEYS): not part of the cache identity
+    workers: int = _default("encoder", "workers")        # run-only
+    resources: dict = _default("encoder", "resources")   # run-only
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "EncoderSpec":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise MedmixError(f"encoder config: unknown key(s) {unknown} (known: {', '.join(sorted(names))})")
+        return cls(**d)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
 
 
 def _resolve_ref(node: dict) -> dict:

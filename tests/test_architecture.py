@@ -149,3 +149,16 @@ def test_design_doc_is_in_the_repository_and_code_points_there():
     assert (REPO / "docs" / "design.md").exists()
     cited = [p for p in PKG.rglob("*.py") if re.search(r"(?<!docs/)DESIGN\.md", p.read_text())]
     assert not cited, f"code cites a DESIGN.md that is not in the repository: {cited}"
+
+
+def test_encoder_spec_is_the_schemas_encoder_entry():
+    from medmix import config
+    from medmix.config import EncoderSpec
+    props = config.schema()["$defs"]["encoder"]["properties"]
+    fields = {f.name for f in dataclasses.fields(EncoderSpec)}
+    assert fields == set(props)
+    assert EncoderSpec().to_dict() == {k: p["default"] for k, p in props.items()}
+    filled = config.validate({"targets": [], "datasets": {}, "encoders": {"x": {"kind": "hf_text"}}})["encoders"]["x"]
+    assert EncoderSpec.from_dict(filled).to_dict() == filled
+    with pytest.raises(config.MedmixError, match="unknown key"):
+        EncoderSpec.from_dict({"kind": "hf_text", "max_lenght": 64})

