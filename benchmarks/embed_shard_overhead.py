@@ -10,7 +10,7 @@ from medmix.embed import run_embed, merge_shards
 from medmix import config
 cfg = config.load('config.yaml')
 co = sys.argv[1]; mod, slug = sys.argv[2], sys.argv[3]
-spec = config.embed_spec(cfg, 'demo', mod, slug)['spec']
+spec = config.embed_job(cfg, 'demo', mod, slug)['spec']
 d = '/tmp/bench_shard'
 import os; os.makedirs(d, exist_ok=True)
 run_embed(co, mod, slug, spec, f'{d}/warm.h5', device='cpu', progress=False)

@@ -27,7 +27,7 @@ def main() -> None:
         c = copy.deepcopy(cfg)
         c["train"].update(v)
         c["train"]["bootstrap"] = 0
-        spec = config.train_spec(c, dataset, method)
+        spec = config.train_job(c, dataset, method)
         va, te = [], []
         for seed in (0, 1, 2):
             with tempfile.TemporaryDirectory() as tmp:

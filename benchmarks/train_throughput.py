@@ -185,7 +185,7 @@ def memory(args) -> None:
 
 def _setup(args):
     """The training spec, the cohort, its modalities and labels (both the benchmark and its children)."""
-    spec = config.train_spec(config.load(args.config), args.dataset, "medmix_noteacher")
+    spec = config.train_job(config.load(args.config), args.dataset, "medmix_noteacher")
     results = Path(args.results)
     cohort = cohort_mod.read(results / args.dataset / "cohort.parquet")
     mods = sorted(m for m in spec["modalities"] if m in cohort.columns)

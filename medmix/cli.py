@@ -1,7 +1,7 @@
 """`python -m medmix <verb>` (also installed as `medmix`): what each Snakemake rule calls.
 
 Every verb takes its settings either from a config file (`--config config.yaml`, validated) or,
-as the workflow passes them, from `--spec JSON` (exactly the config subset the job depends on,
+as the workflow passes them, from `--job JSON` (exactly the config subset the job depends on,
 which is also the rule's rerun trigger).
 """
 
@@ -16,12 +16,14 @@ from pathlib import Path
 from medmix.io import MedmixError
 
 
-def _spec(args, build) -> dict:
-    if getattr(args, "spec", None):
+def _job(args, build) -> dict:
+    """The job's settings: `--job JSON` as the rule passes it (exactly the config subset the job
+    depends on, also the rule's rerun trigger), else built from `--config FILE` (validated)."""
+    if getattr(args, "job", None):
         try:
-            return json.loads(args.spec)
+            return json.loads(args.job)
         except json.JSONDecodeError as e:
-            raise MedmixError(f"--spec is not valid JSON: {e}") from None
+            raise MedmixError(f"--job is not valid JSON: {e}") from None
     from medmix import config
     cfg = config.load(args.config) if args.config else config.validate(
         {"targets": [], "datasets": {}, "encoders": {}}, source="built-in defaults")
@@ -53,19 +55,19 @@ def cmd_prepare(args) -> None:
                 raise MedmixError(f"dataset {args.dataset}: a manifest dataset needs a config entry with its tasks "
                                   "(--config FILE)")
             cfg["datasets"][args.dataset] = config.default_dataset(kind)
-        return config.prepare_spec(cfg, args.dataset)
+        return config.prepare_job(cfg, args.dataset)
 
-    spec = _spec(args, build)
-    root = args.root or spec.get("root")
+    job = _job(args, build)
+    root = args.root or job.get("root")
     if not root:
         raise MedmixError(f"dataset {args.dataset}: no raw data root (give --root or set datasets/{args.dataset}/root)")
-    optional = sorted(set(spec.get("optional_tables") or []) | set(args.optional_tables or []))
+    optional = sorted(set(job.get("optional_tables") or []) | set(args.optional_tables or []))
     out = Path(args.out)
-    cohort, report = build_cohort(spec["kind"], spec, root, optional, out.parent)
+    cohort, report = build_cohort(job["kind"], job, root, optional, out.parent)
     cohort, report = cohort_mod.finalize(cohort, report)
     report["dataset"] = args.dataset
-    report["kind"] = spec["kind"]
-    report["spec"] = spec
+    report["kind"] = job["kind"]
+    report["spec"] = job
     report["optional_tables"] = optional
     for section in ("exclusions", "missing", "counts"):
         log.info("%s %s: %s", args.dataset, section, json.dumps(report[section], sort_keys=True))
@@ -76,8 +78,8 @@ def cmd_prepare(args) -> None:
 def cmd_embed(args) -> None:
     from medmix import config
     from medmix.embed import parse_shard, run_embed
-    spec = _spec(args, lambda cfg: config.embed_spec(cfg, "", args.modality, args.encoder))
-    summary = run_embed(args.cohort, args.modality, args.encoder, spec["spec"], args.out, device=args.device,
+    job = _job(args, lambda cfg: config.embed_job(cfg, "", args.modality, args.encoder))
+    summary = run_embed(args.cohort, args.modality, args.encoder, job["spec"], args.out, device=args.device,
                         workers=args.workers, shard=parse_shard(args.shard), checkpoint_every=args.checkpoint_every,
                         progress=not args.quiet)
     print(json.dumps(summary))
@@ -86,8 +88,8 @@ def cmd_embed(args) -> None:
 def cmd_merge(args) -> None:
     from medmix import config
     from medmix.embed import merge_shards
-    spec = _spec(args, lambda cfg: config.embed_spec(cfg, "", args.modality, args.encoder))
-    print(json.dumps(merge_shards(args.cohort, args.modality, args.encoder, spec["spec"], args.shards, args.out)))
+    job = _job(args, lambda cfg: config.embed_job(cfg, "", args.modality, args.encoder))
+    print(json.dumps(merge_shards(args.cohort, args.modality, args.encoder, job["spec"], args.shards, args.out)))
 
 
 def _caches(files, results: str, dataset: str):
@@ -105,10 +107,10 @@ def cmd_train(args) -> None:
     from medmix import config
     from medmix.masks import parse_drop
     from medmix.train import train_run
-    spec = _spec(args, lambda cfg: config.train_spec(cfg, args.dataset, args.method))
+    job = _job(args, lambda cfg: config.train_job(cfg, args.dataset, args.method))
     if args.drop:
-        spec["drop"] = {**parse_drop(args.drop), "seed": args.drop_seed}
-    m = train_run(spec, args.seed, args.out, cohort=_cohort(args, args.dataset),
+        job["drop"] = {**parse_drop(args.drop), "seed": args.drop_seed}
+    m = train_run(job, args.seed, args.out, cohort=_cohort(args, args.dataset),
                   caches=_caches(args.embeddings, args.results, args.dataset), device=args.device,
                   progress=not args.quiet)
     print(json.dumps({k: m.get(k) for k in ("method", "seed", "best_epoch", "test")}))
@@ -153,7 +155,7 @@ def cmd_efficiency(args) -> None:
     from medmix.experiments.efficiency import measure
     from medmix.io import write_json
     from medmix.run import Run
-    encoders = _spec(args, lambda cfg: cfg["encoders"])
+    encoders = _job(args, lambda cfg: cfg["encoders"])
     dataset = Run.load(args.runs[0]).dataset
     res = measure(args.runs, _cohort(args, dataset), _caches(args.embeddings, args.results, dataset), encoders,
                   samples=args.samples, warmup=args.warmup, threads=args.threads)
@@ -229,7 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--optional-tables", nargs="+", default=[], metavar="NAME",
                    help="sources that may be absent (their modality is then missing); adds to the config's")
     s.add_argument("--config")
-    s.add_argument("--spec", help=argparse.SUPPRESS)
+    s.add_argument("--job", help=argparse.SUPPRESS)
     s.set_defaults(func=cmd_prepare)
 
     s = sub.add_parser("embed", help="one modality × encoder of a cohort → HDF5 embedding cache")
@@ -247,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write finished batches to the resume checkpoint this often (also every 5 minutes)")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.add_argument("--config")
-    s.add_argument("--spec", help=argparse.SUPPRESS)
+    s.add_argument("--job", help=argparse.SUPPRESS)
     s.set_defaults(func=cmd_embed)
 
     s = sub.add_parser("merge", help="shard files of one embed → the cache an unsharded run writes")
@@ -257,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--shards", nargs="+", required=True, help="shard files, in any order")
     s.add_argument("--out", required=True)
     s.add_argument("--config")
-    s.add_argument("--spec", help=argparse.SUPPRESS)
+    s.add_argument("--job", help=argparse.SUPPRESS)
     s.set_defaults(func=cmd_merge)
 
     s = sub.add_parser("train", help="cached embeddings → model.pt, metrics.json, predictions.parquet")
@@ -275,7 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
                                   "the training samples) or multi:RATE (each modality of each training sample)")
     s.add_argument("--drop-seed", type=int, default=0, help="seed of the train-time drop masks (shared by all methods)")
     s.add_argument("--config")
-    s.add_argument("--spec", help=argparse.SUPPRESS)
+    s.add_argument("--job", help=argparse.SUPPRESS)
     s.set_defaults(func=cmd_train)
 
     s = sub.add_parser("aggregate", help="runs of a dataset → metrics.json (mean ± sd over seeds, bootstrap CI)")
@@ -321,7 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--threads", type=int, default=1)
     s.add_argument("--out", required=True)
     s.add_argument("--config")
-    s.add_argument("--spec", help=argparse.SUPPRESS)
+    s.add_argument("--job", help=argparse.SUPPRESS)
     s.set_defaults(func=cmd_efficiency)
 
     s = sub.add_parser("figure", help="figures and tables from robustness.json / metrics.json / efficiency.json / runs")

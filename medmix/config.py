@@ -227,7 +227,7 @@ def encoder(cfg: dict, slug: str) -> dict:
         raise MedmixError(f"encoder '{slug}' is not in the config (known: {', '.join(cfg['encoders'])})") from None
 
 
-def prepare_spec(cfg: dict, name: str) -> dict:
+def prepare_job(cfg: dict, name: str) -> dict:
     """The part of the config that determines a dataset's cohort (rerun trigger of `prepare`)."""
     ds = dataset(cfg, name)
     return {k: v for k, v in ds.items() if k not in ("modalities", "task", "source")}
@@ -243,12 +243,12 @@ def encoder_identity(spec: dict) -> dict:
     return {k: v for k, v in spec.items() if k not in RUN_KEYS}
 
 
-def embed_spec(cfg: dict, name: str, modality: str, slug: str) -> dict:
+def embed_job(cfg: dict, name: str, modality: str, slug: str) -> dict:
     """The part of the config that determines one embedding cache (rerun trigger of `embed`)."""
     return {"dataset": name, "modality": modality, "encoder": slug, "spec": encoder_identity(encoder(cfg, slug))}
 
 
-def train_spec(cfg: dict, name: str, method: str) -> dict:
+def train_job(cfg: dict, name: str, method: str) -> dict:
     """Everything `train` needs for (dataset, method): the rerun trigger of `train`."""
     ds = dataset(cfg, name)
     return {

@@ -73,7 +73,7 @@ class Run:
 
     @property
     def spec(self) -> dict:
-        """The train spec the run was made from (medmix.config.train_spec)."""
+        """The train spec the run was made from (medmix.config.train_job)."""
         return self.ckpt["spec"]
 
     @property

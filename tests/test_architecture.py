@@ -4,7 +4,6 @@ registries that refuse a taken name, typed specs whose defaults are the schema's
 import ast
 import dataclasses
 import re
-from pathlib import Path
 
 import pytest
 

@@ -15,7 +15,7 @@ from conftest import TINY_CONFIG
 @pytest.mark.parametrize("method", ["medmix", "logreg_concat"])
 def test_bundle_predicts_the_same_without_any_teacher_file(tiny_results, tmp_path, method):
     cfg = config.validate(TINY_CONFIG)
-    train_run(config.train_spec(cfg, "tiny", method), 0, tmp_path / "run", results=tiny_results, progress=False)
+    train_run(config.train_job(cfg, "tiny", method), 0, tmp_path / "run", results=tiny_results, progress=False)
     assert main(["export", "--run", str(tmp_path / "run"), "--out", str(tmp_path / "bundle"),
                  "--results", str(tiny_results)]) == 0
     emb = tmp_path / "emb"
@@ -41,7 +41,7 @@ def test_test_time_modality_drop(tiny_results, tmp_path, method):
     from medmix.experiments.robustness import evaluate_run
     from medmix.inputs import Caches
     cfg = config.validate(TINY_CONFIG)
-    m = train_run(config.train_spec(cfg, "tiny", method), 0, tmp_path / "run", results=tiny_results, progress=False)
+    m = train_run(config.train_job(cfg, "tiny", method), 0, tmp_path / "run", results=tiny_results, progress=False)
     res = evaluate_run(tmp_path / "run", tiny_results / "tiny" / "cohort.parquet", Caches.under(tiny_results, "tiny"),
                        [0.0, 0.5])
     assert res["rates"]["0.0"]["auroc"] == pytest.approx(m["test"]["auroc"]["value"], abs=1e-6)
@@ -67,7 +67,7 @@ def test_predict_from_raw_inputs_runs_only_the_experts(tiny_results, tmp_path, m
     """`predict --cohort`: the bundle's experts run on the raw inputs (the fitted EHR encoder
     applies its stored fit) and give the run's own predictions; no teacher is built."""
     cfg = config.validate(TINY_CONFIG)
-    train_run(config.train_spec(cfg, "tiny", method), 0, tmp_path / "run", results=tiny_results, progress=False)
+    train_run(config.train_job(cfg, "tiny", method), 0, tmp_path / "run", results=tiny_results, progress=False)
     assert main(["export", "--run", str(tmp_path / "run"), "--out", str(tmp_path / "bundle"),
                  "--results", str(tiny_results)]) == 0
     from medmix.bundle import predict_raw

@@ -43,8 +43,8 @@ def test_train_spec_changes_with_hyperparameters_but_embed_spec_does_not(tiny_co
     a = config.validate(tiny_config)
     tiny_config["train"]["lr"] = 0.01
     b = config.validate(tiny_config)
-    assert config.train_spec(a, "tiny", "medmix") != config.train_spec(b, "tiny", "medmix")
-    assert config.embed_spec(a, "tiny", "notes", "bert_head") == config.embed_spec(b, "tiny", "notes", "bert_head")
+    assert config.train_job(a, "tiny", "medmix") != config.train_job(b, "tiny", "medmix")
+    assert config.embed_job(a, "tiny", "notes", "bert_head") == config.embed_job(b, "tiny", "notes", "bert_head")
 
 
 def test_real_datasets_are_not_synthesised():

@@ -37,7 +37,7 @@ def test_kind_defaults_and_manifest_tasks():
     cfg = config.validate(_cfg({"kind": "manifest", "root": "x", "tasks": {"grade": {"type": "multiclass",
                           "columns": ["g"], "classes": ["a", "b"]}}, "modalities": {"note": {"experts": ["t"]}}}))
     assert cfg["datasets"]["d"]["task"] == "grade"
-    assert config.prepare_spec(cfg, "d")["tasks"]["grade"]["classes"] == ["a", "b"]
+    assert config.prepare_job(cfg, "d")["tasks"]["grade"]["classes"] == ["a", "b"]
 
 
 def test_train_time_task_is_checked_against_the_cohort(tmp_path):

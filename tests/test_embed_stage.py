@@ -248,7 +248,7 @@ def test_killed_job_resumes_from_checkpoint_and_equals_uninterrupted_run(cohort,
     ref = run_embed(cohort, "notes", "bert_tail", spec, tmp_path / "ref.h5", device="cpu", progress=False)
     out = tmp_path / "out.h5"
     proc = slow_embed(["embed", "--cohort", cohort, "--modality", "notes", "--encoder", "bert_tail", "--out", out,
-                       "--spec", json.dumps({"spec": spec}), "--checkpoint-every", "1", "--quiet"],
+                       "--job", json.dumps({"spec": spec}), "--checkpoint-every", "1", "--quiet"],
                       gate=tmp_path / "never-opened", hold_after=5)          # held after 5 batches until killed
     deadline = time.time() + 60
     chunks: list = []
@@ -297,7 +297,7 @@ def test_uncached_hub_model_gives_one_clear_error(cohort, tmp_path):
     spec = json.dumps({"spec": {"kind": "hf_llm", "model": "medmix-test/no-such-model-7b"}})
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
     p = subprocess.run([sys.executable, "-m", "medmix", "embed", "--cohort", str(cohort), "--modality", "notes",
-                        "--encoder", "teacher", "--out", str(tmp_path / "x.h5"), "--spec", spec],
+                        "--encoder", "teacher", "--out", str(tmp_path / "x.h5"), "--job", spec],
                        capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
     assert p.returncode == 1
     assert "Traceback" not in p.stderr
@@ -308,8 +308,8 @@ def test_run_keys_do_not_change_the_cache_identity(tiny_config):
     a = config.validate(tiny_config)
     tiny_config["encoders"]["bert_head"].update(shards=4, workers=8, resources={"mem_mb": 64000, "gpu": 1})
     b = config.validate(tiny_config)
-    assert config.embed_spec(a, "tiny", "notes", "bert_head") == config.embed_spec(b, "tiny", "notes", "bert_head")
-    assert config.train_spec(a, "tiny", "medmix") == config.train_spec(b, "tiny", "medmix")
+    assert config.embed_job(a, "tiny", "notes", "bert_head") == config.embed_job(b, "tiny", "notes", "bert_head")
+    assert config.train_job(a, "tiny", "medmix") == config.train_job(b, "tiny", "medmix")
     tiny_config["encoders"]["tab"]["shards"] = 2
     with pytest.raises(MedmixError, match="encoders/tab/shards"):
         config.validate(tiny_config)

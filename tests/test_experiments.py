@@ -19,7 +19,7 @@ MODS = ["cxr", "ehr", "notes"]
 
 def _spec(method, drop=None):
     cfg = config.validate(TINY_CONFIG)
-    spec = config.train_spec(cfg, "tiny", method)
+    spec = config.train_job(cfg, "tiny", method)
     if drop:
         spec["drop"] = {**parse_drop(drop), "seed": 0}
     return spec

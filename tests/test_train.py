@@ -17,7 +17,7 @@ from conftest import TINY_CONFIG
 def _spec(method, **train):
     cfg = config.validate(TINY_CONFIG)
     cfg["train"].update(train)
-    return config.train_spec(cfg, "tiny", method)
+    return config.train_job(cfg, "tiny", method)
 
 
 @pytest.mark.parametrize("method", sorted(METHODS) + ["unimodal_ehr"])

@@ -1,6 +1,6 @@
 """Dataset loaders as a registry: `register_loader` / `list_loaders` / `build`.
 
-A loader turns a raw release (`root`) and its config entry (medmix.config.prepare_spec) into
+A loader turns a raw release (`root`) and its config entry (medmix.config.prepare_job) into
 (cohort with splits, report). It declares the tasks its cohorts carry (the first is the dataset's
 default `task`) and the sources that may be absent by default. To add one: a function registered
 here, plus its kind in the schema's `dataset.kind` enum and a per-kind `allOf` entry naming the
@@ -53,7 +53,7 @@ def get_loader(kind: str) -> Loader:
 
 
 def build(kind: str, spec: dict, root: str | Path, optional: list[str], work: str | Path) -> tuple[pl.DataFrame, dict]:
-    """Build the cohort of one dataset. `spec` is the dataset's config entry (prepare_spec);
+    """Build the cohort of one dataset. `spec` is the dataset's config entry (prepare_job);
     `work` is a folder for intermediate files (the ccRCC manifest)."""
     return get_loader(kind).build(spec, Path(root), optional, Path(work))
 

@@ -32,25 +32,10 @@ def _parse_times(df: pl.DataFrame, cols: list[str]) -> pl.DataFrame:
     return df.with_columns([pl.col(c).str.strptime(pl.Datetime("us"), _TS, strict=False) for c in cols])
 
 
-def build_cohort(root: str | Path, note_root: str | Path | None = None, cxr_root: str | Path | None = None,
-                 prediction_hours: float = 48, min_age: int = 18, lab_lookback_hours: float = 24,
-                 optional_tables=("radiology", "cxr_metadata")) -> tuple[pl.DataFrame, dict]:
-    """Return (cohort without split, report) for a MIMIC-IV-layout root.
-
-    The cohort has sample_id, patient_id, hadm_id, stay_id, intime, pred_time, y_ihm, y_los7 and the
-    inputs ehr (serialised text), notes (text) and cxr (list of image paths); null = missing.
-    `optional_tables` (chartevents, labevents, radiology, cxr_metadata): sources whose absence is a
-    warning (the inputs they feed are missing) rather than an error.
-    """
-    optional = set(optional_tables or ())
-    root = Path(root)
-    note_root = Path(note_root) if note_root else root
-    cxr_root = Path(cxr_root) if cxr_root else root
-    report: dict = {"exclusions": {}, "missing": {}, "counts": {}, "warnings": [],
-                    "tasks": {"ihm": {"type": "binary", "columns": ["y_ihm"]},
-                              "los7": {"type": "binary", "columns": ["y_los7"]}}}
+def _stays(root: Path, prediction_hours: float, min_age: int, report: dict) -> pl.DataFrame:
+    """The cohort's unit: the first ICU stay of an adult admission lasting the prediction window,
+    alive at the prediction time; one row per stay with its labels (exclusions counted)."""
     ex = report["exclusions"]
-
     pat_p = _need(root / "hosp" / "patients.csv.gz", "MIMIC-IV hosp/patients")
     adm_p = _need(root / "hosp" / "admissions.csv.gz", "MIMIC-IV hosp/admissions")
     icu_p = _need(root / "icu" / "icustays.csv.gz", "MIMIC-IV icu/icustays")
@@ -97,9 +82,12 @@ def build_cohort(root: str | Path, note_root: str | Path | None = None, cxr_root
         pl.col("hospital_expire_flag").cast(pl.Int8).alias("y_ihm"),
         (pl.col("los") > 7).cast(pl.Int8).alias("y_los7"),
     )
-    stays = df.select("sample_id", "subject_id", "stay_id", "hadm_id", "admittime", "intime", "pred_time")
+    return df
 
-    # ---- EHR: vitals (chartevents of the stay) and labs (labevents of the subject) in the window ----
+
+def _ehr(root: Path, df: pl.DataFrame, stays: pl.DataFrame, lab_lookback_hours: float, optional: set,
+         report: dict) -> list[str | None]:
+    """EHR text per stay: vitals (chartevents of the stay) and labs (labevents of the subject) in the window."""
     counts: dict = {}
     ce_p = source(root / "icu" / "chartevents.csv.gz", "chartevents", "MIMIC-IV icu/chartevents", optional, report)
     le_p = source(root / "hosp" / "labevents.csv.gz", "labevents", "MIMIC-IV hosp/labevents", optional, report)
@@ -137,9 +125,11 @@ def build_cohort(root: str | Path, note_root: str | Path | None = None, cxr_root
         head = f"age: {age}; gender: {gender or 'unknown'}; "
         return head + serialise_ehr(sorted(items, key=lambda x: order.get(x[0], 99)))
 
-    ehr = [ehr_text(s) for s in stays["sample_id"].to_list()]
+    return [ehr_text(s) for s in stays["sample_id"].to_list()]
 
-    # ---- notes: radiology notes of this admission charted before the prediction time ----
+
+def _notes(note_root: Path, stays: pl.DataFrame, optional: set, report: dict) -> list[str | None]:
+    """Radiology notes of the admission charted before the prediction time, per stay."""
     rad_p = source(note_root / "note" / "radiology.csv.gz", "radiology", "MIMIC-IV-Note note/radiology", optional,
                    report, hint="set the dataset's note_root in the config")
     if rad_p:
@@ -155,8 +145,11 @@ def build_cohort(root: str | Path, note_root: str | Path | None = None, cxr_root
     else:
         notes = [None] * stays.height
         report["missing"]["notes"] = {"note_source_absent": stays.height}
+    return notes
 
-    # ---- CXR: last frontal image of the last study before the prediction time ----
+
+def _cxr(cxr_root: Path, stays: pl.DataFrame, optional: set, report: dict) -> list[list[str] | None]:
+    """The last frontal image of the last CXR study before the prediction time, per stay."""
     meta_p = source(cxr_root / "mimic-cxr-2.0.0-metadata.csv.gz", "cxr_metadata", "MIMIC-CXR-JPG metadata", optional,
                     report, hint="set the dataset's cxr_root in the config")
     if meta_p:
@@ -184,6 +177,32 @@ def build_cohort(root: str | Path, note_root: str | Path | None = None, cxr_root
     else:
         cxr = [None] * stays.height
         report["missing"]["cxr"] = {"cxr_source_absent": stays.height}
+    return cxr
+
+
+def build_cohort(root: str | Path, note_root: str | Path | None = None, cxr_root: str | Path | None = None,
+                 prediction_hours: float = 48, min_age: int = 18, lab_lookback_hours: float = 24,
+                 optional_tables=("radiology", "cxr_metadata")) -> tuple[pl.DataFrame, dict]:
+    """Return (cohort without split, report) for a MIMIC-IV-layout root.
+
+    The cohort has sample_id, patient_id, hadm_id, stay_id, intime, pred_time, y_ihm, y_los7 and the
+    inputs ehr (serialised text), notes (text) and cxr (list of image paths); null = missing.
+    `optional_tables` (chartevents, labevents, radiology, cxr_metadata): sources whose absence is a
+    warning (the inputs they feed are missing) rather than an error.
+    """
+    optional = set(optional_tables or ())
+    root = Path(root)
+    note_root = Path(note_root) if note_root else root
+    cxr_root = Path(cxr_root) if cxr_root else root
+    report: dict = {"exclusions": {}, "missing": {}, "counts": {}, "warnings": [],
+                    "tasks": {"ihm": {"type": "binary", "columns": ["y_ihm"]},
+                              "los7": {"type": "binary", "columns": ["y_los7"]}}}
+
+    df = _stays(root, prediction_hours, min_age, report)
+    stays = df.select("sample_id", "subject_id", "stay_id", "hadm_id", "admittime", "intime", "pred_time")
+    ehr = _ehr(root, df, stays, lab_lookback_hours, optional, report)
+    notes = _notes(note_root, stays, optional, report)
+    cxr = _cxr(cxr_root, stays, optional, report)
     report["missing"]["ehr"] = {"no_vital_or_lab_in_window": sum(x is None for x in ehr)}
 
     cohort = df.select(

@@ -25,7 +25,7 @@ def test_corrupt_zero_byte_and_missing_images_are_missing_counted_and_the_run_co
     cohort = write_cohort(tmp_path / "cohort.parquet", "cxr", values)
     out = tmp_path / "emb" / "vit.h5"
     p = medmix("embed", "--cohort", cohort, "--modality", "cxr", "--encoder", "vit", "--out", out,
-               "--spec", json.dumps({"spec": full_spec(VIT)}), "--quiet")
+               "--job", json.dumps({"spec": full_spec(VIT)}), "--quiet")
     log = p.stdout + p.stderr                                       # what the rule writes to its log
     assert p.returncode == 0, log
     summary = json.loads(p.stdout.strip().splitlines()[-1])

@@ -13,7 +13,7 @@ from relhelp import BERT, assert_same_cache, full_spec, write_cohort
 def test_two_runs_of_the_same_target_serialise_on_the_lock(tmp_path, capsys):
     cohort = write_cohort(tmp_path / "cohort.parquet", "notes", [f"note {i} " + "word " * (i % 11) for i in range(48)])
     spec = json.dumps({"spec": full_spec({**BERT, "batch_size": 4})})
-    args = ["embed", "--cohort", cohort, "--modality", "notes", "--encoder", "bert", "--spec", spec, "--quiet",
+    args = ["embed", "--cohort", cohort, "--modality", "notes", "--encoder", "bert", "--job", spec, "--quiet",
             "--checkpoint-every", "1"]
     assert cli.main([str(a) for a in args] + ["--out", str(tmp_path / "ref.h5")]) == 0
     capsys.readouterr()

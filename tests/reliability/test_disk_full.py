@@ -42,14 +42,14 @@ def test_injected_disk_full_gives_a_clear_error_and_no_partial_cache(tmp_path, m
     monkeypatch.setattr(cache.h5py, "File", FullDisk)
     out = tmp_path / "emb" / "bert.h5"
     rc = cli.main(["embed", "--cohort", str(cohort), "--modality", "notes", "--encoder", "bert", "--out", str(out),
-                   "--spec", json.dumps({"spec": full_spec(BERT)}), "--quiet"])
+                   "--job", json.dumps({"spec": full_spec(BERT)}), "--quiet"])
     err = capsys.readouterr().err
     assert rc == 1 and "Traceback" not in err
     assert f"{out}: disk full while writing it" in err and "Free space" in err
     assert not out.exists() and leftovers(tmp_path) == []
     monkeypatch.undo()                                  # space again: the rerun resumes from the checkpoint
     rc = cli.main(["embed", "--cohort", str(cohort), "--modality", "notes", "--encoder", "bert", "--out", str(out),
-                   "--spec", json.dumps({"spec": full_spec(BERT)}), "--quiet"])
+                   "--job", json.dumps({"spec": full_spec(BERT)}), "--quiet"])
     assert rc == 0 and out.exists()
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["resumed_batches"] > 0
 
@@ -64,7 +64,7 @@ def test_real_full_tmpfs_gives_a_clear_error_and_no_partial_cache(tmp_path, caps
         out = mnt / "bert.h5"
         spec = full_spec({**BERT, "arch": {**BERT["arch"], "hidden_size": 64}})  # 160 × 64 float32 = 40 KiB
         rc = cli.main(["embed", "--cohort", str(cohort), "--modality", "notes", "--encoder", "bert", "--out", str(out),
-                       "--spec", json.dumps({"spec": spec}), "--quiet"])
+                       "--job", json.dumps({"spec": spec}), "--quiet"])
         err = capsys.readouterr().err
         assert rc == 1 and "Traceback" not in err and "disk full while writing" in err, err[-2000:]
         assert not out.exists() and leftovers(mnt) == []

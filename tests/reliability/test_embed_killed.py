@@ -15,7 +15,7 @@ from relhelp import BERT, assert_same_cache, full_spec, write_cohort
 def test_sigkilled_embed_resumes_and_equals_an_uninterrupted_run(tmp_path, capsys):
     cohort = write_cohort(tmp_path / "cohort.parquet", "notes", [f"note {i} " + "word " * (i % 13) for i in range(96)])
     spec = json.dumps({"spec": full_spec({**BERT, "batch_size": 4})})
-    args = ["embed", "--cohort", cohort, "--modality", "notes", "--encoder", "bert", "--spec", spec, "--quiet",
+    args = ["embed", "--cohort", cohort, "--modality", "notes", "--encoder", "bert", "--job", spec, "--quiet",
             "--checkpoint-every", "1"]
     assert cli.main([str(a) for a in args] + ["--out", str(tmp_path / "ref.h5")]) == 0
     ref = json.loads(capsys.readouterr().out.strip().splitlines()[-1])

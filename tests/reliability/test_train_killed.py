@@ -51,7 +51,7 @@ def results(tmp_path_factory, tiny_raw):
     for m, slug in (("ehr", "tab"), ("notes", "bert")):
         run_embed(res / "tiny" / "cohort.parquet", m, slug, cfg["encoders"][slug],
                   res / "tiny" / "embeddings" / m / f"{slug}.h5", device="cpu", progress=False)
-    return res, config.train_spec(cfg, "tiny", "medmix_noteacher")
+    return res, config.train_job(cfg, "tiny", "medmix_noteacher")
 
 
 def test_killed_training_leaves_no_output_and_the_rerun_equals_a_clean_run(results, tmp_path):
@@ -59,7 +59,7 @@ def test_killed_training_leaves_no_output_and_the_rerun_equals_a_clean_run(resul
     train_run(spec, 0, tmp_path / "clean", results=res, device="cpu", progress=False)
     run = tmp_path / "run"
     argv = ["train", "--dataset", "tiny", "--method", "medmix_noteacher", "--seed", "0", "--out", str(run),
-            "--results", str(res), "--spec", json.dumps(spec), "--device", "cpu", "--quiet"]
+            "--results", str(res), "--job", json.dumps(spec), "--device", "cpu", "--quiet"]
     flag = str(tmp_path / "epoch")
     proc = subprocess.Popen([sys.executable, "-c", SLOW_TRAIN.format(repo=str(REPO), flag=flag, argv=argv)],
                             env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -1,5 +1,5 @@
 # Helpers for the rules: target lists and the per-job specs (the config subset a job depends
-# on, passed as --spec and used as the rule's params, so a change reruns exactly the jobs it affects).
+# on, passed as --job and used as the rule's params, so a change reruns exactly the jobs it affects).
 
 import json
 from pathlib import Path
@@ -80,12 +80,12 @@ def synth_seed(wildcards):
     return config["datasets"][wildcards.dataset]["synth"]["seed"]
 
 
-def prepare_spec(wildcards):
-    return _js(mcfg.prepare_spec(config, wildcards.dataset))
+def prepare_job(wildcards):
+    return _js(mcfg.prepare_job(config, wildcards.dataset))
 
 
-def embed_spec(wildcards):
-    return _js(mcfg.embed_spec(config, wildcards.dataset, wildcards.modality, wildcards.encoder))
+def embed_job(wildcards):
+    return _js(mcfg.embed_job(config, wildcards.dataset, wildcards.modality, wildcards.encoder))
 
 
 def embed_weights(wildcards):
@@ -124,8 +124,8 @@ def embed_gpu(wildcards):
     return embed_resource(wildcards, "gpu")
 
 
-def train_spec(wildcards):
-    return _js(mcfg.train_spec(config, wildcards.dataset, wildcards.method))
+def train_job(wildcards):
+    return _js(mcfg.train_job(config, wildcards.dataset, wildcards.method))
 
 
 def caches(dataset, methods, inference=False, modalities_of=None):
@@ -211,9 +211,9 @@ def base_runs(wildcards):
     return [f"results/{wildcards.dataset}/runs/{m}/seed{s}/metrics.json" for m in ROB["methods"] for s in ROB["seeds"]]
 
 
-def train_drop_spec(wildcards):
+def train_drop_job(wildcards):
     mod, _, rate = wildcards.drop.rpartition("-")
-    spec = mcfg.train_spec(config, wildcards.dataset, wildcards.method)
+    spec = mcfg.train_job(config, wildcards.dataset, wildcards.method)
     spec["drop"] = {"modality": mod, "rate": float(rate), "seed": ROB["mask_seed"]}
     return _js(spec)
 
@@ -231,7 +231,7 @@ def efficiency_runs(wildcards):
     return [f"results/{wildcards.dataset}/runs/{m}/seed{s}/model.pt" for m in config["methods"]]
 
 
-def efficiency_spec(wildcards):
+def efficiency_job(wildcards):
     """Encoder descriptions of the dataset without run-only keys (the rerun trigger of the measurement)."""
     ds = config["datasets"][wildcards.dataset]
     return _js({s: mcfg.encoder_identity(config["encoders"][s])

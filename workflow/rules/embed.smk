@@ -13,7 +13,7 @@ rule embed:
     wildcard_constraints:
         encoder=UNSHARDED_RE,
     params:
-        spec=embed_spec,
+        job=embed_job,
     threads: 2
     resources:
         mem_mb=embed_mem_mb,
@@ -28,7 +28,7 @@ rule embed:
         "results/{dataset}/benchmarks/embed/{modality}/{encoder}.tsv"
     shell:
         "python -m medmix embed --cohort {input.cohort} --modality {wildcards.modality} "
-        "--encoder {wildcards.encoder} --out {output} --spec {params.spec:q} --workers {resources.workers} --quiet > {log} 2>&1"
+        "--encoder {wildcards.encoder} --out {output} --job {params.job:q} --workers {resources.workers} --quiet > {log} 2>&1"
 
 
 rule embed_shard:
@@ -42,7 +42,7 @@ rule embed_shard:
         shard=r"\d+",
         nshards=r"\d+",
     params:
-        spec=embed_spec,
+        job=embed_job,
     threads: 2
     resources:
         mem_mb=embed_mem_mb,
@@ -58,7 +58,7 @@ rule embed_shard:
     shell:
         "python -m medmix embed --cohort {input.cohort} --modality {wildcards.modality} "
         "--encoder {wildcards.encoder} --out {output} --shard {wildcards.shard}/{wildcards.nshards} "
-        "--spec {params.spec:q} --workers {resources.workers} --quiet > {log} 2>&1"
+        "--job {params.job:q} --workers {resources.workers} --quiet > {log} 2>&1"
 
 
 rule embed_merge:
@@ -70,7 +70,7 @@ rule embed_merge:
     wildcard_constraints:
         encoder=SHARDED_RE,
     params:
-        spec=embed_spec,
+        job=embed_job,
     threads: 1
     resources:
         mem_mb=4000,
@@ -81,4 +81,4 @@ rule embed_merge:
         "results/{dataset}/logs/embed/{modality}/{encoder}.merge.log",
     shell:
         "python -m medmix merge --cohort {input.cohort} --modality {wildcards.modality} "
-        "--encoder {wildcards.encoder} --shards {input.shards} --out {output} --spec {params.spec:q} > {log} 2>&1"
+        "--encoder {wildcards.encoder} --shards {input.shards} --out {output} --job {params.job:q} > {log} 2>&1"

@@ -11,7 +11,7 @@ rule train_drop:
         metrics="results/{dataset}/runs/{method}/drop-{drop}/seed{seed}/metrics.json",
         predictions="results/{dataset}/runs/{method}/drop-{drop}/seed{seed}/predictions.parquet",
     params:
-        spec=train_drop_spec,
+        job=train_drop_job,
         out="results/{dataset}/runs/{method}/drop-{drop}/seed{seed}",
     threads: 1
     resources:
@@ -26,7 +26,7 @@ rule train_drop:
     shell:
         "OMP_NUM_THREADS={threads} python -m medmix train --dataset {wildcards.dataset} --method {wildcards.method} "
         "--seed {wildcards.seed} --out {params.out} --cohort {input.cohort} --embeddings {input.embeddings} "
-        "--spec {params.spec:q} --quiet > {log} 2>&1"
+        "--job {params.job:q} --quiet > {log} 2>&1"
 
 
 rule robustness:
@@ -65,7 +65,7 @@ rule efficiency:
     output:
         "results/{dataset}/efficiency.json",
     params:
-        spec=efficiency_spec,
+        job=efficiency_job,
         dirs=run_dirs,
         samples=config["efficiency"]["samples"],
         warmup=config["efficiency"]["warmup"],
@@ -82,5 +82,5 @@ rule efficiency:
     shell:
         "OMP_NUM_THREADS={threads} python -m medmix efficiency --runs {params.dirs} --cohort {input.cohort} "
         "--embeddings {input.embeddings} "
-        "--samples {params.samples} --warmup {params.warmup} --threads {threads} --spec {params.spec:q} "
+        "--samples {params.samples} --warmup {params.warmup} --threads {threads} --job {params.job:q} "
         "--out {output} > {log} 2>&1"

@@ -21,11 +21,11 @@ rule prepare:
         report=report("results/{dataset}/cohort.json", category="Cohort", caption="../report/cohort.rst"),
     params:
         root=raw_root,
-        spec=prepare_spec,
+        job=prepare_job,
     conda:
         "../../envs/medmix.yaml"
     log:
         "results/{dataset}/logs/prepare.log",
     shell:
         "python -m medmix prepare {wildcards.dataset} --root {params.root:q} --out {output.cohort} "
-        "--spec {params.spec:q} > {log} 2>&1"
+        "--job {params.job:q} > {log} 2>&1"

@@ -7,7 +7,7 @@ rule train:
         metrics="results/{dataset}/runs/{method}/seed{seed}/metrics.json",
         predictions="results/{dataset}/runs/{method}/seed{seed}/predictions.parquet",
     params:
-        spec=train_spec,
+        job=train_job,
         out="results/{dataset}/runs/{method}/seed{seed}",
     threads: 1
     resources:
@@ -22,4 +22,4 @@ rule train:
     shell:
         "OMP_NUM_THREADS={threads} python -m medmix train --dataset {wildcards.dataset} --method {wildcards.method} "
         "--seed {wildcards.seed} --out {params.out} --cohort {input.cohort} --embeddings {input.embeddings} "
-        "--spec {params.spec:q} > {log} 2>&1"
+        "--job {params.job:q} > {log} 2>&1"
