@@ -213,6 +213,16 @@ def build_parser() -> argparse.ArgumentParser:
     from medmix.data.loaders import list_loaders
     p = argparse.ArgumentParser(prog="medmix", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="verb", required=True)
+    # option groups several verbs share (argparse parents)
+    job = argparse.ArgumentParser(add_help=False)
+    job.add_argument("--config", help="config file (YAML or JSON), validated; the workflow passes --job instead")
+    job.add_argument("--job", help=argparse.SUPPRESS)
+    device = argparse.ArgumentParser(add_help=False)
+    device.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
+    device.add_argument("--gpu-slots", type=int, default=None, metavar="N",
+                        help="take one of N GPU slots (lock files) and use only its GPU; default $MEDMIX_GPU_SLOTS, "
+                             "unset = off (see medmix/gpu.py, docs/hpc.md)")
+    device.add_argument("--quiet", action="store_true", help="no progress bar")
 
     s = sub.add_parser("synth", help="write a synthetic raw dataset in a real layout (MIMIC-IV, OpenI XML, "
                                      "MIMIC-III CSVs, ccRCC folder)")
@@ -222,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=cmd_synth)
 
-    s = sub.add_parser("prepare", help="raw dataset → cohort.parquet + cohort.json")
+    s = sub.add_parser("prepare", help="raw dataset → cohort.parquet + cohort.json", parents=[job])
     s.add_argument("dataset")
     s.add_argument("--root", help="raw data root (overrides the config)")
     s.add_argument("--out", required=True)
@@ -230,54 +240,38 @@ def build_parser() -> argparse.ArgumentParser:
                    help="loader for a dataset that is not in the config (default: by name, else mimic4)")
     s.add_argument("--optional-tables", nargs="+", default=[], metavar="NAME",
                    help="sources that may be absent (their modality is then missing); adds to the config's")
-    s.add_argument("--config")
-    s.add_argument("--job", help=argparse.SUPPRESS)
     s.set_defaults(func=cmd_prepare)
 
-    s = sub.add_parser("embed", help="one modality × encoder of a cohort → HDF5 embedding cache")
+    s = sub.add_parser("embed", help="one modality × encoder of a cohort → HDF5 embedding cache",
+                       parents=[job, device])
     s.add_argument("--cohort", required=True)
     s.add_argument("--modality", required=True)
     s.add_argument("--encoder", required=True)
     s.add_argument("--out", required=True)
-    s.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
     s.add_argument("--workers", type=int, default=0, help="image-decoding worker processes")
-    s.add_argument("--gpu-slots", type=int, default=None, metavar="N",
-                   help="take one of N GPU slots (lock files) and use only its GPU; default $MEDMIX_GPU_SLOTS, "
-                        "unset = off (see medmix/gpu.py, docs/hpc.md)")
     s.add_argument("--shard", help="I/N: encode shard I of N (batches k with k %% N == I) into a shard file for `merge`")
     s.add_argument("--checkpoint-every", type=int, default=20, metavar="BATCHES",
                    help="write finished batches to the resume checkpoint this often (also every 5 minutes)")
-    s.add_argument("--quiet", action="store_true", help="no progress bar")
-    s.add_argument("--config")
-    s.add_argument("--job", help=argparse.SUPPRESS)
     s.set_defaults(func=cmd_embed)
 
-    s = sub.add_parser("merge", help="shard files of one embed → the cache an unsharded run writes")
+    s = sub.add_parser("merge", help="shard files of one embed → the cache an unsharded run writes", parents=[job])
     s.add_argument("--cohort", required=True)
     s.add_argument("--modality", required=True)
     s.add_argument("--encoder", required=True)
     s.add_argument("--shards", nargs="+", required=True, help="shard files, in any order")
     s.add_argument("--out", required=True)
-    s.add_argument("--config")
-    s.add_argument("--job", help=argparse.SUPPRESS)
     s.set_defaults(func=cmd_merge)
 
-    s = sub.add_parser("train", help="cached embeddings → model.pt, metrics.json, predictions.parquet")
+    s = sub.add_parser("train", help="cached embeddings → model.pt, metrics.json, predictions.parquet",
+                       parents=[job, device])
     s.add_argument("--dataset", required=True)
     s.add_argument("--method", required=True)
     s.add_argument("--seed", type=int, required=True)
     s.add_argument("--out", required=True)
     _inputs_args(s)
-    s.add_argument("--device", default=None)
-    s.add_argument("--quiet", action="store_true", help="no progress bar")
-    s.add_argument("--gpu-slots", type=int, default=None, metavar="N",
-                   help="take one of N GPU slots (lock files) and use only its GPU; default $MEDMIX_GPU_SLOTS, "
-                        "unset = off (see medmix/gpu.py, docs/hpc.md)")
     s.add_argument("--drop", help="train-time drop: MODALITY:RATE (that modality removed from a fraction RATE of "
                                   "the training samples) or multi:RATE (each modality of each training sample)")
     s.add_argument("--drop-seed", type=int, default=0, help="seed of the train-time drop masks (shared by all methods)")
-    s.add_argument("--config")
-    s.add_argument("--job", help=argparse.SUPPRESS)
     s.set_defaults(func=cmd_train)
 
     s = sub.add_parser("aggregate", help="runs of a dataset → metrics.json (mean ± sd over seeds, bootstrap CI)")
@@ -315,15 +309,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True)
     s.set_defaults(func=cmd_robustness)
 
-    s = sub.add_parser("efficiency", help="one run per method → parameters, FLOPs and latency of the deployed stack")
+    s = sub.add_parser("efficiency", help="one run per method → parameters, FLOPs and latency of the deployed stack",
+                       parents=[job])
     s.add_argument("--runs", nargs="+", required=True)
     _inputs_args(s)
     s.add_argument("--samples", type=int, default=16, help="test samples timed (batch 1)")
     s.add_argument("--warmup", type=int, default=2)
     s.add_argument("--threads", type=int, default=1)
     s.add_argument("--out", required=True)
-    s.add_argument("--config")
-    s.add_argument("--job", help=argparse.SUPPRESS)
     s.set_defaults(func=cmd_efficiency)
 
     s = sub.add_parser("figure", help="figures and tables from robustness.json / metrics.json / efficiency.json / runs")

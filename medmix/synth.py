@@ -114,6 +114,129 @@ def _chest_image(rng: np.random.Generator, r_diff: float, r_nod: float, size: in
     return (np.clip(img, 0, 1) * 255).astype(np.uint8)
 
 
+def _events(rng, n, r, subj, hadm, stay, intime, icu_hours):
+    """chartevents, labevents and their dictionaries over the whole stay (the loader must cut at
+    the prediction time); vitals and labs are noisy views of the severity `r[:, 0]`."""
+    base = {  # name -> (mean, sd of patient level, effect of r_ehr, measurement noise)
+        "heart rate": (86, 8, 11, 6), "systolic bp": (122, 10, -13, 8), "diastolic bp": (65, 7, -6, 6),
+        "mean bp": (82, 7, -9, 6), "respiratory rate": (18, 2.5, 3.5, 2), "spo2": (96.5, 1.2, -1.6, 1),
+        "temperature": (98.6, 0.6, 0.7, 0.3),
+        "lactate": (1.6, 0.4, 0.9, 0.3), "creatinine": (1.1, 0.3, 0.55, 0.1), "wbc": (10, 3, 3.5, 1),
+        "bun": (22, 7, 10, 2), "sodium": (139, 3, -1.5, 1), "potassium": (4.1, 0.4, 0.2, 0.2),
+        "glucose": (130, 30, 15, 12), "hemoglobin": (10.8, 1.6, -0.8, 0.3), "platelets": (210, 60, -40, 12),
+        "bicarbonate": (24, 2.5, -2.5, 1),
+    }
+    level = {k: m + 0.5 * s * rng.normal(size=n) + e * r[:, 0] for k, (m, s, e, _) in base.items()}
+    ce, le = [], []
+    lab_id = 1
+    for i in range(n):
+        hours = np.arange(0, icu_hours[i], 2.0)
+        for itemid, (name, unit) in VITALS.items():
+            keep = rng.random(len(hours)) < 0.85
+            vals = level[name][i] + base[name][3] * rng.normal(size=len(hours))
+            if name == "spo2":
+                vals = np.minimum(vals, 100)
+            for h, v in zip(hours[keep], vals[keep]):
+                t = intime[i] + timedelta(hours=float(h))
+                ce.append((int(subj[i]), int(hadm[i]), int(stay[i]), None, _ts(t), _ts(t), itemid,
+                           f"{v:.1f}", round(float(v), 1), unit, 0))
+        for h in np.arange(-6, icu_hours[i], 12.0):  # labs twice a day, one draw before the ICU
+            t = intime[i] + timedelta(hours=float(h) + float(rng.uniform(0, 2)))
+            spec = int(rng.integers(1_000_000, 99_999_999))
+            for itemid, (name, unit) in LABS.items():
+                if rng.random() < 0.1:
+                    continue
+                v = max(level[name][i] + base[name][3] * rng.normal(), 0.1)
+                le.append((lab_id, int(subj[i]), int(hadm[i]), spec, itemid, None, _ts(t),
+                           _ts(t + timedelta(hours=1)), f"{v:.2f}", round(float(v), 2), unit,
+                           None, None, None, "ROUTINE", None))
+                lab_id += 1
+    chartevents = pl.DataFrame(ce, orient="row", schema={
+        "subject_id": pl.Int64, "hadm_id": pl.Int64, "stay_id": pl.Int64, "caregiver_id": pl.Int64,
+        "charttime": pl.String, "storetime": pl.String, "itemid": pl.Int64, "value": pl.String,
+        "valuenum": pl.Float64, "valueuom": pl.String, "warning": pl.Int64})
+    labevents = pl.DataFrame(le, orient="row", schema={
+        "labevent_id": pl.Int64, "subject_id": pl.Int64, "hadm_id": pl.Int64, "specimen_id": pl.Int64,
+        "itemid": pl.Int64, "order_provider_id": pl.String, "charttime": pl.String, "storetime": pl.String,
+        "value": pl.String, "valuenum": pl.Float64, "valueuom": pl.String, "ref_range_lower": pl.Float64,
+        "ref_range_upper": pl.Float64, "flag": pl.String, "priority": pl.String, "comments": pl.String})
+    d_items = pl.DataFrame({
+        "itemid": list(VITALS), "label": ["Heart Rate", "Non Invasive Blood Pressure systolic",
+                                          "Non Invasive Blood Pressure diastolic", "Non Invasive Blood Pressure mean",
+                                          "Respiratory Rate", "O2 saturation pulseoxymetry", "Temperature Fahrenheit"],
+        "abbreviation": ["HR", "NBPs", "NBPd", "NBPm", "RR", "SpO2", "Temperature F"],
+        "linksto": ["chartevents"] * 7, "category": ["Routine Vital Signs"] * 7,
+        "unitname": [u for _, u in VITALS.values()], "param_type": ["Numeric"] * 7,
+        "lownormalvalue": [None] * 7, "highnormalvalue": [None] * 7})
+    d_labitems = pl.DataFrame({
+        "itemid": list(LABS), "label": ["Lactate", "Creatinine", "White Blood Cells", "Urea Nitrogen", "Sodium",
+                                        "Potassium", "Glucose", "Hemoglobin", "Platelet Count", "Bicarbonate"],
+        "fluid": ["Blood"] * 10, "category": ["Blood Gas"] + ["Chemistry"] + ["Hematology"] + ["Chemistry"] * 5
+        + ["Hematology"] * 2})
+
+    return chartevents, labevents, d_items, d_labitems
+
+
+def _notes(rng, n, r, subj, hadm, intime, icu_hours, dead):
+    """Radiology notes: one before the prediction time for ~80% of stays, a leak trap after."""
+    notes = []
+    has_note = rng.random(n) < 0.8
+    lh, lt = _level(r[:, 1]), _level(r[:, 2])
+    for i in range(n):
+        seq = 1
+        if has_note[i]:
+            t = intime[i] + timedelta(hours=float(rng.uniform(1, 40)))
+            filler = " ".join(rng.choice(_FILLER, size=int(rng.integers(7, 11)), replace=False))
+            head = _LIMITED_HEAD if rng.random() < 0.2 else rng.choice(_HEAD[lh[i]])
+            tail = _LIMITED_TAIL if rng.random() < 0.2 else rng.choice(_TAIL[lt[i]])
+            text = f"EXAMINATION: CHEST (PORTABLE AP)\nFINDINGS: {head}\n{filler}\n{tail}"
+            notes.append((f"{subj[i]}-RR-{seq}", int(subj[i]), int(hadm[i]), "RR", seq, _ts(t),
+                          _ts(t + timedelta(minutes=30)), text))
+            seq += 1
+        if icu_hours[i] > 50 and rng.random() < 0.5:  # after the prediction time: must never be read
+            t = intime[i] + timedelta(hours=float(min(icu_hours[i], 49 + rng.uniform(0, 24))))
+            notes.append((f"{subj[i]}-RR-{seq}", int(subj[i]), int(hadm[i]), "RR", seq, _ts(t),
+                          _ts(t + timedelta(minutes=30)),
+                          f"EXAMINATION: CHEST (PORTABLE AP)\n{_LEAK_DEAD if dead[i] else _LEAK_ALIVE}"))
+    radiology = pl.DataFrame(notes, orient="row", schema=["note_id", "subject_id", "hadm_id", "note_type",
+                                                          "note_seq", "charttime", "storetime", "text"])
+
+    return radiology
+
+
+def _cxr(rng, out, n, r, subj, intime, icu_hours, dead, image_size):
+    """MIMIC-CXR-JPG: a frontal + lateral study before the prediction time for ~70% of stays
+    (JPEGs under files/), a leak-trap study after it; returns the metadata table."""
+    meta = []
+    has_cxr = rng.random(n) < 0.7
+    study_ids = 50_000_000 + rng.choice(9_000_000, size=2 * n, replace=False)
+    for i in range(n):
+        studies = []
+        if has_cxr[i]:
+            studies.append((study_ids[i], intime[i] + timedelta(hours=float(rng.uniform(0.5, 40))), r[i, 3], r[i, 4]))
+        if icu_hours[i] > 50 and rng.random() < 0.3:  # leak trap: saturated image after the prediction time
+            studies.append((study_ids[n + i], intime[i] + timedelta(hours=49.5), 4.0 if dead[i] else -4.0, 0.0))
+        blur = bool(rng.random() < 0.25)
+        for sid, t, rd, rn in studies:
+            d = out / "files" / f"p{str(subj[i])[:2]}" / f"p{subj[i]}" / f"s{sid}"
+            d.mkdir(parents=True, exist_ok=True)
+            for view, code, desc in (("AP", "antero-posterior", "CHEST (PORTABLE AP)"), ("LATERAL", "lateral", "")):
+                dicom_id = "-".join(f"{int(x):08x}" for x in rng.integers(0, 2**32, 5))
+                px = _chest_image(rng, rd, rn, image_size, blurred=blur)
+                if view == "LATERAL":
+                    px = px.T[::-1].copy()
+                Image.fromarray(px, mode="L").save(d / f"{dicom_id}.jpg", quality=90)
+                meta.append((dicom_id, int(subj[i]), int(sid), desc or "CHEST (PA AND LAT)", view, image_size,
+                             image_size, int(t.strftime("%Y%m%d")), float(t.strftime("%H%M%S")) + 0.123,
+                             desc or "CHEST (PA AND LAT)", code, "Erect"))
+    cxr_meta = pl.DataFrame(meta, orient="row", schema=[
+        "dicom_id", "subject_id", "study_id", "PerformedProcedureStepDescription", "ViewPosition", "Rows",
+        "Columns", "StudyDate", "StudyTime", "ProcedureCodeSequence_CodeMeaning", "ViewCodeSequence_CodeMeaning",
+        "PatientOrientationCodeSequence_CodeMeaning"])
+
+    return cxr_meta
+
+
 def synth_mimic4(out: str | Path, n: int = 1500, seed: int = 0, image_size: int = 128) -> dict:
     """Write a synthetic MIMIC-IV-layout dataset of `n` patients under `out`; return counts."""
     out = Path(out)
@@ -177,114 +300,9 @@ def synth_mimic4(out: str | Path, n: int = 1500, seed: int = 0, image_size: int 
     icustays = pl.DataFrame(icu_rows, schema=["subject_id", "hadm_id", "stay_id", "first_careunit",
                                               "last_careunit", "intime", "outtime", "los"], orient="row")
 
-    # --- EHR events over the whole stay (the loader must cut at the prediction time) ---
-    base = {  # name -> (mean, sd of patient level, effect of r_ehr, measurement noise)
-        "heart rate": (86, 8, 11, 6), "systolic bp": (122, 10, -13, 8), "diastolic bp": (65, 7, -6, 6),
-        "mean bp": (82, 7, -9, 6), "respiratory rate": (18, 2.5, 3.5, 2), "spo2": (96.5, 1.2, -1.6, 1),
-        "temperature": (98.6, 0.6, 0.7, 0.3),
-        "lactate": (1.6, 0.4, 0.9, 0.3), "creatinine": (1.1, 0.3, 0.55, 0.1), "wbc": (10, 3, 3.5, 1),
-        "bun": (22, 7, 10, 2), "sodium": (139, 3, -1.5, 1), "potassium": (4.1, 0.4, 0.2, 0.2),
-        "glucose": (130, 30, 15, 12), "hemoglobin": (10.8, 1.6, -0.8, 0.3), "platelets": (210, 60, -40, 12),
-        "bicarbonate": (24, 2.5, -2.5, 1),
-    }
-    level = {k: m + 0.5 * s * rng.normal(size=n) + e * r[:, 0] for k, (m, s, e, _) in base.items()}
-    ce, le = [], []
-    lab_id = 1
-    for i in range(n):
-        hours = np.arange(0, icu_hours[i], 2.0)
-        for itemid, (name, unit) in VITALS.items():
-            keep = rng.random(len(hours)) < 0.85
-            vals = level[name][i] + base[name][3] * rng.normal(size=len(hours))
-            if name == "spo2":
-                vals = np.minimum(vals, 100)
-            for h, v in zip(hours[keep], vals[keep]):
-                t = intime[i] + timedelta(hours=float(h))
-                ce.append((int(subj[i]), int(hadm[i]), int(stay[i]), None, _ts(t), _ts(t), itemid,
-                           f"{v:.1f}", round(float(v), 1), unit, 0))
-        for h in np.arange(-6, icu_hours[i], 12.0):  # labs twice a day, one draw before the ICU
-            t = intime[i] + timedelta(hours=float(h) + float(rng.uniform(0, 2)))
-            spec = int(rng.integers(1_000_000, 99_999_999))
-            for itemid, (name, unit) in LABS.items():
-                if rng.random() < 0.1:
-                    continue
-                v = max(level[name][i] + base[name][3] * rng.normal(), 0.1)
-                le.append((lab_id, int(subj[i]), int(hadm[i]), spec, itemid, None, _ts(t),
-                           _ts(t + timedelta(hours=1)), f"{v:.2f}", round(float(v), 2), unit,
-                           None, None, None, "ROUTINE", None))
-                lab_id += 1
-    chartevents = pl.DataFrame(ce, orient="row", schema={
-        "subject_id": pl.Int64, "hadm_id": pl.Int64, "stay_id": pl.Int64, "caregiver_id": pl.Int64,
-        "charttime": pl.String, "storetime": pl.String, "itemid": pl.Int64, "value": pl.String,
-        "valuenum": pl.Float64, "valueuom": pl.String, "warning": pl.Int64})
-    labevents = pl.DataFrame(le, orient="row", schema={
-        "labevent_id": pl.Int64, "subject_id": pl.Int64, "hadm_id": pl.Int64, "specimen_id": pl.Int64,
-        "itemid": pl.Int64, "order_provider_id": pl.String, "charttime": pl.String, "storetime": pl.String,
-        "value": pl.String, "valuenum": pl.Float64, "valueuom": pl.String, "ref_range_lower": pl.Float64,
-        "ref_range_upper": pl.Float64, "flag": pl.String, "priority": pl.String, "comments": pl.String})
-    d_items = pl.DataFrame({
-        "itemid": list(VITALS), "label": ["Heart Rate", "Non Invasive Blood Pressure systolic",
-                                          "Non Invasive Blood Pressure diastolic", "Non Invasive Blood Pressure mean",
-                                          "Respiratory Rate", "O2 saturation pulseoxymetry", "Temperature Fahrenheit"],
-        "abbreviation": ["HR", "NBPs", "NBPd", "NBPm", "RR", "SpO2", "Temperature F"],
-        "linksto": ["chartevents"] * 7, "category": ["Routine Vital Signs"] * 7,
-        "unitname": [u for _, u in VITALS.values()], "param_type": ["Numeric"] * 7,
-        "lownormalvalue": [None] * 7, "highnormalvalue": [None] * 7})
-    d_labitems = pl.DataFrame({
-        "itemid": list(LABS), "label": ["Lactate", "Creatinine", "White Blood Cells", "Urea Nitrogen", "Sodium",
-                                        "Potassium", "Glucose", "Hemoglobin", "Platelet Count", "Bicarbonate"],
-        "fluid": ["Blood"] * 10, "category": ["Blood Gas"] + ["Chemistry"] + ["Hematology"] + ["Chemistry"] * 5
-        + ["Hematology"] * 2})
-
-    # --- radiology notes: one before the prediction time for ~80% of stays, a leak trap after ---
-    notes = []
-    has_note = rng.random(n) < 0.8
-    lh, lt = _level(r[:, 1]), _level(r[:, 2])
-    for i in range(n):
-        seq = 1
-        if has_note[i]:
-            t = intime[i] + timedelta(hours=float(rng.uniform(1, 40)))
-            filler = " ".join(rng.choice(_FILLER, size=int(rng.integers(7, 11)), replace=False))
-            head = _LIMITED_HEAD if rng.random() < 0.2 else rng.choice(_HEAD[lh[i]])
-            tail = _LIMITED_TAIL if rng.random() < 0.2 else rng.choice(_TAIL[lt[i]])
-            text = f"EXAMINATION: CHEST (PORTABLE AP)\nFINDINGS: {head}\n{filler}\n{tail}"
-            notes.append((f"{subj[i]}-RR-{seq}", int(subj[i]), int(hadm[i]), "RR", seq, _ts(t),
-                          _ts(t + timedelta(minutes=30)), text))
-            seq += 1
-        if icu_hours[i] > 50 and rng.random() < 0.5:  # after the prediction time: must never be read
-            t = intime[i] + timedelta(hours=float(min(icu_hours[i], 49 + rng.uniform(0, 24))))
-            notes.append((f"{subj[i]}-RR-{seq}", int(subj[i]), int(hadm[i]), "RR", seq, _ts(t),
-                          _ts(t + timedelta(minutes=30)),
-                          f"EXAMINATION: CHEST (PORTABLE AP)\n{_LEAK_DEAD if dead[i] else _LEAK_ALIVE}"))
-    radiology = pl.DataFrame(notes, orient="row", schema=["note_id", "subject_id", "hadm_id", "note_type",
-                                                          "note_seq", "charttime", "storetime", "text"])
-
-    # --- MIMIC-CXR-JPG: a frontal + lateral study before the prediction time for ~70% of stays ---
-    meta = []
-    has_cxr = rng.random(n) < 0.7
-    study_ids = 50_000_000 + rng.choice(9_000_000, size=2 * n, replace=False)
-    for i in range(n):
-        studies = []
-        if has_cxr[i]:
-            studies.append((study_ids[i], intime[i] + timedelta(hours=float(rng.uniform(0.5, 40))), r[i, 3], r[i, 4]))
-        if icu_hours[i] > 50 and rng.random() < 0.3:  # leak trap: saturated image after the prediction time
-            studies.append((study_ids[n + i], intime[i] + timedelta(hours=49.5), 4.0 if dead[i] else -4.0, 0.0))
-        blur = bool(rng.random() < 0.25)
-        for sid, t, rd, rn in studies:
-            d = out / "files" / f"p{str(subj[i])[:2]}" / f"p{subj[i]}" / f"s{sid}"
-            d.mkdir(parents=True, exist_ok=True)
-            for view, code, desc in (("AP", "antero-posterior", "CHEST (PORTABLE AP)"), ("LATERAL", "lateral", "")):
-                dicom_id = "-".join(f"{int(x):08x}" for x in rng.integers(0, 2**32, 5))
-                px = _chest_image(rng, rd, rn, image_size, blurred=blur)
-                if view == "LATERAL":
-                    px = px.T[::-1].copy()
-                Image.fromarray(px, mode="L").save(d / f"{dicom_id}.jpg", quality=90)
-                meta.append((dicom_id, int(subj[i]), int(sid), desc or "CHEST (PA AND LAT)", view, image_size,
-                             image_size, int(t.strftime("%Y%m%d")), float(t.strftime("%H%M%S")) + 0.123,
-                             desc or "CHEST (PA AND LAT)", code, "Erect"))
-    cxr_meta = pl.DataFrame(meta, orient="row", schema=[
-        "dicom_id", "subject_id", "study_id", "PerformedProcedureStepDescription", "ViewPosition", "Rows",
-        "Columns", "StudyDate", "StudyTime", "ProcedureCodeSequence_CodeMeaning", "ViewCodeSequence_CodeMeaning",
-        "PatientOrientationCodeSequence_CodeMeaning"])
+    chartevents, labevents, d_items, d_labitems = _events(rng, n, r, subj, hadm, stay, intime, icu_hours)
+    radiology = _notes(rng, n, r, subj, hadm, intime, icu_hours, dead)
+    cxr_meta = _cxr(rng, out, n, r, subj, intime, icu_hours, dead, image_size)
 
     _write_csv_gz(patients, out / "hosp" / "patients.csv.gz")
     _write_csv_gz(admissions, out / "hosp" / "admissions.csv.gz")
