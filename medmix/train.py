@@ -44,8 +44,7 @@ def make_batch(X, M, idx, TX=None, TM=None) -> dict:
 
 def adamw(params, lr: float, weight_decay: float, device: str = "cpu") -> torch.optim.AdamW:
     """AdamW; on CPU and CUDA its fused kernel: one op updates every parameter tensor, instead of a
-    dozen small ops per tensor (×1.15–1.5 samples/s for a plain training loop of the demo's fusion
-    network: `benchmarks/train_throughput.py`)."""
+    dozen small ops per tensor (measured by `benchmarks/train_throughput.py`; figures in the README)."""
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay,
                              fused=device.split(":")[0] in ("cpu", "cuda"))
 

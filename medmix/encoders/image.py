@@ -56,8 +56,8 @@ def load_image(path: str) -> Image.Image:
 
     Grayscale stays one channel: one band is cropped and resized instead of three identical ones,
     and `_pre` broadcasts it to the three model channels, which gives exactly the numbers of
-    converting to RGB first (on radiograph-sized JPEGs the whole stage then takes 0.64× the time of
-    an RGB loop: `benchmarks/bench_image_encode.py --synth-cxr 200 --workers 0`)."""
+    converting to RGB first (measured against an RGB loop by `benchmarks/bench_image_encode.py`;
+    figures in the README)."""
     img = Image.open(path)
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         return Image.fromarray(_to_uint8(np.asarray(img)), mode="L")

@@ -59,7 +59,7 @@ class _HFTextBase(BatchedEncoder):
             arch = dict(cfg.arch)
             model_type = arch.pop("model_type", self.default_model_type)
             torch.manual_seed(cfg.seed)
-            if model_type == "bert":  # the demo's random-init BERTs (kept bit-identical to earlier caches)
+            if model_type == "bert":  # BertModel directly: the same random init as the demo's caches
                 model = BertModel(BertConfig(vocab_size=tok.vocab_size, **arch), add_pooling_layer=False)
             else:
                 model = AutoModel.from_config(AutoConfig.for_model(model_type, vocab_size=len(tok), **arch))

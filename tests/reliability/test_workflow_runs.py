@@ -3,8 +3,8 @@
 Row "logs and reports": note text planted in the raw inputs, and every patient/admission identifier,
 never appear in a run's logs (results/**/logs, .snakemake/log) or its reports (cohort.json,
 metrics.json/.md, tables); only sample_id may.
-Soak (marked `soak`, not in `make test`; `make soak`): the DAG run three times with random SIGKILLs of
-running jobs, then once to completion: the final metrics equal the clean run's."""
+Soak (marked `soak`; part of `make test`, alone `make soak`): the DAG run three times with random
+SIGKILLs of running jobs, then once to completion: the final metrics equal the clean run's."""
 
 import csv
 import gzip
