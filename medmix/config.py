@@ -18,7 +18,7 @@ import jsonschema
 import yaml
 
 from medmix.data.loaders import get_loader
-from medmix.io import MedmixError, stable_hash
+from medmix.io import MedmixError, from_dict_strict, stable_hash
 from medmix.methods import METHODS, method_spec
 
 SCHEMA_PATH = Path(__file__).parent / "schemas" / "config.schema.json"
@@ -75,11 +75,7 @@ class EncoderSpec:
 
     @classmethod
     def from_dict(cls, d: dict) -> "EncoderSpec":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise MedmixError(f"encoder config: unknown key(s) {unknown} (known: {', '.join(sorted(names))})")
-        return cls(**d)
+        return from_dict_strict(cls, d, "encoder config")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -16,6 +16,16 @@ class MedmixError(Exception):
     """A user-facing error: the CLI prints its message (which names file, row and field) and exits 1."""
 
 
+def from_dict_strict(cls, d: dict, what: str):
+    """A dataclass from a dict; a key that is not a field is an error naming it (never dropped)."""
+    import dataclasses
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+        raise MedmixError(f"{what}: unknown key(s) {unknown} (known: {', '.join(sorted(names))})")
+    return cls(**d)
+
+
 @contextlib.contextmanager
 def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `final`; rename it into place only if the block succeeds.

@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from medmix.io import from_dict_strict
+
 
 @dataclass(frozen=True)
 class MethodSpec:
@@ -24,11 +26,7 @@ class MethodSpec:
 
     @classmethod
     def from_dict(cls, d: dict) -> "MethodSpec":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"method spec: unknown key(s) {unknown} (known: {sorted(names)})")
-        return cls(**d)
+        return from_dict_strict(cls, d, "method spec")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -124,7 +124,8 @@ def test_every_method_names_a_registered_model_and_specs_refuse_unknown_keys():
     from medmix.methods import METHODS, MethodSpec
     from medmix.model import list_models
     assert {s.arch for s in METHODS.values()} <= set(list_models())
-    with pytest.raises(ValueError, match="unknown key"):
+    from medmix.io import MedmixError
+    with pytest.raises(MedmixError, match="unknown key"):
         MethodSpec.from_dict({"arch": "medmix", "gates": 3})
 
 
