@@ -22,7 +22,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from medmix.config import encoder_identity
+from medmix.config import EncoderSpec, encoder_identity
 from medmix.data import cohort as cohort_mod
 from medmix.encoders import create_encoder
 from medmix.encoders.base import BatchOut, BatchRunner, Plan, assemble, count_reasons
@@ -132,7 +132,7 @@ def _finish(out, ids, values, per_sample, emb_u, present_u, reasons_u, attrs, sp
     emb, present = fan_out(per_sample, emb_u, present_u)
     missing = count_reasons(reasons_u)
     attrs = {**attrs, "n": len(ids), "n_present": int(present.sum()), "missing": missing, "fit_state": {}}
-    write_cache(out, ids, emb, present, attrs, dtype=spec["dtype"])
+    write_cache(out, ids, emb, present, attrs, dtype=EncoderSpec.from_dict(spec).dtype)
     return {"samples": len(ids), "inputs": sum(v is not None for v in values), "unique_inputs": len(emb_u),
             "present": int(present.sum()), "missing_by_reason": missing, "dim": int(emb.shape[1]), **(extra or {})}
 
@@ -172,7 +172,7 @@ def _run_embed(cohort_path, modality, slug, spec, out, device, workers, shard, c
             with atomic_path(fit_path(out)) as tmp:
                 with open(tmp, "wb") as f:
                     np.savez(f, **res.fit_arrays)
-        write_cache(out, ids, res.emb, res.present, attrs, dtype=spec["dtype"])
+        write_cache(out, ids, res.emb, res.present, attrs, dtype=enc.cfg.dtype)
         return {"samples": len(ids), "inputs": sum(v is not None for v in values), "unique_inputs": None,
                 "present": int(res.present.sum()), "missing_by_reason": res.missing, "dim": int(res.emb.shape[1]),
                 "seconds": round(time.perf_counter() - t0, 2), "device": device}
@@ -338,5 +338,5 @@ def embed_with_fit(cohort_path: str | Path, modality: str, slug: str, spec: dict
     attrs = {**_cache_attrs(enc, slug, spec, modality, ids, values), "n": len(ids), "n_present": int(present.sum()),
              "missing": {"no_input_or_unparsable": int((~present).sum())}, "fit_state": fit_state,
              "fitted_on": "another cohort (stored fit)"}
-    write_cache(out, ids, emb, present, attrs, dtype=spec["dtype"])
+    write_cache(out, ids, emb, present, attrs, dtype=EncoderSpec.from_dict(spec).dtype)
     return {"samples": len(ids), "present": int(present.sum()), "dim": int(emb.shape[1])}

@@ -142,7 +142,7 @@ class Run:
                 else:
                     emb, present = self._transfer(cohort, caches, source, m, slug, dim)
                 if emb.shape[1] != dim:
-                    raise MedmixError(f"{caches[m, slug]}: embedding dim {emb.shape[1]} differs from the run's {dim} "
+                    raise MedmixError(f"{m}/{slug}: embedding dim {emb.shape[1]} differs from the run's {dim} "
                                       f"({self.path})")
                 mu, sd = (t.numpy() for t in self.ckpt["norm"][m][k])
                 xs.append(torch.from_numpy(standardise(emb, present, mu, sd)))

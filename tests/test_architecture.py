@@ -141,7 +141,7 @@ def test_fusion_defaults_are_the_schemas_and_train_keys_have_one_owner():
     assert set(train) == (set(fields) & set(train)) | TRAINER_KEYS
     assert fusion_config(MethodSpec("medmix", intra="mean"), config.validate({"targets": [], "datasets": {}, "encoders": {}})["train"]) \
         == FusionConfig(intra="mean")
-    with pytest.raises(ValueError, match="neither fusion"):
+    with pytest.raises(config.MedmixError, match="neither fusion"):
         fusion_config(MethodSpec("medmix"), {"d": 8, "modality_dropuot": 0.5})
 
 

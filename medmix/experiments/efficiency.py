@@ -49,11 +49,12 @@ class _Stage:
     """One deployed encoder run per sample through its public API (the same code path as the embed
     stage), with call counting: `value -> (1, D) tensor`. Fitted encoders apply their stored fit."""
 
-    def __init__(self, slug: str, spec: dict, cache: Path):
+    def __init__(self, slug: str, spec: dict, cache):
+        """`cache()`: the encoder's cache file, read only for a fitted encoder (its stored fit)."""
         self.slug, self.calls = slug, 0
         enc = create_encoder(encoder_identity(spec), "cpu")
         if enc.fitted:
-            _, state, fit = stored_fit(cache)
+            _, state, fit = stored_fit(cache())
             mods: list = []
 
             def fn(value):
@@ -114,7 +115,7 @@ def measure(runs: list[str | Path], cohort: str | Path, caches: Caches, encoders
             if s not in stages:
                 if s not in encoders:
                     raise MedmixError(f"{run}/model.pt: encoder '{s}' is not in the config's encoders")
-                stages[s] = _Stage(s, encoders[s], caches[m, s])
+                stages[s] = _Stage(s, encoders[s], lambda m=m, s=s: caches[m, s])
         fusion = r.model()
         fusion_params = sum(p.numel() for p in fusion.parameters())
         fusion_teacher = sum(p.numel() for n, p in fusion.named_parameters() if n.startswith(("teacher", "align")))

@@ -51,7 +51,7 @@ def _empty(ax, text: str) -> None:
 
 
 def _label(metric: str) -> str:
-    from medmix.aggregate import LABELS
+    from medmix.experiments.aggregate import LABELS
     return LABELS.get(metric, metric)
 
 

@@ -7,6 +7,7 @@ import dataclasses
 import numpy as np
 import torch.nn as nn
 
+from medmix.io import MedmixError
 from medmix.methods import MethodSpec
 from medmix.model.baselines import EarlyConcat, LateFusion, Linear
 from medmix.model.fusion import create_fusion, list_fusions, register_fusion
@@ -26,7 +27,7 @@ def fusion_config(method: MethodSpec, train: dict, task: str = "binary") -> Fusi
     `train` that is neither a fusion nor a trainer setting is an error, never dropped."""
     unknown = sorted(set(train) - _FUSION_KEYS - TRAINER_KEYS)
     if unknown:
-        raise ValueError(f"train settings {unknown} are neither fusion ({sorted(_FUSION_KEYS)}) nor trainer "
+        raise MedmixError(f"train settings {unknown} are neither fusion ({sorted(_FUSION_KEYS)}) nor trainer "
                          f"({sorted(TRAINER_KEYS)}) settings")
     kw = {k: v for k, v in train.items() if k in _FUSION_KEYS}
     return FusionConfig(**kw, intra=method.intra, inter=method.inter, task=task)

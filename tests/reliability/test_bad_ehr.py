@@ -10,7 +10,7 @@ import json
 import numpy as np
 import polars as pl
 
-from medmix.data.mimic4 import _summarise
+from medmix.data.common import summarise_events as _summarise
 from medmix.data.variables import VITALS
 from medmix.embed import run_embed
 

@@ -169,8 +169,8 @@ def crosscohort_run_dirs(wildcards, input):
 def crosscohort_embeddings(wildcards):
     """The target's caches of the source runs' frozen encoders (a fitted encoder is applied in-process
     with its source fit, so it has no target cache)."""
-    return [f for f in caches(wildcards.dataset, config["methods"], True, _source(wildcards))
-            if config["encoders"][Path(f).stem]["kind"] not in mcfg.FITTED_KINDS]
+    every = caches(wildcards.dataset, config["methods"], True, _source(wildcards))
+    return sorted(set(every) - set(_fitted(every)))
 
 
 def crosscohort_source_embeddings(wildcards):
@@ -178,9 +178,18 @@ def crosscohort_source_embeddings(wildcards):
     return caches(_source(wildcards), config["methods"], True)
 
 
+def _fitted(files):
+    return [f for f in files if config["encoders"][Path(f).stem]["kind"] in mcfg.FITTED_KINDS]
+
+
 def inference_embeddings(wildcards):
-    """The caches the dataset's trained methods read at inference (robustness, efficiency)."""
+    """The caches the dataset's trained methods read at inference (robustness)."""
     return caches(wildcards.dataset, config["methods"], True)
+
+
+def efficiency_embeddings(wildcards):
+    """The caches of the deployed fitted encoders: their stored fits (frozen encoders run on raw inputs)."""
+    return _fitted(inference_embeddings(wildcards))
 
 
 # ---- paper experiments: robustness sweeps, efficiency, figures (evaluate.smk, report.smk) ----

@@ -60,7 +60,7 @@ rule robustness:
 rule efficiency:
     input:
         cohort="results/{dataset}/cohort.parquet",
-        embeddings=inference_embeddings,
+        embeddings=efficiency_embeddings,
         runs=efficiency_runs,
     output:
         "results/{dataset}/efficiency.json",
