@@ -65,7 +65,7 @@ def main() -> None:
     yt = torch.from_numpy(y.astype(np.float32))
     cache_mb = sum(x.numel() * 4 for xs in inp.X.values() for x in xs) / 2**20
     method = method_spec("medmix_noteacher")
-    fcfg = fusion_config(method, spec["train"])
+    fcfg = fusion_config(method, spec.train)
     rss_loaded = _rss_mb()
 
     def run(loop, fused: bool) -> float:
@@ -185,11 +185,11 @@ def memory(args) -> None:
 
 def _setup(args):
     """The training spec, the cohort, its modalities and labels (both the benchmark and its children)."""
-    spec = config.train_job(config.load(args.config), args.dataset, "medmix_noteacher")
+    spec = config.TrainJob.from_dict(config.train_job(config.load(args.config), args.dataset, "medmix_noteacher"))
     results = Path(args.results)
     cohort = cohort_mod.read(results / args.dataset / "cohort.parquet")
-    mods = sorted(m for m in spec["modalities"] if m in cohort.columns)
-    y = cohort[f"y_{spec['task']}"].cast(pl.Float64).fill_null(float("nan")).to_numpy()
+    mods = sorted(m for m in spec.modalities if m in cohort.columns)
+    y = cohort[f"y_{spec.task}"].cast(pl.Float64).fill_null(float("nan")).to_numpy()
     return spec, results, cohort, mods, y
 
 
@@ -199,7 +199,7 @@ def memory_child(args) -> None:
     tile = args.memory_child
     if tile == 0:   # the experts' widths from the cache attributes, without reading the embeddings
         dims = {m: [int(read_attrs(Caches.under(results, args.dataset)[m, slug])["dim"])
-                    for slug in spec["modalities"][m]["experts"]] for m in mods}
+                    for slug in spec.modalities[m]["experts"]] for m in mods}
         g = torch.Generator().manual_seed(0)
         X = {m: [torch.randn(256, d, generator=g) for d in ds] for m, ds in dims.items()}
         M = {m: torch.ones(256, len(ds), dtype=torch.bool) for m, ds in dims.items()}
@@ -216,7 +216,7 @@ def memory_child(args) -> None:
         cache_mb = sum(x.numel() * x.element_size() for xs in X.values() for x in xs) / 2**20
     method = method_spec("medmix_noteacher")
     torch.manual_seed(0)
-    model = create_model(method, dims, fusion_config(method, spec["train"]))
+    model = create_model(method, dims, fusion_config(method, spec.train))
     opt = adamw(model.parameters(), 1e-3, 0.01)
     train_epoch(model, opt, (X, M, None, None), yt, tr, args.batch_size, torch.Generator().manual_seed(0))
     print(json.dumps({"rss_mb": _rss_mb(), "cache_mb": cache_mb}))

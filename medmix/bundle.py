@@ -68,7 +68,7 @@ def export(run: str | Path, out: str | Path, caches: Caches | None = None, resul
     meta = {
         "bundle_version": BUNDLE_VERSION, "medmix_version": __version__, "method": r.name,
         "arch": r.method.to_dict(), "fusion": dataclasses.asdict(r.fusion),
-        "dims": r.dims, "experts": experts, "label": f"y_{r.spec['task']}", "dataset": r.dataset,
+        "dims": r.dims, "experts": experts, "label": f"y_{r.job.task}", "dataset": r.dataset,
         "task": task.to_spec(), "labels": task.labels, "seed": r.seed, "threshold": thr[0] if thr else None,
         "thresholds": thr, "threshold_rule": "max F1 on the validation split, per label (binary, multilabel)",
     }

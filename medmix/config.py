@@ -244,6 +244,59 @@ def embed_job(cfg: dict, name: str, modality: str, slug: str) -> dict:
     return {"dataset": name, "modality": modality, "encoder": slug, "spec": encoder_identity(encoder(cfg, slug))}
 
 
+@dataclass(frozen=True)
+class TrainParams:
+    """The config's `train` block, typed; every default is the schema's (`$defs/train`). The fusion
+    fields feed medmix.model.FusionConfig, the rest the trainer."""
+    d: int = _default("train", "d")
+    hidden: int = _default("train", "hidden")
+    dropout: float = _default("train", "dropout")
+    lr: float = _default("train", "lr")
+    weight_decay: float = _default("train", "weight_decay")
+    batch_size: int = _default("train", "batch_size")
+    max_epochs: int = _default("train", "max_epochs")
+    patience: int = _default("train", "patience")
+    modality_dropout: float = _default("train", "modality_dropout")
+    expert_dropout: float = _default("train", "expert_dropout")
+    lambda_align: float = _default("train", "lambda_align")
+    lambda_kd: float = _default("train", "lambda_kd")
+    tau: float = _default("train", "tau")
+    align: str = _default("train", "align")
+    pos_weight: bool = _default("train", "pos_weight")
+    bootstrap: int = _default("train", "bootstrap")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainParams":
+        return from_dict_strict(cls, d, "train settings")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class TrainJob:
+    """What one train job depends on (the rule's `--job`, stored in model.pt): the dataset's task,
+    its modalities' experts and teachers, the identity hash of each encoder, the train block, and
+    a train-time drop of the robustness sweeps."""
+    dataset: str
+    method: str
+    task: str
+    modalities: dict                  # modality -> {"experts": [slug], "teachers": [slug]}
+    encoders: dict                    # slug -> stable hash of its identity (the caches' spec_hash)
+    train: TrainParams
+    drop: dict | None = None          # {"modality", "rate", "seed"} (medmix.masks)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainJob":
+        return from_dict_strict(cls, {**d, "train": TrainParams.from_dict(d.get("train", {}))}, "train job")
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        if d["drop"] is None:
+            del d["drop"]
+        return d
+
+
 def train_job(cfg: dict, name: str, method: str) -> dict:
     """Everything `train` needs for (dataset, method): the rerun trigger of `train`."""
     ds = dataset(cfg, name)

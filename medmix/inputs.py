@@ -16,6 +16,7 @@ import numpy as np
 import polars as pl
 import torch
 
+from medmix.config import TrainJob
 from medmix.encoders.cache import cache_path, cohort_hash, read_attrs, read_cache
 from medmix.io import MedmixError
 
@@ -85,13 +86,13 @@ class Inputs:
     dropped: list = field(default_factory=list)
 
 
-def expected_attrs(spec: dict, slug: str, cohort: pl.DataFrame, modality: str) -> dict:
-    """What a cache of this train spec must record: its encoder, the encoder config's hash, the cohort's inputs."""
-    return {"encoder": slug, "spec_hash": spec["encoders"][slug],
+def expected_attrs(job: TrainJob, slug: str, cohort: pl.DataFrame, modality: str) -> dict:
+    """What a cache of this train job must record: its encoder, the encoder config's hash, the cohort's inputs."""
+    return {"encoder": slug, "spec_hash": job.encoders[slug],
             "cohort_hash": cohort_hash(cohort["sample_id"].to_list(), cohort[modality].to_list())}
 
 
-def load_role(caches: Caches, spec: dict, cohort: pl.DataFrame, role: str, mods: list[str],
+def load_role(caches: Caches, job: TrainJob, cohort: pl.DataFrame, role: str, mods: list[str],
               rows: np.ndarray | None = None) -> Inputs:
     """Read the caches of one role (experts|teachers) of the given modalities.
 
@@ -103,8 +104,8 @@ def load_role(caches: Caches, spec: dict, cohort: pl.DataFrame, role: str, mods:
     inp = Inputs()
     for m in mods:
         xs, ms, kept, stats = [], [], [], []
-        for slug in spec["modalities"][m][role]:
-            emb, present = read_cache(caches[m, slug], expect=expected_attrs(spec, slug, cohort, m), ids=ids)
+        for slug in job.modalities[m][role]:
+            emb, present = read_cache(caches[m, slug], expect=expected_attrs(job, slug, cohort, m), ids=ids)
             if rows is not None:
                 present = present & rows
             fit = present & is_train

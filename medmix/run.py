@@ -18,7 +18,7 @@ import numpy as np
 import polars as pl
 import torch
 
-from medmix.config import encoder_identity
+from medmix.config import TrainJob, encoder_identity
 from medmix.embed import apply_fit, stored_fit
 from medmix.encoders import create_encoder
 from medmix.encoders.cache import read_attrs, read_cache
@@ -71,19 +71,19 @@ class Run:
         path = Path(path)
         return cls(path, load_checkpoint(path / "model.pt"))
 
-    @property
-    def spec(self) -> dict:
-        """The train spec the run was made from (medmix.config.train_job)."""
-        return self.ckpt["spec"]
+    @cached_property
+    def job(self) -> TrainJob:
+        """The train job the run was made from (medmix.config.train_job)."""
+        return TrainJob.from_dict(self.ckpt["spec"])
 
     @property
     def dataset(self) -> str:
-        return self.spec["dataset"]
+        return self.job.dataset
 
     @property
     def name(self) -> str:
         """The method name (the {method} wildcard)."""
-        return self.spec["method"]
+        return self.job.method
 
     @property
     def seed(self) -> int:
@@ -97,12 +97,12 @@ class Run:
     def task(self) -> Task:
         t = self.ckpt.get("task")
         if not t:  # runs from before the task field: the binary `spec.task`
-            return Task(self.spec["task"], "binary", (f"y_{self.spec['task']}",))
+            return Task(self.job.task, "binary", (f"y_{self.job.task}",))
         return Task.from_spec(t["name"], t)
 
     @cached_property
     def fusion(self) -> FusionConfig:
-        return fusion_config(self.method, self.spec["train"], self.task.kind)
+        return fusion_config(self.method, self.job.train, self.task.kind)
 
     @property
     def dims(self) -> dict[str, list[int]]:
@@ -135,7 +135,7 @@ class Run:
             for k, slug in enumerate(slugs):
                 dim = self.dims[m][k]
                 if source is None:
-                    emb, present = read_cache(caches[m, slug], expect=expected_attrs(self.spec, slug, cohort, m),
+                    emb, present = read_cache(caches[m, slug], expect=expected_attrs(self.job, slug, cohort, m),
                                               ids=ids)
                 elif m not in cohort.columns:
                     emb, present = np.zeros((len(ids), dim), np.float32), np.zeros(len(ids), bool)

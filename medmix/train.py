@@ -20,6 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from medmix import __version__
+from medmix.config import TrainJob
 from medmix.data import cohort as cohort_mod
 from medmix.inputs import Caches, Inputs, load_role
 from medmix.io import MedmixError, atomic_path, write_json
@@ -161,7 +162,7 @@ def _fit_logreg(inp: Inputs, task: Task, y: np.ndarray, split: np.ndarray, seed:
     return _linear_predict(task, x, coef, icpt), state, {"C": c, "n_params": int(coef.size + icpt.size)}
 
 
-def train_run(spec: dict, seed: int, out: str | Path, cohort: str | Path | None = None,
+def train_run(job: TrainJob | dict, seed: int, out: str | Path, cohort: str | Path | None = None,
               caches: Caches | None = None, results: str | Path = "results",
               device: str | None = None, progress: bool = True) -> dict:
     """Train one (dataset, method, seed) on cached embeddings; write model.pt, metrics.json, predictions.
@@ -169,34 +170,35 @@ def train_run(spec: dict, seed: int, out: str | Path, cohort: str | Path | None 
     `cohort` and `caches`: the files the train rule declares (default: the workflow's layout under
     `results`, for library use)."""
     t_start = time.perf_counter()
+    job = job if isinstance(job, TrainJob) else TrainJob.from_dict(job)
     out = Path(out)
-    cpath = Path(cohort) if cohort else Path(results) / spec["dataset"] / "cohort.parquet"
-    caches = caches or Caches.under(results, spec["dataset"])
+    cpath = Path(cohort) if cohort else Path(results) / job.dataset / "cohort.parquet"
+    caches = caches or Caches.under(results, job.dataset)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    method = method_spec(spec["method"])
-    tcfg = spec["train"]
+    method = method_spec(job.method)
+    tcfg = job.train
     cohort = cohort_mod.read(cpath)
-    task = Task.of_cohort(cpath, spec["task"], cohort)
+    task = Task.of_cohort(cpath, job.task, cohort)
     cfg = fusion_config(method, tcfg, task.kind)
-    mods = dataset_modalities(spec["modalities"], cohort)  # canonical order: same model from CLI or API
+    mods = dataset_modalities(job.modalities, cohort)  # canonical order: same model from CLI or API
     if method.only:
         if method.only not in mods:
-            raise MedmixError(f"method {spec['method']}: modality '{method.only}' is not an input of "
-                              f"dataset {spec['dataset']} ({', '.join(mods)})")
+            raise MedmixError(f"method {job.method}: modality '{method.only}' is not an input of "
+                              f"dataset {job.dataset} ({', '.join(mods)})")
         mods = [method.only]
     split = cohort["split"].to_numpy()
     y = task.targets(cohort)
     role = method.inputs  # teacher_deployed: the teachers are its inputs, on every split
     if role == "teachers":
-        mods = [m for m in mods if spec["modalities"][m]["teachers"]]
-    exp = load_role(caches, spec, cohort, role, mods)
+        mods = [m for m in mods if job.modalities[m]["teachers"]]
+    exp = load_role(caches, job, cohort, role, mods)
     drop = None
-    if spec.get("drop"):  # robustness sweeps: modalities removed from training samples (medmix/masks.py)
-        drop = TrainDrop(spec["drop"], spec["modalities"], cohort, seed)
+    if job.drop:  # robustness sweeps: modalities removed from training samples (medmix/masks.py)
+        drop = TrainDrop(job.drop, job.modalities, cohort, seed)
         split = drop.apply(exp, split)
     dropped = list(exp.dropped)
     if not exp.X:
-        raise MedmixError(f"dataset {spec['dataset']}: no modality has any {role[:-1]} embedding on the train split")
+        raise MedmixError(f"dataset {job.dataset}: no modality has any {role[:-1]} embedding on the train split")
     info: dict = {"train_drop": drop.summary} if drop else {}
     if method.single_expert:
         info["single_expert"] = _best_single_expert(exp, task, y, split)
@@ -207,19 +209,19 @@ def train_run(spec: dict, seed: int, out: str | Path, cohort: str | Path | None 
     else:
         tea = None
         if method.teacher:
-            tm = [m for m in exp.X if spec["modalities"][m]["teachers"]]
-            tea = load_role(caches, spec, cohort, "teachers", tm, rows=split == "train")
+            tm = [m for m in exp.X if job.modalities[m]["teachers"]]
+            tea = load_role(caches, job, cohort, "teachers", tm, rows=split == "train")
             if drop:
                 drop.apply(tea, split, relabel=False)
             dropped += tea.dropped
-        p_all, o_all, state, more = _fit_neural(spec, method, cfg, task, exp, tea, y, split, seed, device, progress)
+        p_all, o_all, state, more = _fit_neural(job, method, cfg, task, exp, tea, y, split, seed, device, progress)
         info.update(more)
 
-    n_boot = tcfg["bootstrap"]
+    n_boot = tcfg.bootstrap
     va, te = split == "val", split == "test"
     thr = thresholds(task.kind, y[va], p_all[va])  # decision thresholds chosen on validation
     metrics = {
-        "dataset": spec["dataset"], "method": spec["method"], "seed": seed, "task": spec["task"],
+        "dataset": job.dataset, "method": job.method, "seed": seed, "task": job.task,
         "task_type": task.kind, "labels": task.labels,
         "task_spec": task.to_spec(),
         "val": task_metrics(task.kind, y[va], p_all[va], thr=thr),
@@ -235,7 +237,7 @@ def train_run(spec: dict, seed: int, out: str | Path, cohort: str | Path | None 
     with atomic_path(out / "predictions.parquet") as tmp:
         pl.DataFrame(cols).write_parquet(tmp)
     with atomic_path(out / "model.pt") as tmp:
-        torch.save({"state_dict": state, "spec": spec, "seed": seed, "dims": exp.dims, "method": method.to_dict(),
+        torch.save({"state_dict": state, "spec": job.to_dict(), "seed": seed, "dims": exp.dims, "method": method.to_dict(),
                     "task": task.to_spec(), "n_out": task.n_out, "thresholds": thr,
                     "experts": exp.slugs, "norm": exp.norm, "history": info.get("history", []),
                     "medmix_version": __version__}, tmp)
@@ -243,9 +245,9 @@ def train_run(spec: dict, seed: int, out: str | Path, cohort: str | Path | None 
     return metrics
 
 
-def _fit_neural(spec, method: MethodSpec, cfg, task: Task, exp: Inputs, tea: Inputs | None, y, split, seed, device, progress):
+def _fit_neural(job: TrainJob, method: MethodSpec, cfg, task: Task, exp: Inputs, tea: Inputs | None, y, split, seed, device, progress):
     """AdamW with early stopping on the validation metric; returns (probabilities, outputs, student state, info)."""
-    tcfg = spec["train"]
+    tcfg = job.train
     # the whole cache lives on the training device; batches are index gathers
     X = {m: [x.to(device) for x in xs] for m, xs in exp.X.items()}
     M = {m: v.to(device) for m, v in exp.M.items()}
@@ -257,18 +259,18 @@ def _fit_neural(spec, method: MethodSpec, cfg, task: Task, exp: Inputs, tea: Inp
     torch.manual_seed(seed)
     gen = torch.Generator(device=device).manual_seed(seed)
     model = create_model(method, exp.dims, cfg, teacher_dims=tdims, n_out=task.n_out).to(device)
-    opt = adamw(model.parameters(), tcfg["lr"], tcfg["weight_decay"], device)
+    opt = adamw(model.parameters(), tcfg.lr, tcfg.weight_decay, device)
     yt = torch.from_numpy(y.astype(np.float32)).to(device)
     tr_rows = (split == "train") & task.labelled(y)
     tr = torch.from_numpy(np.flatnonzero(tr_rows)).to(device)
-    if tcfg.get("pos_weight") and task.kind in ("binary", "multilabel"):
+    if tcfg.pos_weight and task.kind in ("binary", "multilabel"):
         # negatives/positives per label on the train split (1 where a label has no positive)
         yy = y[tr_rows].reshape(int(tr_rows.sum()), -1)
         pos, neg = np.nansum(yy, 0), np.nansum(1 - yy, 0)
         model.pos_weight = torch.tensor(np.where(pos > 0, neg / np.maximum(pos, 1), 1.0), dtype=torch.float32,
                                         device=device)
     va = np.flatnonzero(split == "val")
-    bs = tcfg["batch_size"]
+    bs = tcfg.batch_size
     amp = device.startswith("cuda")  # bf16 autocast on GPU; full precision on CPU (deterministic)
 
     def predict(idx: np.ndarray) -> tuple[np.ndarray, float, dict]:
@@ -281,7 +283,7 @@ def _fit_neural(spec, method: MethodSpec, cfg, task: Task, exp: Inputs, tea: Inp
 
     best, best_state, best_epoch, bad = -np.inf, None, 0, 0
     history = []
-    bar = tqdm(range(tcfg["max_epochs"]), desc=f"train {spec['dataset']}/{spec['method']}/seed{seed}",
+    bar = tqdm(range(tcfg.max_epochs), desc=f"train {job.dataset}/{job.method}/seed{seed}",
                disable=not progress, mininterval=2)
     for epoch in bar:
         tot = train_epoch(model, opt, (X, M, TX, TM), yt, tr, bs, gen, amp)
@@ -293,7 +295,7 @@ def _fit_neural(spec, method: MethodSpec, cfg, task: Task, exp: Inputs, tea: Inp
             best, best_state, best_epoch, bad = score, copy.deepcopy(model.state_dict()), epoch, 0
         else:
             bad += 1
-            if bad >= tcfg["patience"]:
+            if bad >= tcfg.patience:
                 break
     model.load_state_dict(best_state)
     p_all, _, o_all = predict(np.arange(len(y)))

@@ -162,3 +162,17 @@ def test_encoder_spec_is_the_schemas_encoder_entry():
     assert EncoderSpec.from_dict(filled).to_dict() == filled
     with pytest.raises(config.MedmixError, match="unknown key"):
         EncoderSpec.from_dict({"kind": "hf_text", "max_lenght": 64})
+
+
+def test_train_job_round_trips_the_rules_json_and_refuses_unknown_keys():
+    from medmix import config
+    from medmix.config import TrainJob, TrainParams
+    from conftest import TINY_CONFIG
+    props = config.schema()["$defs"]["train"]["properties"]
+    assert TrainParams().to_dict() == {k: p["default"] for k, p in props.items()}
+    d = config.train_job(config.validate(TINY_CONFIG), "tiny", "medmix")
+    assert TrainJob.from_dict(d).to_dict() == d                      # the rule's --job, unchanged
+    with_drop = {**d, "drop": {"modality": "notes", "rate": 1.0, "seed": 0}}
+    assert TrainJob.from_dict(with_drop).to_dict() == with_drop
+    with pytest.raises(config.MedmixError, match="unknown key"):
+        TrainJob.from_dict({**d, "train": {**d["train"], "lamda_kd": 2}})

@@ -31,14 +31,14 @@ def evaluate_run(run: str | Path, cohort: str | Path, caches: Caches, source: Ca
     task = r.task
     missing = [c for c in task.columns if c not in target.columns]
     if missing:
-        raise MedmixError(f"{cohort}: no label column(s) {missing} for the source task '{r.spec['task']}'")
+        raise MedmixError(f"{cohort}: no label column(s) {missing} for the source task '{r.job.task}'")
     X, M = r.inputs(target, caches, source=source)
     avail = torch.stack([M[m].any(1) for m in M], 1).any(1).numpy()
     p, _ = r.predict(X, M)
     y = task.targets(target).astype(np.float64)
     y[~avail] = np.nan
     src = json.loads((r.path / "metrics.json").read_text())
-    return {"method": r.name, "seed": r.seed, "source": r.dataset, "task": r.spec["task"],
+    return {"method": r.name, "seed": r.seed, "source": r.dataset, "task": r.job.task,
             "task_type": task.kind,
             "target": task_metrics(task.kind, y, np.asarray(p, dtype=np.float64), n_boot=n_boot, thr=r.thresholds),
             "samples_without_any_input_of_the_run": int((~avail).sum()),

@@ -100,15 +100,15 @@ def measure(runs: list[str | Path], cohort: str | Path, caches: Caches, encoders
     co = cohort_mod.read(cohort)
     for run in map(Path, runs):
         r = Run.load(run)
-        spec, ckpt = r.spec, r.ckpt
+        ckpt = r.ckpt
         out["dataset"] = r.dataset
         mods = list(r.experts)
         rows = co.filter((pl.col("split") == "test") & pl.all_horizontal(pl.col(m).is_not_null() for m in mods))
         if rows.height == 0:
             raise MedmixError(f"{cohort}: no test sample has every modality of {run}")
         rows = rows.head(samples + warmup)
-        teachers = {s for m in spec["modalities"].values() for s in m["teachers"]}
-        experts = {s for m in spec["modalities"].values() for s in m["experts"]}
+        teachers = {s for m in r.job.modalities.values() for s in m["teachers"]}
+        experts = {s for m in r.job.modalities.values() for s in m["experts"]}
         before = {s: (st.calls, st.forwards) for s, st in stages.items()}
         stack = r.caches()
         for m, s in stack:

@@ -38,7 +38,7 @@ def evaluate_run(run: str | Path, cohort: str | Path, caches: Caches, rates: lis
     M = {m: v[t] for m, v in M.items()}
     test_cohort = co.filter(pl.Series(test))
     y = r.task.targets(co)[test]
-    dmods = dataset_modalities(r.spec["modalities"], test_cohort)
+    dmods = dataset_modalities(r.job.modalities, test_cohort)
     avail = cohort_availability(test_cohort, dmods)
     out = {"dataset": r.dataset, "method": r.name, "seed": r.seed, "task_type": r.task.kind,
            "rates": {}, "test_sets": {}, "subsets": {}}

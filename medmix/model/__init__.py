@@ -22,9 +22,10 @@ TRAINER_KEYS = frozenset({"lr", "weight_decay", "batch_size", "max_epochs", "pat
 _FUSION_KEYS = frozenset(f.name for f in dataclasses.fields(FusionConfig))
 
 
-def fusion_config(method: MethodSpec, train: dict, task: str = "binary") -> FusionConfig:
-    """The FusionConfig of a method (medmix.methods) under the config's `train` block. A key of
-    `train` that is neither a fusion nor a trainer setting is an error, never dropped."""
+def fusion_config(method: MethodSpec, train, task: str = "binary") -> FusionConfig:
+    """The FusionConfig of a method (medmix.methods) under the config's `train` block (a dict or
+    medmix.config.TrainParams). A key that is neither a fusion nor a trainer setting is an error."""
+    train = train.to_dict() if hasattr(train, "to_dict") else train
     unknown = sorted(set(train) - _FUSION_KEYS - TRAINER_KEYS)
     if unknown:
         raise MedmixError(f"train settings {unknown} are neither fusion ({sorted(_FUSION_KEYS)}) nor trainer "
