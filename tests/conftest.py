@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -113,3 +114,78 @@ def tiny_results(tmp_path_factory, tiny_raw) -> Path:
             run_embed(res / "tiny" / "cohort.parquet", m, slug, cfg["encoders"][slug],
                       res / "tiny" / "embeddings" / m / f"{slug}.h5", device="cpu")
     return res
+
+
+# ------------------------------------------------------------- the real DAG, once per session
+
+def smk(workdir: Path, *args, check: bool = True) -> subprocess.CompletedProcess:
+    """`snakemake -s Snakefile -d WORKDIR ARGS` as a user runs it (the venv's python on PATH)."""
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir), *args]
+    run_env = {**os.environ, "PYTHONPATH": str(REPO), "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"}
+    p = subprocess.run(cmd, capture_output=True, text=True, env=run_env)
+    if check and p.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{p.stdout[-3000:]}\n{p.stderr[-6000:]}")
+    return p
+
+
+def job_counts(dry_run_output: str) -> dict:
+    """Parse snakemake's 'Job stats' table."""
+    counts, in_table = {}, False
+    for line in dry_run_output.splitlines():
+        if line.startswith("job ") and "count" in line:
+            in_table = True
+            continue
+        if in_table:
+            m = re.match(r"^(\w+)\s+(\d+)$", line.strip())
+            if m:
+                counts[m.group(1)] = int(m.group(2))
+            elif line.strip() and not line.startswith("-"):
+                break
+    return counts
+
+
+def dag_config() -> dict:
+    """TINY_CONFIG with everything the workflow tests look at: a sharded encoder, the paper's
+    experiments on a small grid, a cross-cohort target (MIMIC-III layout, source `tiny`) and, where
+    present, the real MIMIC-IV demo."""
+    cfg = copy.deepcopy(TINY_CONFIG)
+    cfg["encoders"]["bert_tail"]["shards"] = 2          # sharded: 2 embed_shard jobs + embed_merge
+    cfg["datasets"]["m3"] = {"kind": "mimic3", "synth": {"n": 40, "seed": 1}, "source": "tiny", "task": "ihm",
+                             "modalities": copy.deepcopy(cfg["datasets"]["tiny"]["modalities"])}
+    cfg["targets"].append("m3")
+    if MIMIC_DEMO.exists():
+        cfg["datasets"]["mimiciv_demo"] = {
+            "kind": "mimic4", "root": str(MIMIC_DEMO), "task": "ihm",
+            "modalities": {"ehr": {"experts": ["tab", "bert_head"], "teachers": ["minilm"]},
+                           "notes": {"experts": ["bert_head"]},
+                           "cxr": {"experts": ["vit_low"]}}}
+        cfg["targets"].append("mimiciv_demo")
+    # the paper's experiments on a small grid: 2 methods × (3 one-modality + 1 multi drop) × 1 seed
+    cfg["robustness"] = {"methods": ["medmix", "early_concat"], "seeds": [0], "train_one_rates": [1.0],
+                         "train_multi_rates": [0.5], "test_rates": [0.0, 0.5]}
+    cfg["efficiency"] = {"samples": 2, "warmup": 1}
+    return cfg
+
+
+@pytest.fixture(scope="session")
+def dag(tmp_path_factory) -> dict:
+    """The real Snakemake DAG of `dag_config()`, run once for the session to `all` and `--report`:
+    {"wd": its folder, "dry": the job counts of a dry run of results/tiny/metrics.json before it ran,
+    "commands": that dry run's output with the shell commands (`-p`)}.
+    Tests read it; a test that changes the config works on a copy (`dag_copy`)."""
+    import yaml
+    wd = tmp_path_factory.mktemp("dag")
+    (wd / "config.yaml").write_text(yaml.safe_dump(dag_config()))
+    dry = smk(wd, "-n", "-p", "results/tiny/metrics.json").stdout
+    smk(wd, "--cores", "2", "all")
+    smk(wd, "--report", "results/report.html")
+    return {"wd": wd, "dry": job_counts(dry), "commands": dry}
+
+
+@pytest.fixture
+def dag_copy(dag, tmp_path) -> Path:
+    """A copy of the session DAG's folder (results, Snakemake metadata, config; mtimes kept)."""
+    import shutil
+    wd = tmp_path / "dag"
+    shutil.copytree(dag["wd"], wd, symlinks=True)
+    return wd

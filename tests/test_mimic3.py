@@ -8,7 +8,6 @@ from datetime import datetime, timedelta
 
 import polars as pl
 import pytest
-import yaml
 
 from medmix.data import cohort as C
 from medmix.data.mimic3 import build_cohort
@@ -126,28 +125,18 @@ def test_real_mimic_iv_demo_counts_match_the_raw_files():
 
 
 @pytest.mark.integration
-def test_crosscohort_target_runs_end_to_end(tmp_path):
-    from test_workflow import _smk
-    cfg = json.loads(json.dumps(TINY_CONFIG))
-    mods = {"ehr": {"experts": ["tab", "bert_head"]}, "notes": {"experts": ["bert_head"]}}
-    cfg["datasets"] = {
-        "src": {"kind": "mimic4", "synth": {"n": 120, "seed": 3}, "task": "ihm", "modalities": mods},
-        "m3": {"kind": "mimic3", "synth": {"n": 40, "seed": 1}, "source": "src", "task": "ihm", "modalities": mods},
-    }
-    cfg["targets"] = ["src", "m3"]
-    cfg["methods"] = ["medmix_noteacher", "logreg_concat"]
-    cfg["train"].update(max_epochs=3, bootstrap=0)
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
-    _smk(tmp_path, "--cores", "2", "results/m3/metrics.json", "results/tables/cross_cohort.md")
-    res = json.loads((tmp_path / "results/m3/metrics.json").read_text())
-    assert res["evaluation"] == "cross-cohort" and res["source"] == "src"
-    n = json.loads((tmp_path / "results/m3/cohort.json").read_text())["counts"]["samples"]
-    for m in cfg["methods"]:
+def test_crosscohort_target_runs_end_to_end(dag):
+    """The session DAG's `m3` (MIMIC-III layout, no CXR) evaluates the runs trained on `tiny`."""
+    wd = dag["wd"]
+    res = json.loads((wd / "results/m3/metrics.json").read_text())
+    assert res["evaluation"] == "cross-cohort" and res["source"] == "tiny"
+    n = json.loads((wd / "results/m3/cohort.json").read_text())["counts"]["samples"]
+    for m in TINY_CONFIG["methods"]:
         e = res["methods"][m]
         assert e["target_n"] == n                                   # every mimic3 sample, not its test split
         assert 0 <= e["target"]["auroc"]["mean"] <= 1 and e["source_test"]["auroc"]["mean"] is not None
-    assert not (tmp_path / "results/m3/runs").exists()            # nothing trained on the target
-    table = (tmp_path / "results/tables/cross_cohort.md").read_text()
-    assert "### src → m3 (task ihm)" in table
-    assert all(f"| {m} | 1 |" in table for m in cfg["methods"])
-    assert not (tmp_path / "results/m3/embeddings/ehr/tab.h5").exists()   # the fitted encoder keeps its source state
+    assert not (wd / "results/m3/runs").exists()                  # nothing trained on the target
+    table = (wd / "results/tables/cross_cohort.md").read_text()
+    assert "### tiny → m3 (task ihm)" in table
+    assert all(f"| {m} | 1 |" in table for m in TINY_CONFIG["methods"])
+    assert not (wd / "results/m3/embeddings/ehr/tab.h5").exists()   # the fitted encoder keeps its source state

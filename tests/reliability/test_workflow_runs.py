@@ -34,7 +34,11 @@ CFG = {"targets": ["leak"], "datasets": {"leak": {"kind": "mimic4", "root": None
                  "bert": {"kind": "hf_text", "arch": TINY_BERT, "max_length": 32, "seed": 1},
                  "vit": {"kind": "open_clip", "arch": TINY_VIT, "image_size": 16, "seed": 1}},
     "methods": ["medmix_noteacher", "early_concat", "logreg_concat"], "seeds": [0],
-    "train": {"max_epochs": 6, "patience": 3, "bootstrap": 20, "d": 16, "hidden": 16}}
+    "train": {"max_epochs": 6, "patience": 3, "bootstrap": 20, "d": 16, "hidden": 16},
+    # every stage of `all` (train-time drops, robustness, efficiency, figures) on a small grid
+    "robustness": {"methods": ["early_concat"], "seeds": [0], "train_one_rates": [1.0], "train_multi_rates": [0.5],
+                   "test_rates": [0.0, 0.5]},
+    "efficiency": {"samples": 2, "warmup": 1}, "weights_method": "medmix_noteacher"}
 
 
 def _raw_with_markers(tiny_raw: Path, dest: Path) -> Path:
