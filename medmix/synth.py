@@ -204,6 +204,37 @@ def _notes(rng, n, r, subj, hadm, intime, icu_hours, dead):
     return radiology
 
 
+def _stored_late(seed, n, subj, hadm, stay, intime, icu_hours, dead, chartevents, labevents, radiology):
+    """The trap of records that exist only after the prediction time (48 h) although charted
+    before it: for ~30% of the longer stays a radiology note of an exam 0.2-2 h before it, signed
+    0.5-6 h after it, and a lactate and a heart rate charted just before it, stored after it, each
+    revealing the outcome (`patient expired` / `cleared for transfer`; lactate 39 / 0.2, heart rate
+    250 / 60). A loader that cuts on charttime reads them; one that cuts on storetime does not.
+    Drawn from a generator of their own and appended, so every other row is unchanged."""
+    rng = np.random.default_rng([seed, 48])
+    pred = [t + timedelta(hours=48) for t in intime]
+    hit = (icu_hours > 50) & (rng.random(n) < 0.3)
+    ce, le, notes = [], [], []
+    lab_id = int(labevents["labevent_id"].max() or 0) + 1
+    for i in np.flatnonzero(hit):
+        t_exam = pred[i] - timedelta(hours=float(rng.uniform(0.2, 2)))
+        t_sign = pred[i] + timedelta(hours=float(rng.uniform(0.5, 6)))
+        notes.append((f"{subj[i]}-RR-late", int(subj[i]), int(hadm[i]), "RR", 99, _ts(t_exam), _ts(t_sign),
+                      f"EXAMINATION: CHEST (PORTABLE AP)\n{_LEAK_DEAD if dead[i] else _LEAK_ALIVE}"))
+        t_lab = pred[i] - timedelta(hours=float(rng.uniform(0.1, 1)))
+        v = 39.0 if dead[i] else 0.2
+        le.append((lab_id, int(subj[i]), int(hadm[i]), int(rng.integers(1_000_000, 99_999_999)), 50813, None,
+                   _ts(t_lab), _ts(pred[i] + timedelta(hours=float(rng.uniform(0.5, 3)))), f"{v:.2f}", v, "mmol/L",
+                   None, None, None, "STAT", None))
+        lab_id += 1
+        hr = 250.0 if dead[i] else 60.0
+        ce.append((int(subj[i]), int(hadm[i]), int(stay[i]), None, _ts(t_lab),
+                   _ts(pred[i] + timedelta(minutes=float(rng.uniform(5, 90)))), 220045, f"{hr:.1f}", hr, "bpm", 0))
+    return (pl.concat([chartevents, pl.DataFrame(ce, orient="row", schema=chartevents.schema)]),
+            pl.concat([labevents, pl.DataFrame(le, orient="row", schema=labevents.schema)]),
+            pl.concat([radiology, pl.DataFrame(notes, orient="row", schema=radiology.schema)]))
+
+
 def _cxr(rng, out, n, r, subj, intime, icu_hours, dead, image_size):
     """MIMIC-CXR-JPG: a frontal + lateral study before the prediction time for ~70% of stays
     (JPEGs under files/), a leak-trap study after it; returns the metadata table."""
@@ -302,6 +333,8 @@ def synth_mimic4(out: str | Path, n: int = 1500, seed: int = 0, image_size: int 
 
     chartevents, labevents, d_items, d_labitems = _events(rng, n, r, subj, hadm, stay, intime, icu_hours)
     radiology = _notes(rng, n, r, subj, hadm, intime, icu_hours, dead)
+    chartevents, labevents, radiology = _stored_late(seed, n, subj, hadm, stay, intime, icu_hours, dead,
+                                                     chartevents, labevents, radiology)
     cxr_meta = _cxr(rng, out, n, r, subj, intime, icu_hours, dead, image_size)
 
     _write_csv_gz(patients, out / "hosp" / "patients.csv.gz")

@@ -1,4 +1,5 @@
 import gzip
+import shutil
 
 import polars as pl
 import pytest
@@ -95,3 +96,46 @@ def test_cohort_validation_names_row_and_field(tmp_path, bad, msg):
     with pytest.raises(MedmixError, match=msg.replace("(", r"\(").replace(")", r"\)")):
         C.write(bad(_good()), {"counts": {}}, tmp_path / "cohort.parquet")
     assert not (tmp_path / "cohort.parquet").exists()
+
+
+def test_records_stored_after_the_prediction_time_never_enter(tiny_raw, tmp_path):
+    """The generator plants notes, labs and vitals charted before the prediction time but signed or
+    stored after it, each revealing the outcome; the cut is on storetime, and it is counted."""
+    co, rep = build_cohort(tiny_raw)
+    notes = " ".join(co["notes"].drop_nulls().to_list())
+    ehr = " ".join(co["ehr"].drop_nulls().to_list())
+    assert "expired" not in notes and "cleared for transfer" not in notes
+    assert "lactate max: 39" not in ehr and "heart rate max: 250" not in ehr
+    cuts = rep["cuts"]
+    for src in ("radiology", "labevents", "chartevents"):
+        assert cuts[src]["cut_on"] == "storetime (else charttime)"
+        assert cuts[src]["charted_before_but_stored_after_prediction_time"] > 0, src
+    # the same release without storetime (older extracts): cut on charttime, counted, and the trap gets in
+    raw = tmp_path / "raw"
+    shutil.copytree(tiny_raw, raw)
+    f = raw / "note" / "radiology.csv.gz"
+    pl.read_csv(f, infer_schema_length=0).drop("storetime").write_csv(raw / "note" / "radiology.csv")
+    f.unlink()
+    co2, rep2 = build_cohort(raw)
+    assert rep2["cuts"]["radiology"]["cut_on"] == "charttime"
+    assert rep2["cuts"]["radiology"]["rows_without_storetime_cut_on_charttime"] > 0
+    assert "expired" in " ".join(co2["notes"].drop_nulls().to_list()) or \
+        "cleared for transfer" in " ".join(co2["notes"].drop_nulls().to_list())
+
+
+def test_headers_in_any_case_and_plain_csv(tiny_raw, tmp_path):
+    """Releases differ in header case and compression: upper-case headers in .csv files give the same cohort."""
+    raw = tmp_path / "raw"
+    shutil.copytree(tiny_raw, raw)
+    for f in list(raw.rglob("*.csv.gz")):
+        df = pl.read_csv(f, infer_schema_length=0)
+        df.rename({c: c.upper() for c in df.columns}).write_csv(f.with_suffix(""))
+        f.unlink()
+    a, _ = build_cohort(tiny_raw)
+    b, _ = build_cohort(raw)
+    assert a.drop("cxr").equals(b.drop("cxr"))
+    assert [len(x or []) for x in a["cxr"].to_list()] == [len(x or []) for x in b["cxr"].to_list()]
+    bad = raw / "hosp" / "patients.csv"
+    pl.read_csv(bad, infer_schema_length=0).drop("ANCHOR_AGE").write_csv(bad)
+    with pytest.raises(MedmixError, match=r"patients.csv: missing column\(s\) \['anchor_age'\]"):
+        build_cohort(raw)

@@ -93,6 +93,31 @@ def test_mimic3_missing_tables_and_bad_map(m3_raw, tmp_path):
         build_cohort(m3_raw, itemid_map=bad)
 
 
+def test_mimic3_lower_case_release_and_notes_signed_after_the_prediction_time(m3_raw, tmp_path):
+    """The public MIMIC-III demo v1.4 ships lower-case headers and file names: the same cohort. A
+    radiology note of an exam before the prediction time, signed (STORETIME) after it, never enters."""
+    root = tmp_path / "lower"
+    root.mkdir()
+    for p in m3_raw.iterdir():
+        df = pl.read_csv(p, infer_schema_length=0)
+        if p.name.startswith("NOTEEVENTS"):
+            stay = pl.read_csv(m3_raw / "ICUSTAYS.csv.gz", infer_schema_length=0).row(0, named=True)
+            t = _ts(stay["INTIME"]) + timedelta(hours=47)
+            late = {c: None for c in df.columns} | {
+                "ROW_ID": "999999", "SUBJECT_ID": stay["SUBJECT_ID"], "HADM_ID": stay["HADM_ID"],
+                "CHARTDATE": t.strftime("%Y-%m-%d"), "CHARTTIME": t.strftime("%Y-%m-%d %H:%M:%S"),
+                "STORETIME": (t + timedelta(hours=3)).strftime("%Y-%m-%d %H:%M:%S"), "CATEGORY": "Radiology",
+                "TEXT": "SIGNED LATE: patient expired"}
+            df = pl.concat([df, pl.DataFrame([late], schema={c: pl.String for c in df.columns})])
+        df.rename(str.lower).write_csv(root / p.name.lower().removesuffix(".gz"))
+    a, _ = build_cohort(m3_raw)
+    b, rep = build_cohort(root)
+    assert a.drop("notes").equals(b.drop("notes")) and a["notes"].null_count() == b["notes"].null_count()
+    assert "SIGNED LATE" not in " ".join(b["notes"].drop_nulls().to_list())
+    assert rep["cuts"]["noteevents"]["charted_before_but_stored_after_prediction_time"] >= 1
+    assert rep["cuts"]["labevents"]["cut_on"] == "charttime"  # MIMIC-III LABEVENTS has no STORETIME
+
+
 @pytest.mark.skipif(not MIMIC_DEMO.exists(), reason="real MIMIC-IV demo not available")
 def test_real_mimic_iv_demo_counts_match_the_raw_files():
     co, rep = build_mimic4(MIMIC_DEMO)

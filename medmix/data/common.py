@@ -17,12 +17,52 @@ log = logging.getLogger("medmix.prepare")
 _CHUNK_BYTES = 64 << 20  # event tables are streamed in blocks of this size
 
 
-def read_table(path: Path, columns: list[str] | None = None, report: dict | None = None) -> pl.DataFrame:
-    """A CSV table as strings. Bytes that are not UTF-8 are decoded with U+FFFD replacement and the
-    cells so decoded counted (cohort.json counts/non_utf8_cells, and a warning), never a crash; a
-    missing column or an unreadable file is an error naming the file."""
+def find_table(folder: Path, name: str) -> Path:
+    """The file of table `name` in `folder` as a release ships it: `.csv.gz` or `.csv`, the name in
+    any case (`PATIENTS.csv`, `patients.csv.gz`). Not found: the canonical `name.csv.gz` (so the
+    error names what was looked for)."""
+    folder = Path(folder)
+    for n in dict.fromkeys((name, name.lower(), name.upper())):
+        for suffix in (".csv.gz", ".csv"):
+            if (folder / f"{n}{suffix}").exists():
+                return folder / f"{n}{suffix}"
+    return folder / f"{name}.csv.gz"
+
+
+def _header(path: Path) -> list[str]:
+    opener = gzip.open if Path(path).suffix == ".gz" else open
     try:
-        df = pl.read_csv(path, columns=columns, infer_schema_length=0)
+        with opener(path, "rb") as f:
+            line = f.readline()
+    except (OSError, EOFError) as e:
+        raise MedmixError(f"{path}: not a readable CSV: {e}") from None
+    return [c.strip().strip('"') for c in line.decode("utf-8", "replace").rstrip("\r\n").split(",")]
+
+
+def match_columns(path: Path, header: list[str], columns: list[str], optional: tuple[str, ...] = ()) -> dict[str, str]:
+    """Requested column -> the header's spelling, matched case-insensitively (releases differ: the
+    full MIMIC-III has upper-case headers, its public demo lower-case). A requested column that
+    is not there is an error naming the file and the column; an `optional` one is left out."""
+    by_lower = {c.lower(): c for c in header}
+    found = {c: by_lower[c.lower()] for c in list(columns) + list(optional) if c.lower() in by_lower}
+    missing = [c for c in columns if c not in found]
+    if missing:
+        raise MedmixError(f"{path}: missing column(s) {missing} in the header (it has: {', '.join(header[:30])})")
+    return found
+
+
+def read_table(path: Path, columns: list[str] | None = None, report: dict | None = None,
+               optional: tuple[str, ...] = ()) -> pl.DataFrame:
+    """A CSV table as strings, its columns named as requested whatever their case in the file
+    (`optional` ones only if present). Bytes that are not UTF-8 are decoded with U+FFFD replacement
+    and the cells so decoded counted (cohort.json counts/non_utf8_cells, and a warning), never a
+    crash; a missing column or an unreadable file is an error naming the file."""
+    names = None
+    if columns is not None:
+        names = match_columns(path, _header(path), columns, optional)
+    cols = list(names.values()) if names is not None else None
+    try:
+        df = pl.read_csv(path, columns=cols, infer_schema_length=0)
     except pl.exceptions.ColumnNotFoundError as e:
         raise MedmixError(f"{path}: missing column: {e}") from None
     except pl.exceptions.NoDataError as e:
@@ -30,7 +70,7 @@ def read_table(path: Path, columns: list[str] | None = None, report: dict | None
     except pl.exceptions.ComputeError as e:
         if "utf-8" not in str(e).lower():
             raise MedmixError(f"{path}: not a readable CSV: {e}") from None
-        df = pl.read_csv(path, columns=columns, infer_schema_length=0, encoding="utf8-lossy")
+        df = pl.read_csv(path, columns=cols, infer_schema_length=0, encoding="utf8-lossy")
         n = int(df.select(pl.sum_horizontal([pl.col(c).str.contains("\ufffd", literal=True).fill_null(False).sum()
                                               for c in df.columns])).item())
         msg = f"{path}: {n} cell(s) held bytes that are not UTF-8; decoded with replacement characters"
@@ -38,7 +78,31 @@ def read_table(path: Path, columns: list[str] | None = None, report: dict | None
         if report is not None:
             report["counts"].setdefault("non_utf8_cells", {})[Path(path).name] = n
             report.setdefault("warnings", []).append(msg)
+    if names is not None:
+        df = df.rename({actual: want for want, actual in names.items() if actual != want})
     return df
+
+
+def available_before(df: pl.DataFrame, start: pl.Expr, report: dict, source_name: str, when: str = "t",
+                     stored: str = "storetime", when_name: str = "charttime") -> pl.DataFrame:
+    """Rows of a time-stamped source inside [start, pred_time) *by the time the record existed*:
+    its `stored` time (a note signed, a result stored) where the row has one, else its `when`
+    (the exam, specimen or chart time). cohort.json `cuts/<source_name>` records the cut column
+    and counts the rows charted before the prediction time but stored after it (removed), and
+    the rows that had no stored time (cut on `when`). `df` holds `pred_time`; `when` and `stored`
+    are datetimes; `when_name` is what `when` holds, as cohort.json names it."""
+    has = stored in df.columns
+    avail = pl.coalesce(pl.col(stored), pl.col(when)) if has else pl.col(when)
+    inside = (pl.col(when) >= start) & (pl.col(when) < pl.col("pred_time"))
+    late = int(df.select((inside & (avail >= pl.col("pred_time"))).sum()).item() or 0)
+    no_store = int(df.select((inside & pl.col(stored).is_null()).sum()).item() or 0) if has else \
+        int(df.select(inside.sum()).item() or 0)
+    report.setdefault("cuts", {})[source_name] = {
+        "cut_on": f"{stored} (else {when_name})" if has else when_name,
+        "charted_before_but_stored_after_prediction_time": late, f"rows_without_{stored}_cut_on_{when_name}": no_store}
+    if late:
+        log.info("%s: %d row(s) charted before the prediction time but stored after it: left out", source_name, late)
+    return df.filter((pl.col(when) >= start) & (avail < pl.col("pred_time")))
 
 
 def new_report(tasks: dict | None = None) -> dict:
@@ -93,18 +157,21 @@ def check_unique(values: list, source_name: str, field: str, rows: list | None =
         seen[v] = i
 
 
-def read_events(path: Path, columns: list[str], itemids: set[int], key: str, keys: set[int]) -> pl.DataFrame:
+def read_events(path: Path, columns: list[str], itemids: set[int], key: str, keys: set[int],
+                optional: tuple[str, ...] = ()) -> pl.DataFrame:
     """Stream a large event table (labevents/chartevents: no multi-line fields) in chunks,
     keeping the wanted items of the wanted subjects/stays only: memory stays bounded on the
-    full 300M-row MIMIC-IV chartevents."""
+    full 300M-row MIMIC-IV chartevents. Columns are matched case-insensitively and come back
+    lower-case; an `optional` column (e.g. `storetime`) is read where the file has it."""
     opener = gzip.open if path.suffix == ".gz" else open
     parts = []
     with opener(path, "rb") as f:
         header = f.readline()
-        names = header.decode().strip().split(",")
-        missing = [c for c in columns if c not in names]
-        if missing:
-            raise MedmixError(f"{path}: missing column(s) {missing} in header")
+        names = match_columns(path, [c.strip().strip('"') for c in header.decode().strip().split(",")],
+                              columns, optional)
+        cols = list(names.values())
+        lower = {actual: want.lower() for want, actual in names.items()}
+        key = key.lower()
         rest = b""
         while True:
             block = f.read(_CHUNK_BYTES)
@@ -118,12 +185,12 @@ def read_events(path: Path, columns: list[str], itemids: set[int], key: str, key
                 rest = b""
             if not data.strip():
                 continue
-            df = pl.read_csv(io.BytesIO(header + data), columns=columns, infer_schema_length=0)
-            df = df.rename(str.lower)  # MIMIC-III headers are upper case
-            df = df.with_columns(pl.col("itemid").cast(pl.Int64), pl.col(key.lower()).cast(pl.Int64, strict=False))
-            parts.append(df.filter(pl.col("itemid").is_in(list(itemids)) & pl.col(key.lower()).is_in(list(keys))))
+            df = pl.read_csv(io.BytesIO(header + data), columns=cols, infer_schema_length=0).rename(lower)
+            df = df.with_columns(pl.col("itemid").cast(pl.Int64), pl.col(key).cast(pl.Int64, strict=False))
+            parts.append(df.filter(pl.col("itemid").is_in(list(itemids)) & pl.col(key).is_in(list(keys))))
     if not parts:
-        return pl.DataFrame({c.lower(): [] for c in columns})
+        return pl.DataFrame({c: [] for c in lower.values()}, schema={c: pl.String for c in lower.values()}) \
+            .with_columns(pl.col("itemid").cast(pl.Int64), pl.col(key).cast(pl.Int64))
     return pl.concat(parts)
 
 

@@ -7,9 +7,10 @@ mapped to the MIMIC-IV variables of medmix/data/variables.py by a table shipped 
 (`mimic3_itemids.csv`: itemid, table, variable, source, scale, offset; value = raw × scale +
 offset, e.g. °C → °F), so the serialised `ehr` reads exactly as a MIMIC-IV one. `notes`: the
 radiology notes (NOTEEVENTS, CATEGORY Radiology, not ISERROR) of the admission charted before
-the prediction time; a note with only a CHARTDATE counts at the end of that day. `cxr` is always
-missing (MIMIC-III has no images). Tables may be .csv or .csv.gz, with the release's upper-case
-headers. Ages above 89 are shifted in MIMIC-III (DOB 300 years back) and are capped at 91.
+the prediction time and signed (STORETIME) before it; a note with only a CHARTDATE counts at the
+end of that day. CHARTEVENTS are cut by STORETIME where present, LABEVENTS (no STORETIME in
+MIMIC-III) by CHARTTIME. `cxr` is always missing (MIMIC-III has no images). Tables may be .csv or
+.csv.gz, file names and headers in upper case (the full release) or lower case (the public demo). Ages above 89 are shifted in MIMIC-III (DOB 300 years back) and are capped at 91.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from pathlib import Path
 
 import polars as pl
 
-from medmix.data.common import count, log, new_report, read_events, read_table, serialise_ehr, source, summarise_events
+from medmix.data.common import (available_before, count, find_table, log, new_report, read_events, read_table,
+                                serialise_ehr, source, summarise_events)
 from medmix.data.variables import LAB_STATS, LABS, VITAL_STATS, VITALS
 from medmix.io import MedmixError
 
@@ -28,14 +30,12 @@ _TS = "%Y-%m-%d %H:%M:%S"
 
 
 def _table(root: Path, name: str) -> Path:
-    for suffix in (".csv.gz", ".csv"):
-        if (root / f"{name}{suffix}").exists():
-            return root / f"{name}{suffix}"
-    return root / f"{name}.csv.gz"
+    return find_table(root, name)
 
 
-def _read(path: Path, columns: list[str], report: dict | None = None) -> pl.DataFrame:
-    return read_table(path, columns, report).rename(str.lower)
+def _read(path: Path, columns: list[str], report: dict | None = None, optional: tuple[str, ...] = ()) -> pl.DataFrame:
+    """The columns (any header case) as lower-case names."""
+    return read_table(path, columns, report, optional).rename(str.lower)
 
 
 def _times(df: pl.DataFrame, cols: list[str], path: Path, required: bool = False) -> pl.DataFrame:
@@ -140,21 +140,21 @@ def build_cohort(root: str | Path, prediction_hours: float = 48, min_age: int = 
     if ce_p:
         cm = imap.filter(pl.col("table") == "chartevents")
         ce = read_events(ce_p, ["ICUSTAY_ID", "ITEMID", "CHARTTIME", "VALUENUM"], set(cm["itemid"].to_list()),
-                          "ICUSTAY_ID", set(stays["icustay_id"].to_list()))
-        ce = _times(ce, ["charttime"], ce_p).join(stays.select("icustay_id", "sample_id", "intime", "pred_time"),
-                                                  on="icustay_id")
-        ce = ce.filter((pl.col("charttime") >= pl.col("intime")) & (pl.col("charttime") < pl.col("pred_time")))
-        summaries.append(summarise_events(_mapped(ce, cm, VITALS).rename({"charttime": "t"}), VITALS, VITAL_STATS, counts))
+                         "ICUSTAY_ID", set(stays["icustay_id"].to_list()), optional=("STORETIME",))
+        ce = _times(ce, [c for c in ("charttime", "storetime") if c in ce.columns], ce_p).join(
+            stays.select("icustay_id", "sample_id", "intime", "pred_time"), on="icustay_id").rename({"charttime": "t"})
+        ce = available_before(ce, pl.col("intime"), report, "chartevents")
+        summaries.append(summarise_events(_mapped(ce, cm, VITALS), VITALS, VITAL_STATS, counts))
     le_p = source(_table(root, "LABEVENTS"), "labevents", "MIMIC-III LABEVENTS", optional, report)
     if le_p:
         lm = imap.filter(pl.col("table") == "labevents")
         le = read_events(le_p, ["SUBJECT_ID", "ITEMID", "CHARTTIME", "VALUENUM"], set(lm["itemid"].to_list()),
                           "SUBJECT_ID", set(stays["subject_id"].to_list()))
         le = _times(le, ["charttime"], le_p).join(stays.select("subject_id", "sample_id", "intime", "pred_time"),
-                                                  on="subject_id")
-        lookback = timedelta(hours=lab_lookback_hours)
-        le = le.filter((pl.col("charttime") >= pl.col("intime") - lookback) & (pl.col("charttime") < pl.col("pred_time")))
-        summaries.append(summarise_events(_mapped(le, lm, LABS).rename({"charttime": "t"}), LABS, LAB_STATS, counts))
+                                                  on="subject_id").rename({"charttime": "t"})
+        # MIMIC-III LABEVENTS has no STORETIME: the cut is on CHARTTIME (the specimen time; cuts/labevents says so)
+        le = available_before(le, pl.col("intime") - timedelta(hours=lab_lookback_hours), report, "labevents")
+        summaries.append(summarise_events(_mapped(le, lm, LABS), LABS, LAB_STATS, counts))
     report["counts"].update(counts)
     order = {name: i for i, (name, _) in enumerate(list(VITALS.values()) + list(LABS.values()))}
     items: dict[str, list] = {}
@@ -178,7 +178,8 @@ def build_cohort(root: str | Path, prediction_hours: float = 48, min_age: int = 
     # ---- notes: radiology NOTEEVENTS of the admission before the prediction time ----
     ne_p = source(_table(root, "NOTEEVENTS"), "noteevents", "MIMIC-III NOTEEVENTS", optional, report)
     if ne_p:
-        ne = _read(ne_p, ["SUBJECT_ID", "CHARTDATE", "CHARTTIME", "CATEGORY", "ISERROR", "TEXT"], report)
+        ne = _read(ne_p, ["SUBJECT_ID", "CHARTDATE", "CHARTTIME", "CATEGORY", "ISERROR", "TEXT"], report,
+                   optional=("STORETIME",))
         count(report, "counts", "noteevents_rows", ne.height)
         ne = ne.filter(pl.col("category").str.strip_chars() == "Radiology")
         n = ne.height
@@ -188,10 +189,12 @@ def build_cohort(root: str | Path, prediction_hours: float = 48, min_age: int = 
             pl.col("subject_id").cast(pl.Int64),
             pl.coalesce(pl.col("charttime").str.strptime(pl.Datetime("us"), _TS, strict=False),
                         pl.col("chartdate").str.strptime(pl.Date, "%Y-%m-%d", strict=False).cast(pl.Datetime("us"))
-                        + timedelta(hours=23, minutes=59, seconds=59)).alias("t"))
+                        + timedelta(hours=23, minutes=59, seconds=59)).alias("t"),
+            *([pl.col("storetime").str.strptime(pl.Datetime("us"), _TS, strict=False)] if "storetime" in ne.columns else []))
         ne = ne.join(stays.select("subject_id", "sample_id", "admittime", "pred_time"), on="subject_id")
-        ne = ne.filter((pl.col("t") >= pl.col("admittime")) & (pl.col("t") < pl.col("pred_time"))
-                       & (pl.col("text").str.strip_chars().str.len_chars() > 0))
+        ne = available_before(ne, pl.col("admittime"), report, "noteevents",  # signed (STORETIME) before
+                              when_name="charttime (else the end of chartdate)")
+        ne = ne.filter(pl.col("text").str.strip_chars().str.len_chars() > 0)
         by = dict(ne.sort("t").group_by("sample_id", maintain_order=True).agg(pl.col("text").str.join("\n\n")).iter_rows())
         notes = [by.get(s) for s in stays["sample_id"].to_list()]
         report["missing"]["notes"] = {"no_note_before_prediction_time": sum(x is None for x in notes)}

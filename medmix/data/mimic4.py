@@ -15,7 +15,8 @@ from pathlib import Path
 
 import polars as pl
 
-from medmix.data.common import read_events, read_table as _read_table, serialise_ehr, source, summarise_events
+from medmix.data.common import (available_before, find_table, read_events, read_table as _read_table, serialise_ehr,
+                                source, summarise_events)
 from medmix.data.variables import LAB_STATS, LABS, VITAL_STATS, VITALS
 from medmix.io import MedmixError
 
@@ -36,9 +37,9 @@ def _stays(root: Path, prediction_hours: float, min_age: int, report: dict) -> p
     """The cohort's unit: the first ICU stay of an adult admission lasting the prediction window,
     alive at the prediction time; one row per stay with its labels (exclusions counted)."""
     ex = report["exclusions"]
-    pat_p = _need(root / "hosp" / "patients.csv.gz", "MIMIC-IV hosp/patients")
-    adm_p = _need(root / "hosp" / "admissions.csv.gz", "MIMIC-IV hosp/admissions")
-    icu_p = _need(root / "icu" / "icustays.csv.gz", "MIMIC-IV icu/icustays")
+    pat_p = _need(find_table(root / "hosp", "patients"), "MIMIC-IV hosp/patients")
+    adm_p = _need(find_table(root / "hosp", "admissions"), "MIMIC-IV hosp/admissions")
+    icu_p = _need(find_table(root / "icu", "icustays"), "MIMIC-IV icu/icustays")
     patients = _read_table(pat_p, ["subject_id", "gender", "anchor_age", "anchor_year"])
     adm = _read_table(adm_p, ["subject_id", "hadm_id", "admittime", "dischtime", "deathtime", "hospital_expire_flag"])
     icu = _read_table(icu_p, ["subject_id", "hadm_id", "stay_id", "intime", "outtime", "los"])
@@ -89,24 +90,23 @@ def _ehr(root: Path, df: pl.DataFrame, stays: pl.DataFrame, lab_lookback_hours: 
          report: dict) -> list[str | None]:
     """EHR text per stay: vitals (chartevents of the stay) and labs (labevents of the subject) in the window."""
     counts: dict = {}
-    ce_p = source(root / "icu" / "chartevents.csv.gz", "chartevents", "MIMIC-IV icu/chartevents", optional, report)
-    le_p = source(root / "hosp" / "labevents.csv.gz", "labevents", "MIMIC-IV hosp/labevents", optional, report)
+    ce_p = source(find_table(root / "icu", "chartevents"), "chartevents", "MIMIC-IV icu/chartevents", optional, report)
+    le_p = source(find_table(root / "hosp", "labevents"), "labevents", "MIMIC-IV hosp/labevents", optional, report)
     summaries = []
     if ce_p:
         ce = read_events(ce_p, ["stay_id", "itemid", "charttime", "valuenum"], set(VITALS), "stay_id",
-                          set(stays["stay_id"].to_list()))
-        ce = _parse_times(ce, ["charttime"]).join(stays.select("stay_id", "sample_id", "intime", "pred_time"),
-                                                  on="stay_id")
-        ce = ce.filter((pl.col("charttime") >= pl.col("intime")) & (pl.col("charttime") < pl.col("pred_time")))
-        summaries.append(summarise_events(ce.rename({"charttime": "t"}), VITALS, VITAL_STATS, counts))
+                         set(stays["stay_id"].to_list()), optional=("storetime",))
+        ce = _parse_times(ce, [c for c in ("charttime", "storetime") if c in ce.columns]).join(
+            stays.select("stay_id", "sample_id", "intime", "pred_time"), on="stay_id").rename({"charttime": "t"})
+        ce = available_before(ce, pl.col("intime"), report, "chartevents")
+        summaries.append(summarise_events(ce, VITALS, VITAL_STATS, counts))
     if le_p:
         le = read_events(le_p, ["subject_id", "itemid", "charttime", "valuenum"], set(LABS), "subject_id",
-                          set(stays["subject_id"].to_list()))
-        le = _parse_times(le, ["charttime"]).join(
-            stays.select("subject_id", "sample_id", "intime", "pred_time"), on="subject_id")
-        lookback = timedelta(hours=lab_lookback_hours)
-        le = le.filter((pl.col("charttime") >= pl.col("intime") - lookback) & (pl.col("charttime") < pl.col("pred_time")))
-        summaries.append(summarise_events(le.rename({"charttime": "t"}), LABS, LAB_STATS, counts))
+                         set(stays["subject_id"].to_list()), optional=("storetime",))
+        le = _parse_times(le, [c for c in ("charttime", "storetime") if c in le.columns]).join(
+            stays.select("subject_id", "sample_id", "intime", "pred_time"), on="subject_id").rename({"charttime": "t"})
+        le = available_before(le, pl.col("intime") - timedelta(hours=lab_lookback_hours), report, "labevents")
+        summaries.append(summarise_events(le, LABS, LAB_STATS, counts))
     report["counts"].update(counts)
     order = {name: i for i, (name, _) in enumerate(list(VITALS.values()) + list(LABS.values()))}
     ehr_items: dict[str, list] = {}
@@ -130,13 +130,14 @@ def _ehr(root: Path, df: pl.DataFrame, stays: pl.DataFrame, lab_lookback_hours: 
 
 def _notes(note_root: Path, stays: pl.DataFrame, optional: set, report: dict) -> list[str | None]:
     """Radiology notes of the admission charted before the prediction time, per stay."""
-    rad_p = source(note_root / "note" / "radiology.csv.gz", "radiology", "MIMIC-IV-Note note/radiology", optional,
+    rad_p = source(find_table(note_root / "note", "radiology"), "radiology", "MIMIC-IV-Note note/radiology", optional,
                    report, hint="set the dataset's note_root in the config")
     if rad_p:
-        rad = _read_table(rad_p, ["subject_id", "charttime", "text"], report)
-        rad = _parse_times(rad.with_columns(pl.col("subject_id").cast(pl.Int64)), ["charttime"])
+        rad = _read_table(rad_p, ["subject_id", "charttime", "text"], report, optional=("storetime",))
+        rad = _parse_times(rad.with_columns(pl.col("subject_id").cast(pl.Int64)),
+                           [c for c in ("charttime", "storetime") if c in rad.columns])
         rad = rad.join(stays.select("subject_id", "sample_id", "admittime", "pred_time"), on="subject_id")
-        rad = rad.filter((pl.col("charttime") >= pl.col("admittime")) & (pl.col("charttime") < pl.col("pred_time")))
+        rad = available_before(rad, pl.col("admittime"), report, "radiology", when="charttime")  # signed before
         rad = rad.filter(pl.col("text").str.strip_chars().str.len_chars() > 0)
         notes_by = dict(rad.sort("charttime").group_by("sample_id", maintain_order=True)
                         .agg(pl.col("text").str.join("\n\n")).iter_rows())
@@ -150,7 +151,7 @@ def _notes(note_root: Path, stays: pl.DataFrame, optional: set, report: dict) ->
 
 def _cxr(cxr_root: Path, stays: pl.DataFrame, optional: set, report: dict) -> list[list[str] | None]:
     """The last frontal image of the last CXR study before the prediction time, per stay."""
-    meta_p = source(cxr_root / "mimic-cxr-2.0.0-metadata.csv.gz", "cxr_metadata", "MIMIC-CXR-JPG metadata", optional,
+    meta_p = source(find_table(cxr_root, "mimic-cxr-2.0.0-metadata"), "cxr_metadata", "MIMIC-CXR-JPG metadata", optional,
                     report, hint="set the dataset's cxr_root in the config")
     if meta_p:
         meta = _read_table(meta_p, ["dicom_id", "subject_id", "study_id", "ViewPosition", "StudyDate", "StudyTime"])
@@ -160,6 +161,7 @@ def _cxr(cxr_root: Path, stays: pl.DataFrame, optional: set, report: dict) -> li
             .str.strptime(pl.Datetime("us"), "%Y%m%d%H%M%S", strict=False).alias("t"))
         meta = meta.filter(pl.col("ViewPosition").is_in(["PA", "AP"]))
         meta = meta.join(stays.select("subject_id", "sample_id", "admittime", "pred_time"), on="subject_id")
+        # a study exists from its acquisition (StudyDate/StudyTime): MIMIC-CXR has no later "stored" time
         meta = meta.filter((pl.col("t") >= pl.col("admittime")) & (pl.col("t") < pl.col("pred_time")))
         last = meta.sort("t", "dicom_id").group_by("sample_id").agg(pl.all().last())
         paths = {}
