@@ -173,6 +173,8 @@ def cmd_figure(args) -> None:
         figures.ablation(args.inputs, args.fig, args.table)
     elif args.kind == "efficiency":
         figures.efficiency(args.inputs, args.fig, args.table)
+    elif args.kind == "calibration":
+        figures.calibration(args.dataset, args.inputs, args.fig)
     else:
         figures.weights(args.dataset, args.inputs, args.fig)
     print(f"figure {args.kind} written")
@@ -320,13 +322,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_efficiency)
 
     s = sub.add_parser("figure", help="figures and tables from robustness.json / metrics.json / efficiency.json / runs")
-    s.add_argument("kind", choices=["robustness", "ablation", "efficiency", "weights"])
-    s.add_argument("--inputs", nargs="+", required=True, help="summary files (weights: run directories)")
+    s.add_argument("kind", choices=["robustness", "ablation", "efficiency", "weights", "calibration"])
+    s.add_argument("--inputs", nargs="+", required=True, help="summary files (weights, calibration: run directories)")
     s.add_argument("--fig", help="output figure (ablation, efficiency, weights)")
     s.add_argument("--table", help="output table (ablation: .md, efficiency: .csv)")
     s.add_argument("--fig-dir", help="robustness: folder of the three figures")
     s.add_argument("--table-dir", help="robustness: folder of missing_subsets.md")
-    s.add_argument("--dataset", help="weights: dataset name")
+    s.add_argument("--dataset", help="weights, calibration: dataset name")
     s.set_defaults(func=cmd_figure)
 
     s = sub.add_parser("tables", help="metrics.json of several datasets → results/tables/main.{md,csv,tex}")

@@ -2,8 +2,8 @@
 
 | type       | metrics                                                        | primary (early stopping) |
 | ---------- | -------------------------------------------------------------- | ------------------------ |
-| binary     | auroc, auprc                                                   | auroc                    |
-| multilabel | macro/micro AUROC, macro/micro AUPRC, macro F1 (val thresholds) | macro_auroc              |
+| binary     | auroc, auprc, brier, ece                                       | auroc                    |
+| multilabel | macro/micro AUROC, macro/micro AUPRC, macro F1 (val thresholds), macro Brier, macro ECE | macro_auroc |
 | multiclass | accuracy, macro AUROC (one-vs-rest), macro F1                  | macro_auroc              |
 | survival   | Harrell's C-index                                              | c_index                  |
 
@@ -11,6 +11,10 @@ Every metric is computed by one batched function over (B, n, ...) arrays, so the
 (B = 1) and the bootstrap (B resamples at once) share the code. A metric that is undefined on a
 split (one class only, no comparable pair) is null with the reason, never a crash; macro
 averages skip labels/classes that are undefined on the split and say how many were used.
+
+Calibration: the Brier score, mean((p - y)²), and the expected calibration error over 10
+equal-mass bins (the predictions sorted, cut into 10 bins of as equal a count as the split
+allows): Σ_b n_b/n · |mean(y_b) − mean(p_b)|. Both are lower-is-better (LOWER_IS_BETTER).
 """
 
 from __future__ import annotations
@@ -18,12 +22,35 @@ from __future__ import annotations
 import numpy as np
 
 METRICS: dict[str, tuple[str, ...]] = {
-    "binary": ("auroc", "auprc"),
-    "multilabel": ("macro_auroc", "micro_auroc", "macro_auprc", "micro_auprc", "macro_f1"),
+    "binary": ("auroc", "auprc", "brier", "ece"),
+    "multilabel": ("macro_auroc", "micro_auroc", "macro_auprc", "micro_auprc", "macro_f1", "macro_brier", "macro_ece"),
     "multiclass": ("accuracy", "macro_auroc", "macro_f1"),
     "survival": ("c_index",),
 }
 PRIMARY = {"binary": "auroc", "multilabel": "macro_auroc", "multiclass": "macro_auroc", "survival": "c_index"}
+LOWER_IS_BETTER = frozenset({"brier", "ece", "macro_brier", "macro_ece"})
+ECE_BINS = 10
+
+
+def brier_rows(y: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """Brier score of every row of (B, n) 0/1 labels and probabilities; NaN for an empty row."""
+    return ((p - y) ** 2).mean(-1) if y.shape[-1] else np.full(y.shape[:-1], np.nan)
+
+
+def ece_rows(y: np.ndarray, p: np.ndarray, bins: int = ECE_BINS) -> np.ndarray:
+    """Expected calibration error of every row over `bins` equal-mass bins of the sorted
+    predictions; NaN for an empty row."""
+    n = y.shape[-1]
+    if n == 0:
+        return np.full(y.shape[:-1], np.nan)
+    order = np.argsort(p, axis=-1, kind="stable")
+    ps, ys = np.take_along_axis(p, order, -1), np.take_along_axis(y, order, -1)
+    edges = np.linspace(0, n, bins + 1).astype(int)
+    out = np.zeros(y.shape[:-1])
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        if hi > lo:
+            out += (hi - lo) / n * np.abs(ys[..., lo:hi].mean(-1) - ps[..., lo:hi].mean(-1))
+    return out
 
 
 def auroc_rows(y: np.ndarray, p: np.ndarray) -> np.ndarray:
@@ -114,7 +141,7 @@ def _nanmean(v: np.ndarray, axis: int) -> np.ndarray:
 def _values(kind: str, name: str, Y: np.ndarray, P: np.ndarray, thr: list[float] | None) -> np.ndarray:
     """Metric `name` of B (resampled) copies: Y, P of shape (B, n, ...) → (B,)."""
     if kind == "binary":
-        return auroc_rows(Y, P) if name == "auroc" else average_precision_rows(Y, P)
+        return {"auroc": auroc_rows, "auprc": average_precision_rows, "brier": brier_rows, "ece": ece_rows}[name](Y, P)
     if kind == "multilabel":                          # (B, n, L) → labels on the last axis of the rows
         Yl, Pl = np.moveaxis(Y, -1, 1), np.moveaxis(P, -1, 1)  # (B, L, n)
         B = Y.shape[0]
@@ -126,6 +153,8 @@ def _values(kind: str, name: str, Y: np.ndarray, P: np.ndarray, thr: list[float]
             return auroc_rows(Y.reshape(B, -1), P.reshape(B, -1))
         if name == "micro_auprc":
             return average_precision_rows(Y.reshape(B, -1), P.reshape(B, -1))
+        if name in ("macro_brier", "macro_ece"):
+            return _nanmean((brier_rows if name == "macro_brier" else ece_rows)(Yl, Pl), 1)
         t = np.asarray(thr if thr is not None else [0.5] * Y.shape[-1])[None, :, None]
         return _nanmean(f1_rows(Yl, (Pl >= t).astype(float)), 1)
     if kind == "multiclass":                          # Y (B, n) codes, P (B, n, K)

@@ -123,6 +123,8 @@ def test_summary_and_figures(runs, tiny_results, tmp_path):
     assert "| paired |" in md and "| ehr+notes |" in md and "early_concat" in md
     figures.weights("tiny", [runs["medmix"]], tmp_path / "w.png")
     assert (tmp_path / "w.png").stat().st_size > 1000
+    figures.calibration("tiny", [runs["medmix"], runs["early_concat"]], tmp_path / "c.png")
+    assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_efficiency_counts_the_deployed_stack_only(runs, tiny_results, tmp_path):

@@ -26,3 +26,30 @@ def test_bootstrap_ci_brackets_the_estimate():
     assert lo < roc_auc_score(y, p) < hi and hi - lo < 0.2
     lo2, hi2 = bootstrap_ci("binary", "auprc", [y, y], [p, p], 500)
     assert lo2 < average_precision_score(y, p) < hi2
+
+
+def test_brier_and_ece_equal_their_definitions():
+    """Brier = mean squared error of the probabilities; ECE over 10 equal-mass bins of the sorted
+    predictions, recomputed sample by sample (and per label, then averaged, for multilabel)."""
+    from medmix.metrics import task_metrics
+    rng = np.random.default_rng(3)
+    for n in (7, 10, 253):
+        p = rng.random(n)
+        y = (rng.random(n) < p ** 2).astype(float)
+        order = sorted(range(n), key=lambda i: p[i])
+        ece = 0.0
+        for b in range(10):
+            rows = order[b * n // 10:(b + 1) * n // 10]
+            if rows:
+                ece += len(rows) / n * abs(sum(y[i] for i in rows) / len(rows) - sum(p[i] for i in rows) / len(rows))
+        m = task_metrics("binary", y, p)
+        assert m["brier"]["value"] == pytest.approx(sum((p[i] - y[i]) ** 2 for i in range(n)) / n)
+        assert m["ece"]["value"] == pytest.approx(ece)
+    P = rng.random((120, 3))
+    Y = (rng.random((120, 3)) < P).astype(float)
+    m = task_metrics("multilabel", Y, P)
+    per = [task_metrics("binary", Y[:, k], P[:, k]) for k in range(3)]
+    assert m["macro_brier"]["value"] == pytest.approx(np.mean([e["brier"]["value"] for e in per]))
+    assert m["macro_ece"]["value"] == pytest.approx(np.mean([e["ece"]["value"] for e in per]))
+    perfect = task_metrics("binary", np.array([0., 1., 0., 1.]), np.array([0., 1., 0., 1.]), n_boot=20)
+    assert perfect["brier"]["value"] == 0 and perfect["ece"]["value"] == 0 and perfect["ece"]["ci_high"] == 0

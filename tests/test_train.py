@@ -76,12 +76,14 @@ def test_single_expert_and_teacher_deployed_inputs(tiny_results, tmp_path):
 def test_main_tables_mark_the_best(tmp_path):
     from medmix.experiments.aggregate import main_tables
     def res(ds, vals):
-        return {"dataset": ds, "methods": {m: {"seeds": [0, 1], "test": {k: {"mean": v, "sd": 0.01} for k in
-                                                                         ("auroc", "auprc")}} for m, v in vals.items()}}
+        return {"dataset": ds, "methods": {m: {"seeds": [0, 1], "test": {
+            k: {"mean": v if k.startswith("au") else v / 10, "sd": 0.01} for k in ("auroc", "auprc", "brier", "ece")}}
+            for m, v in vals.items()}}
     (tmp_path / "a.json").write_text(json.dumps(res("demo", {"medmix": 0.9, "early_concat": 0.8})))
     (tmp_path / "b.json").write_text(json.dumps(res("mimic", {"medmix": 0.7, "early_concat": 0.75})))
     df = main_tables([tmp_path / "a.json", tmp_path / "b.json"], tmp_path / "tables")
-    assert df.filter(pl.col("best"))["method"].to_list() == ["medmix", "medmix", "early_concat", "early_concat"]
+    assert df.filter(pl.col("best"))["method"].to_list() == ["medmix", "medmix", "early_concat", "early_concat"] * 2
     md = (tmp_path / "tables" / "main.md").read_text()
-    assert "| medmix | **0.900 ± 0.010** | **0.900 ± 0.010** | 0.700 ± 0.010 | 0.700 ± 0.010 |" in md
+    assert ("| medmix | **0.900 ± 0.010** | **0.900 ± 0.010** | 0.090 ± 0.010 | 0.090 ± 0.010 | 0.700 ± 0.010 | "
+            "0.700 ± 0.010 | **0.070 ± 0.010** | **0.070 ± 0.010** |") in md      # Brier, ECE: lower is better
     assert "\\textbf{0.750 $\\pm$ 0.010}" in (tmp_path / "tables" / "main.tex").read_text()

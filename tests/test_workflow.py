@@ -49,7 +49,7 @@ def test_metrics_main_table_and_logs(dag):
 def test_paper_experiments_figures_and_tables(dag):
     wd = dag["wd"]
     for f in ("robustness_test", "robustness_train_one", "robustness_train_multi", "ablation", "efficiency",
-              "weights_tiny"):
+              "weights_tiny", "calibration_tiny"):
         assert (wd / f"results/figures/{f}.png").read_bytes()[:4] == b"\x89PNG", f
     subsets = (wd / "results/tables/missing_subsets.md").read_text()
     assert "| paired |" in subsets and "| cxr+ehr+notes |" in subsets
@@ -64,7 +64,7 @@ def test_report_holds_every_table_and_figure(dag):
     html = (dag["wd"] / "results/report.html").read_text()
     for name in ("robustness_test.png", "robustness_train_one.png", "robustness_train_multi.png", "ablation.png",
                  "efficiency.png", "weights_tiny.png", "missing_subsets.md", "ablation.md", "efficiency.csv",
-                 "main.md", "cohort.json", "cross_cohort.md"):
+                 "main.md", "cohort.json", "cross_cohort.md", "calibration_tiny.png"):
         assert name in html, name
 
 

@@ -13,12 +13,13 @@ import numpy as np
 import polars as pl
 
 from medmix.io import atomic_path, write_json
-from medmix.metrics import METRICS, labelled_rows, bootstrap_ci
+from medmix.metrics import ECE_BINS, LOWER_IS_BETTER, METRICS, bootstrap_ci, labelled_rows
 from medmix.tasks import Task
 
 LABELS = {"auroc": "AUROC", "auprc": "AUPRC", "macro_auroc": "macro AUROC", "micro_auroc": "micro AUROC",
           "macro_auprc": "macro AUPRC", "micro_auprc": "micro AUPRC", "macro_f1": "macro F1",
-          "accuracy": "accuracy", "c_index": "C-index"}
+          "accuracy": "accuracy", "c_index": "C-index", "brier": "Brier ↓", "ece": "ECE ↓",
+          "macro_brier": "macro Brier ↓", "macro_ece": "macro ECE ↓"}
 
 
 def _task(m: dict) -> Task:
@@ -121,7 +122,10 @@ def main_tables(metrics_files: list[str | Path], out_dir: str | Path) -> pl.Data
     df = pl.DataFrame(rows, schema={"dataset": pl.String, "method": pl.String, "metric": pl.String,
                                     "mean": pl.Float64, "sd": pl.Float64, "ci_low": pl.Float64,
                                     "ci_high": pl.Float64, "seeds": pl.Int64})
-    df = df.with_columns((pl.col("mean") == pl.col("mean").max().over("dataset", "metric")).alias("best"))
+    lower = pl.col("metric").is_in(list(LOWER_IS_BETTER))
+    best = pl.when(lower).then(pl.col("mean").min().over("dataset", "metric")) \
+        .otherwise(pl.col("mean").max().over("dataset", "metric"))
+    df = df.with_columns((pl.col("mean") == best).alias("best"))
     out_dir = Path(out_dir)
     with atomic_path(out_dir / "main.csv") as tmp:
         df.write_csv(tmp)
@@ -142,7 +146,8 @@ def main_tables(metrics_files: list[str | Path], out_dir: str | Path) -> pl.Data
           "| --- |" + " --- |" * len(cols)]
     md += [f"| {me} | " + " | ".join(cell(me, d, m, lambda t: f"**{t}**") for d, m in cols) + " |" for me in methods]
     with atomic_path(out_dir / "main.md") as tmp:
-        tmp.write_text("Test split, mean ± sd over seeds; best per column in bold.\n\n" + "\n".join(md) + "\n")
+        tmp.write_text("Test split, mean ± sd over seeds; best per column in bold (↓: lower is better; ECE over "
+                       f"{ECE_BINS} equal-mass bins).\n\n" + "\n".join(md) + "\n")
     tex = ["\\begin{tabular}{l" + "c" * len(cols) + "}", "\\toprule",
            "method & " + " & ".join(f"{d} {LABELS[m]}" for d, m in cols) + " \\\\", "\\midrule"]
     tex += [me.replace("_", "\\_") + " & " + " & ".join(

@@ -258,3 +258,45 @@ def weights(dataset: str, runs: list[str | Path], fig: str | Path) -> None:
         ax.grid(alpha=0.3, axis="y")
     f.tight_layout()
     _save(f, fig)
+
+
+def calibration(dataset: str, runs: list[str | Path], fig: str | Path) -> None:
+    """Reliability diagram of every method on the test split (its seeds pooled; multilabel: every
+    label pooled): observed frequency against mean predicted probability over 10 equal-mass bins
+    (medmix.metrics.ECE_BINS), with each method's ECE and Brier score (mean over seeds) in the legend."""
+    from medmix.experiments.aggregate import _task
+    from medmix.metrics import ECE_BINS
+    plt = _plt()
+    by: dict[str, list] = {}
+    for r in map(Path, runs):
+        m = json.loads((r / "metrics.json").read_text())
+        task = _task(m)
+        if task.kind not in ("binary", "multilabel"):
+            continue
+        y, p = task.read_predictions(pl.read_parquet(r / "predictions.parquet").filter(pl.col("split") == "test"))
+        y, p = np.ravel(y), np.ravel(p)
+        ok = ~np.isnan(y)
+        by.setdefault(m["method"], []).append((y[ok], p[ok], m["test"]))
+    f, ax = plt.subplots(figsize=(6, 5.5))
+    ax.plot([0, 1], [0, 1], ls=":", c="grey", lw=1, label="perfect calibration")
+    for method, parts in sorted(by.items()):
+        y = np.concatenate([a for a, _, _ in parts])
+        p = np.concatenate([b for _, b, _ in parts])
+        order = np.argsort(p, kind="stable")
+        bins = [b for b in np.array_split(order, ECE_BINS) if len(b)]
+        xs, ys = [p[b].mean() for b in bins], [y[b].mean() for b in bins]
+        t = parts[0][2]
+        ece, brier = ("ece", "brier") if "ece" in t else ("macro_ece", "macro_brier")
+        e = np.mean([x[2][ece]["value"] for x in parts if x[2][ece]["value"] is not None] or [np.nan])
+        b = np.mean([x[2][brier]["value"] for x in parts if x[2][brier]["value"] is not None] or [np.nan])
+        ax.plot(xs, ys, marker="o", ms=3, lw=1.2, label=f"{method} (ECE {e:.3f}, Brier {b:.3f})")
+    if not by:
+        _empty(ax, "no binary or multilabel task: calibration is not defined here")
+    ax.set_xlabel(f"mean predicted probability ({ECE_BINS} equal-mass bins)")
+    ax.set_ylabel("observed frequency")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_title(f"{dataset}: calibration on the test split (seeds pooled)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left")
+    _save(f, fig)

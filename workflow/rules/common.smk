@@ -252,6 +252,12 @@ def weights_runs(wildcards):
             for s in config["seeds"]]
 
 
+def calibration_runs(wildcards):
+    """Every method and seed of the dataset: its reliability diagram."""
+    return [f"results/{wildcards.dataset}/runs/{m}/seed{s}/predictions.parquet"
+            for m in config["methods"] for s in config["seeds"]]
+
+
 def prediction_dirs(wildcards, input):
     return " ".join(str(Path(p).parent) for p in input)
 
@@ -266,4 +272,5 @@ FIGURES = (["results/figures/robustness_test.png", "results/figures/robustness_t
             "results/figures/robustness_train_multi.png", "results/tables/missing_subsets.md",
             "results/figures/ablation.png", "results/tables/ablation.md",
             "results/figures/efficiency.png", "results/tables/efficiency.csv"]
-           + [f"results/figures/weights_{ds}.png" for ds in config["targets"] if ds not in CROSS])
+           + [f"results/figures/{kind}_{ds}.png" for kind in ("weights", "calibration")
+              for ds in config["targets"] if ds not in CROSS])

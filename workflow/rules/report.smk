@@ -6,6 +6,7 @@ localrules:
     figure_ablation,
     figure_efficiency,
     figure_weights,
+    figure_calibration,
 
 
 rule figure_robustness:
@@ -65,3 +66,18 @@ rule figure_weights:
         "results/{dataset}/logs/figure_weights.log",
     shell:
         "python -m medmix figure weights --dataset {wildcards.dataset} --inputs {params.runs} --fig {output} > {log} 2>&1"
+
+
+rule figure_calibration:
+    input:
+        calibration_runs,
+    output:
+        report("results/figures/calibration_{dataset}.png", category="Calibration", caption="../report/calibration.rst"),
+    params:
+        runs=prediction_dirs,
+    conda:
+        "../../envs/medmix.yaml"
+    log:
+        "results/{dataset}/logs/figure_calibration.log",
+    shell:
+        "python -m medmix figure calibration --dataset {wildcards.dataset} --inputs {params.runs} --fig {output} > {log} 2>&1"
