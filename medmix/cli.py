@@ -165,6 +165,14 @@ def cmd_efficiency(args) -> None:
               f"{e['latency_ms']['median']:.1f} ms/sample, teacher encoders called: {e['teacher_encoders_called']}")
 
 
+def cmd_subgroups(args) -> None:
+    from medmix.experiments.subgroups import subgroups
+    res = subgroups(args.dataset, args.cohort, args.runs, args.out, args.table, n_boot=args.bootstrap,
+                    min_n=args.min_n)
+    for method, g in res["largest_gap"].items():
+        print(f"{method}: largest {res['metric']} gap {g['gap']:.3f} ({g['variable']}: {g['best']} vs {g['worst']})")
+
+
 def cmd_figure(args) -> None:
     from medmix.experiments import figures
     if args.kind == "robustness":
@@ -320,6 +328,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--threads", type=int, default=1)
     s.add_argument("--out", required=True)
     s.set_defaults(func=cmd_efficiency)
+
+    s = sub.add_parser("subgroups", help="runs → the primary metric per subgroup (sex, age band, race, modality "
+                                         "availability) on the test split, and the largest gap per method")
+    s.add_argument("--dataset", required=True)
+    s.add_argument("--cohort", required=True)
+    s.add_argument("--runs", nargs="+", required=True, help="run directories (every method and seed)")
+    s.add_argument("--out", required=True, help="subgroups.json")
+    s.add_argument("--table", required=True, help="subgroups_{dataset}.md")
+    s.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples for each subgroup's 95%% CI")
+    s.add_argument("--min-n", type=int, default=10, help="smallest subgroup counted in the largest gap")
+    s.set_defaults(func=cmd_subgroups)
 
     s = sub.add_parser("figure", help="figures and tables from robustness.json / metrics.json / efficiency.json / runs")
     s.add_argument("kind", choices=["robustness", "ablation", "efficiency", "weights", "calibration"])

@@ -127,6 +127,28 @@ def test_summary_and_figures(runs, tiny_results, tmp_path):
     assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_subgroup_metrics_recompute_from_the_predictions(runs, tiny_results, tmp_path):
+    from medmix.experiments.subgroups import subgroups
+    from medmix.metrics import task_metrics
+    cohort = tiny_results / "tiny" / "cohort.parquet"
+    res = subgroups("tiny", cohort, [runs["medmix"], runs["early_concat"]], tmp_path / "s.json", tmp_path / "s.md",
+                    n_boot=20, min_n=5)
+    assert {"sex", "age", "race", "modalities"} <= set(res["variables"])
+    co = pl.read_parquet(cohort).filter(pl.col("split") == "test")
+    pred = co.select("sample_id", "group_sex").join(pl.read_parquet(runs["medmix"] / "predictions.parquet"),
+                                                   on="sample_id")
+    for sex in ("F", "M"):
+        part = pred.filter(pl.col("group_sex") == sex)
+        want = task_metrics("binary", part["y"].to_numpy().astype(float), part["prob"].to_numpy())["auroc"]["value"]
+        got = res["variables"]["sex"]["medmix"][sex]
+        assert got["n"] == part.height and got["mean"] == pytest.approx(want)
+    full = res["variables"]["modalities"]["medmix"]["cxr+ehr+notes"]
+    assert full["n"] == int(co.select(pl.all_horizontal(pl.col(m).is_not_null() for m in MODS)).to_series().sum())
+    assert res["largest_gap"]["medmix"]["gap"] >= 0
+    md = (tmp_path / "s.md").read_text()
+    assert "| medmix |" in md and "#### sex" in md and "Largest gap" in md
+
+
 def test_efficiency_counts_the_deployed_stack_only(runs, tiny_results, tmp_path):
     from medmix.experiments import figures
     from medmix.experiments.efficiency import measure

@@ -64,7 +64,7 @@ def test_report_holds_every_table_and_figure(dag):
     html = (dag["wd"] / "results/report.html").read_text()
     for name in ("robustness_test.png", "robustness_train_one.png", "robustness_train_multi.png", "ablation.png",
                  "efficiency.png", "weights_tiny.png", "missing_subsets.md", "ablation.md", "efficiency.csv",
-                 "main.md", "cohort.json", "cross_cohort.md", "calibration_tiny.png"):
+                 "main.md", "cohort.json", "cross_cohort.md", "calibration_tiny.png", "subgroups_tiny.md"):
         assert name in html, name
 
 

@@ -67,9 +67,32 @@ def _check_labels(cohort: pl.DataFrame, tasks: dict, source: str) -> None:
 
 
 def modalities_of(cohort: pl.DataFrame) -> list[str]:
-    """Input columns: everything that is not an id, a split, a label or a time stamp."""
+    """Input columns: everything that is not an id, a split, a label (`y_`), a subgroup (`group_`)
+    or a time stamp."""
     skip = set(META_COLUMNS) | {"hadm_id", "stay_id", "intime", "pred_time"}
-    return [c for c in cohort.columns if c not in skip and not c.startswith("y_")]
+    return [c for c in cohort.columns if c not in skip and not c.startswith((GROUP_PREFIX, "y_"))]
+
+
+# subgroup columns (`group_sex`, `group_age`, `group_race`, ...): carried for subgroup metrics
+# (medmix.experiments.subgroups), never a model input
+GROUP_PREFIX = "group_"
+AGE_BANDS = ((18, "18-39"), (40, "40-59"), (60, "60-79"), (80, "80+"))
+
+
+def age_band(age: pl.Expr) -> pl.Expr:
+    """Age in years → its band (AGE_BANDS; below the first: '<18')."""
+    out = pl.lit("<18")
+    for lo, name in AGE_BANDS:
+        out = pl.when(age >= lo).then(pl.lit(name)).otherwise(out)
+    return out
+
+
+def race_group(race: pl.Expr) -> pl.Expr:
+    """A release's race/ethnicity text → its broad group ('WHITE - RUSSIAN' → 'white',
+    'BLACK/AFRICAN AMERICAN' → 'black', 'UNABLE TO OBTAIN' → 'unknown')."""
+    head = race.str.to_lowercase().str.split(" - ").list.first().str.split("/").list.first().str.strip_chars()
+    return pl.when(race.is_null() | head.is_in(["unknown", "unable to obtain", "patient declined to answer", ""])) \
+        .then(pl.lit("unknown")).otherwise(head)
 
 
 def assign_splits(cohort: pl.DataFrame, train: float = 0.7, val: float = 0.15, seed: int = 0) -> pl.DataFrame:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import polars as pl
 
+from medmix.data.cohort import age_band, race_group
 from medmix.data.common import (available_before, count, find_table, log, new_report, read_events, read_table,
                                 serialise_ehr, source, summarise_events)
 from medmix.data.variables import LAB_STATS, LABS, VITAL_STATS, VITALS
@@ -92,7 +93,8 @@ def build_cohort(root: str | Path, prediction_hours: float = 48, min_age: int = 
     adm_p = source(_table(root, "ADMISSIONS"), "admissions", "MIMIC-III ADMISSIONS", set(), report)
     icu_p = source(_table(root, "ICUSTAYS"), "icustays", "MIMIC-III ICUSTAYS", set(), report)
     pat = _times(_read(pat_p, ["SUBJECT_ID", "GENDER", "DOB"]), ["dob"], pat_p, required=True)
-    adm = _times(_read(adm_p, ["SUBJECT_ID", "HADM_ID", "ADMITTIME", "DEATHTIME", "HOSPITAL_EXPIRE_FLAG"]),
+    adm = _times(_read(adm_p, ["SUBJECT_ID", "HADM_ID", "ADMITTIME", "DEATHTIME", "HOSPITAL_EXPIRE_FLAG"],
+                       optional=("ETHNICITY",)),
                  ["admittime", "deathtime"], adm_p)
     icu = _times(_read(icu_p, ["SUBJECT_ID", "HADM_ID", "ICUSTAY_ID", "INTIME", "OUTTIME", "LOS"]),
                  ["intime", "outtime"], icu_p, required=True)
@@ -207,6 +209,8 @@ def build_cohort(root: str | Path, prediction_hours: float = 48, min_age: int = 
     cohort = df.select(
         "sample_id", "patient_id", pl.col("hadm_id").cast(pl.String), pl.col("icustay_id").cast(pl.String).alias("stay_id"),
         pl.col("intime").dt.strftime(_TS), pl.col("pred_time").dt.strftime(_TS), "y_ihm", "y_los7",
+        pl.col("gender").fill_null("unknown").alias("group_sex"), age_band(pl.col("age")).alias("group_age"),
+        *([race_group(pl.col("ethnicity")).alias("group_race")] if "ethnicity" in df.columns else []),
     ).with_columns(pl.Series("ehr", ehr, dtype=pl.String), pl.Series("notes", notes, dtype=pl.String),
                    pl.Series("cxr", [None] * stays.height, dtype=pl.List(pl.String)))
     return cohort, report

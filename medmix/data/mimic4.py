@@ -15,6 +15,7 @@ from pathlib import Path
 
 import polars as pl
 
+from medmix.data.cohort import age_band, race_group
 from medmix.data.common import (available_before, find_table, read_events, read_table as _read_table, serialise_ehr,
                                 source, summarise_events)
 from medmix.data.variables import LAB_STATS, LABS, VITAL_STATS, VITALS
@@ -41,7 +42,8 @@ def _stays(root: Path, prediction_hours: float, min_age: int, report: dict) -> p
     adm_p = _need(find_table(root / "hosp", "admissions"), "MIMIC-IV hosp/admissions")
     icu_p = _need(find_table(root / "icu", "icustays"), "MIMIC-IV icu/icustays")
     patients = _read_table(pat_p, ["subject_id", "gender", "anchor_age", "anchor_year"])
-    adm = _read_table(adm_p, ["subject_id", "hadm_id", "admittime", "dischtime", "deathtime", "hospital_expire_flag"])
+    adm = _read_table(adm_p, ["subject_id", "hadm_id", "admittime", "dischtime", "deathtime", "hospital_expire_flag"],
+                      optional=("race", "ethnicity"))  # MIMIC-IV v2 `race`, v1 `ethnicity`
     icu = _read_table(icu_p, ["subject_id", "hadm_id", "stay_id", "intime", "outtime", "los"])
 
     icu = _parse_times(icu, ["intime", "outtime"]).with_columns(
@@ -207,9 +209,12 @@ def build_cohort(root: str | Path, note_root: str | Path | None = None, cxr_root
     cxr = _cxr(cxr_root, stays, optional, report)
     report["missing"]["ehr"] = {"no_vital_or_lab_in_window": sum(x is None for x in ehr)}
 
+    race = "race" if "race" in df.columns else "ethnicity" if "ethnicity" in df.columns else None
     cohort = df.select(
         "sample_id", "patient_id", pl.col("hadm_id").cast(pl.String), pl.col("stay_id").cast(pl.String),
         pl.col("intime").dt.strftime(_TS), pl.col("pred_time").dt.strftime(_TS), "y_ihm", "y_los7",
+        pl.col("gender").fill_null("unknown").alias("group_sex"), age_band(pl.col("age")).alias("group_age"),
+        *([race_group(pl.col(race)).alias("group_race")] if race else []),
     ).with_columns(pl.Series("ehr", ehr, dtype=pl.String), pl.Series("notes", notes, dtype=pl.String),
                    pl.Series("cxr", cxr, dtype=pl.List(pl.String)))
     return cohort, report

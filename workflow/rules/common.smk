@@ -273,4 +273,5 @@ FIGURES = (["results/figures/robustness_test.png", "results/figures/robustness_t
             "results/figures/ablation.png", "results/tables/ablation.md",
             "results/figures/efficiency.png", "results/tables/efficiency.csv"]
            + [f"results/figures/{kind}_{ds}.png" for kind in ("weights", "calibration")
-              for ds in config["targets"] if ds not in CROSS])
+              for ds in config["targets"] if ds not in CROSS]
+           + [f"results/tables/subgroups_{ds}.md" for ds in config["targets"] if ds not in CROSS])

@@ -7,6 +7,7 @@ localrules:
     figure_efficiency,
     figure_weights,
     figure_calibration,
+    subgroups,
 
 
 rule figure_robustness:
@@ -81,3 +82,23 @@ rule figure_calibration:
         "results/{dataset}/logs/figure_calibration.log",
     shell:
         "python -m medmix figure calibration --dataset {wildcards.dataset} --inputs {params.runs} --fig {output} > {log} 2>&1"
+
+
+rule subgroups:
+    input:
+        cohort="results/{dataset}/cohort.parquet",
+        runs=dataset_runs,
+        predictions=calibration_runs,
+    output:
+        json="results/{dataset}/subgroups.json",
+        table=report("results/tables/subgroups_{dataset}.md", category="Subgroups", caption="../report/subgroups.rst"),
+    params:
+        runs=run_dirs,
+        bootstrap=config["train"]["bootstrap"],
+    conda:
+        "../../envs/medmix.yaml"
+    log:
+        "results/{dataset}/logs/subgroups.log",
+    shell:
+        "python -m medmix subgroups --dataset {wildcards.dataset} --cohort {input.cohort} --runs {params.runs} "
+        "--out {output.json} --table {output.table} --bootstrap {params.bootstrap} > {log} 2>&1"
