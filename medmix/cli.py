@@ -110,10 +110,25 @@ def cmd_train(args) -> None:
     job = _job(args, lambda cfg: config.train_job(cfg, args.dataset, args.method))
     if args.drop:
         job["drop"] = {**parse_drop(args.drop), "seed": args.drop_seed}
+    tuned = json.loads(Path(args.tuning).read_text())["best"]["params"] if args.tuning else None
     m = train_run(job, args.seed, args.out, cohort=_cohort(args, args.dataset),
                   caches=_caches(args.embeddings, args.results, args.dataset), device=args.device,
-                  progress=not args.quiet)
+                  progress=not args.quiet, tuned=tuned)
     print(json.dumps({k: m.get(k) for k in ("method", "seed", "best_epoch", "test")}))
+
+
+def cmd_tune(args) -> None:
+    from medmix import config
+    from medmix.tune import tune
+
+    def build(cfg):
+        if cfg["tuning"] is None:
+            raise MedmixError(f"{args.config}: `tuning` is null: nothing to tune (set tuning: {{trials: N}})")
+        return {"train": config.train_job(cfg, args.dataset, args.method), "tuning": cfg["tuning"]}
+    job = _job(args, build)
+    res = tune(job["train"], _cohort(args, args.dataset), _caches(args.embeddings, args.results, args.dataset),
+               job["tuning"], args.out, device=args.device or "cpu", progress=not args.quiet)
+    print(json.dumps({"method": res["method"], "best": res["best"], "trials": res["budget"]["trials"]}))
 
 
 def cmd_aggregate(args) -> None:
@@ -282,7 +297,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--drop", help="train-time drop: MODALITY:RATE (that modality removed from a fraction RATE of "
                                   "the training samples) or multi:RATE (each modality of each training sample)")
     s.add_argument("--drop-seed", type=int, default=0, help="seed of the train-time drop masks (shared by all methods)")
+    s.add_argument("--tuning", help="the method's results/{dataset}/tuning/{method}.json: its best parameters replace "
+                                    "the config's")
     s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("tune", help="cached embeddings → the method's best hyperparameters on the validation split "
+                                    "(seeded TPE, the config's budget) → tuning/{method}.json", parents=[job, device])
+    s.add_argument("--dataset", required=True)
+    s.add_argument("--method", required=True)
+    s.add_argument("--out", required=True)
+    _inputs_args(s)
+    s.set_defaults(func=cmd_tune)
 
     s = sub.add_parser("aggregate", help="runs of a dataset → metrics.json (mean ± sd over seeds, bootstrap CI)")
     s.add_argument("--dataset", required=True)
@@ -375,7 +400,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
     try:
-        if args.verb in ("embed", "train"):
+        if args.verb in ("embed", "train", "tune"):
             # before anything imports torch: the slot decides CUDA_VISIBLE_DEVICES
             from medmix.gpu import claim_for_process
             claim_for_process(args.gpu_slots, args.device)

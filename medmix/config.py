@@ -90,7 +90,8 @@ def _resolve_ref(node: dict) -> dict:
 
 def _fill_defaults(node: dict, inst: Any) -> Any:
     node = _resolve_ref(node)
-    if not isinstance(inst, dict) or node.get("type") != "object":
+    t = node.get("type")
+    if not isinstance(inst, dict) or not (t == "object" or (isinstance(t, list) and "object" in t)):
         return inst
     for key, sub in node.get("properties", {}).items():
         sub_r = _resolve_ref(sub)
@@ -157,6 +158,16 @@ def validate(cfg: dict, source: str = "config") -> dict:
         except KeyError:
             where = f"robustness/methods/{i}" if i < len(cfg["robustness"]["methods"]) else "weights_method"
             raise MedmixError(f"{source}: invalid config at '{where}': unknown method '{m}'") from None
+    if cfg["tuning"] is not None:
+        names = {f.name for f in dataclasses.fields(TrainParams)} | {"C"}
+        for group, space in cfg["tuning"]["spaces"].items():
+            for k, v in space.items():
+                if k not in names:
+                    raise MedmixError(f"{source}: invalid config at 'tuning/spaces/{group}/{k}': not a train setting "
+                                      f"(known: {', '.join(sorted(names))})")
+                if "choices" not in v and not ("low" in v and "high" in v and v["low"] <= v["high"]):
+                    raise MedmixError(f"{source}: invalid config at 'tuning/spaces/{group}/{k}': give choices, or "
+                                      "low <= high")
     for i, t in enumerate(cfg["targets"]):
         if t not in cfg["datasets"]:
             raise MedmixError(f"{source}: invalid config at 'targets/{i}': unknown dataset '{t}'")

@@ -10,8 +10,10 @@ predictions.parquet (probabilities and the per-sample weights α, β).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from medmix import __version__
-from medmix.config import TrainJob
+from medmix.config import TrainJob, TrainParams
 from medmix.data import cohort as cohort_mod
 from medmix.inputs import Caches, Inputs, load_role
 from medmix.io import MedmixError, atomic_path, write_json
@@ -144,14 +146,15 @@ def _best_single_expert(inp: Inputs, task: Task, y: np.ndarray, split: np.ndarra
     return chosen
 
 
-def _fit_logreg(inp: Inputs, task: Task, y: np.ndarray, split: np.ndarray, seed: int) -> tuple[np.ndarray, dict, dict]:
+def _fit_logreg(inp: Inputs, task: Task, y: np.ndarray, split: np.ndarray, seed: int,
+                C: float | None = None) -> tuple[np.ndarray, dict, dict]:
     """logreg_concat: a linear model (logistic regression; Cox for survival) on every expert
-    embedding (zero-filled), L2 strength chosen on the validation metric."""
+    embedding (zero-filled), L2 strength `C` (tuned), else the best of four on the validation metric."""
     x = torch.cat([xx for m in inp.X for xx in inp.X[m]], 1).numpy()
     tr = (split == "train") & task.labelled(y)
     va = split == "val"
     best = None
-    for c in (0.001, 0.01, 0.1, 1.0):
+    for c in ((float(C),) if C is not None else (0.001, 0.01, 0.1, 1.0)):
         coef, icpt = _fit_linear(task, x[tr], y[tr], c, seed)
         score = primary_score(task.kind, y[va], _linear_predict(task, x[va], coef, icpt))
         score = -np.inf if np.isnan(score) else score
@@ -162,39 +165,42 @@ def _fit_logreg(inp: Inputs, task: Task, y: np.ndarray, split: np.ndarray, seed:
     return _linear_predict(task, x, coef, icpt), state, {"C": c, "n_params": int(coef.size + icpt.size)}
 
 
-def train_run(job: TrainJob | dict, seed: int, out: str | Path, cohort: str | Path | None = None,
-              caches: Caches | None = None, results: str | Path = "results",
-              device: str | None = None, progress: bool = True) -> dict:
-    """Train one (dataset, method, seed) on cached embeddings; write model.pt, metrics.json, predictions.
+@dataclass
+class Prepared:
+    """A train job's inputs, read once: what every fit of it (a seed, a tuning trial) starts from."""
+    job: TrainJob
+    method: MethodSpec
+    task: Task
+    cohort: pl.DataFrame
+    y: np.ndarray
+    split: np.ndarray             # train / val / test (train_excluded: a drop left the sample no input)
+    exp: Inputs                   # the inputs at inference: experts (teacher_deployed: teachers)
+    tea: Inputs | None            # teacher embeddings, training rows only (methods with a teacher branch)
+    dropped: list = field(default_factory=list)
+    info: dict = field(default_factory=dict)
 
-    `cohort` and `caches`: the files the train rule declares (default: the workflow's layout under
-    `results`, for library use)."""
-    t_start = time.perf_counter()
-    job = job if isinstance(job, TrainJob) else TrainJob.from_dict(job)
-    out = Path(out)
-    cpath = Path(cohort) if cohort else Path(results) / job.dataset / "cohort.parquet"
-    caches = caches or Caches.under(results, job.dataset)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+def prepare(job: TrainJob, seed: int, cohort: Path, caches: Caches) -> Prepared:
+    """Read and standardise the caches a job's method reads, apply its train-time drop (seeded by
+    `seed`) and, for medmix_single_expert, keep the best expert per modality (on validation)."""
     method = method_spec(job.method)
-    tcfg = job.train
-    cohort = cohort_mod.read(cpath)
-    task = Task.of_cohort(cpath, job.task, cohort)
-    cfg = fusion_config(method, tcfg, task.kind)
-    mods = dataset_modalities(job.modalities, cohort)  # canonical order: same model from CLI or API
+    co = cohort_mod.read(cohort)
+    task = Task.of_cohort(cohort, job.task, co)
+    mods = dataset_modalities(job.modalities, co)  # canonical order: same model from CLI or API
     if method.only:
         if method.only not in mods:
             raise MedmixError(f"method {job.method}: modality '{method.only}' is not an input of "
                               f"dataset {job.dataset} ({', '.join(mods)})")
         mods = [method.only]
-    split = cohort["split"].to_numpy()
-    y = task.targets(cohort)
+    split = co["split"].to_numpy()
+    y = task.targets(co)
     role = method.inputs  # teacher_deployed: the teachers are its inputs, on every split
     if role == "teachers":
         mods = [m for m in mods if job.modalities[m]["teachers"]]
-    exp = load_role(caches, job, cohort, role, mods)
+    exp = load_role(caches, job, co, role, mods)
     drop = None
     if job.drop:  # robustness sweeps: modalities removed from training samples (medmix/masks.py)
-        drop = TrainDrop(job.drop, job.modalities, cohort, seed)
+        drop = TrainDrop(job.drop, job.modalities, co, seed)
         split = drop.apply(exp, split)
     dropped = list(exp.dropped)
     if not exp.X:
@@ -202,20 +208,69 @@ def train_run(job: TrainJob | dict, seed: int, out: str | Path, cohort: str | Pa
     info: dict = {"train_drop": drop.summary} if drop else {}
     if method.single_expert:
         info["single_expert"] = _best_single_expert(exp, task, y, split)
-    if getattr(model_class(method.arch), "fitted", False):  # a closed-form fit (logreg), not gradient steps
-        p_all, state, more = _fit_logreg(exp, task, y, split, seed)
-        o_all: dict = {}
-        info.update(more)
-    else:
-        tea = None
-        if method.teacher:
-            tm = [m for m in exp.X if job.modalities[m]["teachers"]]
-            tea = load_role(caches, job, cohort, "teachers", tm, rows=split == "train")
-            if drop:
-                drop.apply(tea, split, relabel=False)
-            dropped += tea.dropped
-        p_all, o_all, state, more = _fit_neural(job, method, cfg, task, exp, tea, y, split, seed, device, progress)
-        info.update(more)
+    tea = None
+    if method.teacher and not _fitted(method):
+        tm = [m for m in exp.X if job.modalities[m]["teachers"]]
+        tea = load_role(caches, job, co, "teachers", tm, rows=split == "train")
+        if drop:
+            drop.apply(tea, split, relabel=False)
+        dropped += tea.dropped
+    return Prepared(job, method, task, co, y, split, exp, tea, dropped, info)
+
+
+def _fitted(method: MethodSpec) -> bool:
+    """A closed-form fit (logreg), not gradient steps."""
+    return bool(getattr(model_class(method.arch), "fitted", False))
+
+
+def fit(p: Prepared, seed: int, train: TrainParams | None = None, C: float | None = None,
+        device: str = "cpu", progress: bool = False) -> tuple[np.ndarray, dict, dict, dict]:
+    """One fit of a prepared job: (probabilities on every row, model outputs, student state, info).
+    `train`: the train settings (default the job's); `C`: a linear model's L2 strength (default:
+    the best of 0.001-1 on validation)."""
+    train = train or p.job.train
+    if _fitted(p.method):
+        p_all, state, more = _fit_logreg(p.exp, p.task, p.y, p.split, seed, C)
+        return p_all, {}, state, more
+    cfg = fusion_config(p.method, train, p.task.kind)
+    return _fit_neural(p.job, p.method, cfg, train, p.task, p.exp, p.tea, p.y, p.split, seed, device, progress)
+
+
+def apply_tuning(job: TrainJob, params: dict) -> tuple[TrainJob, float | None]:
+    """A job with the tuned settings of medmix.tune (train fields) and the tuned `C` of a linear model."""
+    names = {f.name for f in dataclasses.fields(TrainParams)}
+    unknown = sorted(set(params) - names - {"C"})
+    if unknown:
+        raise MedmixError(f"tuned parameters {unknown} are not train settings (known: {sorted(names)}, C)")
+    train = dataclasses.replace(job.train, **{k: v for k, v in params.items() if k in names})
+    return dataclasses.replace(job, train=train), params.get("C")
+
+
+def train_run(job: TrainJob | dict, seed: int, out: str | Path, cohort: str | Path | None = None,
+              caches: Caches | None = None, results: str | Path = "results",
+              device: str | None = None, progress: bool = True, tuned: dict | None = None) -> dict:
+    """Train one (dataset, method, seed) on cached embeddings; write model.pt, metrics.json, predictions.
+
+    `cohort` and `caches`: the files the train rule declares (default: the workflow's layout under
+    `results`, for library use). `tuned`: the best parameters of the method's tuning on validation
+    (medmix.tune), which replace the config's."""
+    t_start = time.perf_counter()
+    job = job if isinstance(job, TrainJob) else TrainJob.from_dict(job)
+    C = None
+    if tuned:
+        job, C = apply_tuning(job, tuned)
+    out = Path(out)
+    cpath = Path(cohort) if cohort else Path(results) / job.dataset / "cohort.parquet"
+    caches = caches or Caches.under(results, job.dataset)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    p = prepare(job, seed, cpath, caches)
+    method, task, cohort, y, split, exp, dropped = p.method, p.task, p.cohort, p.y, p.split, p.exp, p.dropped
+    tcfg = job.train
+    info = dict(p.info)
+    if tuned:
+        info["tuned"] = tuned
+    p_all, o_all, state, more = fit(p, seed, C=C, device=device, progress=progress)
+    info.update(more)
 
     n_boot = tcfg.bootstrap
     va, te = split == "val", split == "test"
@@ -245,9 +300,9 @@ def train_run(job: TrainJob | dict, seed: int, out: str | Path, cohort: str | Pa
     return metrics
 
 
-def _fit_neural(job: TrainJob, method: MethodSpec, cfg, task: Task, exp: Inputs, tea: Inputs | None, y, split, seed, device, progress):
+def _fit_neural(job: TrainJob, method: MethodSpec, cfg, tcfg: TrainParams, task: Task, exp: Inputs,
+                tea: Inputs | None, y, split, seed, device, progress):
     """AdamW with early stopping on the validation metric; returns (probabilities, outputs, student state, info)."""
-    tcfg = job.train
     # the whole cache lives on the training device; batches are index gathers
     X = {m: [x.to(device) for x in xs] for m, xs in exp.X.items()}
     M = {m: v.to(device) for m, v in exp.M.items()}

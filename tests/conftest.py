@@ -164,6 +164,7 @@ def dag_config() -> dict:
     cfg["robustness"] = {"methods": ["medmix", "early_concat"], "seeds": [0], "train_one_rates": [1.0],
                          "train_multi_rates": [0.5], "test_rates": [0.0, 0.5]}
     cfg["efficiency"] = {"samples": 2, "warmup": 1}
+    cfg["tuning"] = {"trials": 2}                      # the tune stage, every method, two trials
     return cfg
 
 

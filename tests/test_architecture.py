@@ -72,7 +72,7 @@ def test_layering_reads_bottom_up():
     """Lower layers never import higher ones (docs/design.md "Layering")."""
     layer = {"medmix.io": 0, "medmix.methods": 0, "medmix.metrics": 0, "medmix.masks": 1, "medmix.data": 1,
              "medmix.config": 2, "medmix.tasks": 2, "medmix.encoders": 3, "medmix.embed": 4, "medmix.inputs": 4,
-             "medmix.model": 5, "medmix.train": 6, "medmix.run": 7, "medmix.bundle": 8, "medmix.experiments": 8,
+             "medmix.model": 5, "medmix.train": 6, "medmix.run": 7, "medmix.tune": 7, "medmix.bundle": 8, "medmix.experiments": 8,
              "medmix.cli": 9, "medmix.__main__": 10, "medmix.synth": 1, "medmix.synth_layouts": 2, "medmix.gpu": 0}
 
     def of(mod):

@@ -136,6 +136,20 @@ def caches(dataset, methods, inference=False, modalities_of=None):
     return sorted(CACHE.format(dataset=dataset, modality=m, encoder=s) for m, s in pairs)
 
 
+def tune_job(wildcards):
+    """The tune job's trigger: the method's train job and the tuning block (budget and spaces)."""
+    return _js({"train": mcfg.train_job(config, wildcards.dataset, wildcards.method), "tuning": config["tuning"]})
+
+
+def tuning_file(wildcards):
+    """The method's tuning record when `tuning` is set (its best parameters replace the config's)."""
+    return [f"results/{wildcards.dataset}/tuning/{wildcards.method}.json"] if config["tuning"] else []
+
+
+def tuning_arg(wildcards, input):
+    return f"--tuning {input.tuning}" if input.tuning else ""
+
+
 def train_embeddings(wildcards):
     """The caches a train job reads: its method's experts (+ teachers where the method has a teacher branch)."""
     return caches(wildcards.dataset, [wildcards.method])

@@ -6,12 +6,14 @@ rule train_drop:
     input:
         cohort="results/{dataset}/cohort.parquet",
         embeddings=train_embeddings,
+        tuning=tuning_file,
     output:
         model="results/{dataset}/runs/{method}/drop-{drop}/seed{seed}/model.pt",
         metrics="results/{dataset}/runs/{method}/drop-{drop}/seed{seed}/metrics.json",
         predictions="results/{dataset}/runs/{method}/drop-{drop}/seed{seed}/predictions.parquet",
     params:
         job=train_drop_job,
+        tuning=tuning_arg,
         out="results/{dataset}/runs/{method}/drop-{drop}/seed{seed}",
     threads: 1
     resources:
@@ -26,7 +28,7 @@ rule train_drop:
     shell:
         "OMP_NUM_THREADS={threads} python -m medmix train --dataset {wildcards.dataset} --method {wildcards.method} "
         "--seed {wildcards.seed} --out {params.out} --cohort {input.cohort} --embeddings {input.embeddings} "
-        "--job {params.job:q} --quiet > {log} 2>&1"
+        "{params.tuning} --job {params.job:q} --quiet > {log} 2>&1"
 
 
 rule robustness:

@@ -1,0 +1,107 @@
+"""The tune stage: every method gets the same search budget on the validation split.
+
+One process per (dataset, method): the job's inputs are read once (medmix.train.prepare), then a
+seeded Optuna TPE search runs `trials` fits, each scored by the task's primary metric on the
+validation split (mean over `seeds`). Test labels are never read: a fit uses the train rows and
+early-stops on validation rows, and the objective reads validation rows only. The search space of
+a method is the union of the config's `tuning.spaces` groups that apply to it:
+
+| group     | applies to                                    | typical parameters                      |
+| --------- | --------------------------------------------- | --------------------------------------- |
+| `neural`  | every network (not the closed-form logreg)    | hidden, dropout, lr, weight_decay       |
+| `medmix`  | architecture medmix                           | d, modality_dropout, expert_dropout     |
+| `teacher` | methods with a training-only teacher branch   | lambda_align, lambda_kd, tau            |
+| `linear`  | closed-form linear models (logreg_concat)     | C                                       |
+
+Output `results/{dataset}/tuning/{method}.json`: the budget, the space, every trial and the best
+parameters, which that method's train jobs read (`medmix train --tuning FILE`).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from medmix import __version__
+from medmix.config import TrainJob
+from medmix.inputs import Caches
+from medmix.io import MedmixError, write_json
+from medmix.methods import MethodSpec, method_spec
+from medmix.metrics import PRIMARY, primary_score
+from medmix.train import _fitted, apply_tuning, fit, prepare
+
+GROUPS = ("neural", "medmix", "teacher", "linear")
+
+
+def method_space(method: MethodSpec, spaces: dict) -> dict:
+    """The search space of a method: the `spaces` groups that apply to it, merged in GROUPS order."""
+    linear = _fitted(method)
+    applies = {"neural": not linear, "medmix": method.arch == "medmix" and not linear,
+               "teacher": method.teacher and not linear, "linear": linear}
+    unknown = sorted(set(spaces) - set(GROUPS))
+    if unknown:
+        raise MedmixError(f"tuning.spaces: unknown group(s) {unknown} (known: {', '.join(GROUPS)})")
+    out: dict = {}
+    for g in GROUPS:
+        if applies[g]:
+            out.update(spaces.get(g) or {})
+    return out
+
+
+def _suggest(trial, name: str, spec: dict):
+    if "choices" in spec:
+        return trial.suggest_categorical(name, list(spec["choices"]))
+    if spec.get("int"):
+        return trial.suggest_int(name, int(spec["low"]), int(spec["high"]), log=bool(spec.get("log")))
+    return trial.suggest_float(name, float(spec["low"]), float(spec["high"]), log=bool(spec.get("log")))
+
+
+def tune(job: TrainJob | dict, cohort: str | Path, caches: Caches, tuning: dict, out: str | Path,
+         device: str = "cpu", progress: bool = True) -> dict:
+    """Search the method's space on validation with `tuning` = {trials, seeds, sampler_seed, spaces};
+    write and return the tuning record."""
+    import optuna
+    from tqdm.auto import tqdm
+    job = job if isinstance(job, TrainJob) else TrainJob.from_dict(job)
+    method = method_spec(job.method)
+    space = method_space(method, tuning["spaces"])
+    seeds = list(tuning["seeds"])
+    p0 = prepare(job, seeds[0], Path(cohort), caches)  # no train-time drop here: the inputs are the same for every seed
+    va = p0.split == "val"
+    kind = p0.task.kind
+    trials: list[dict] = []
+
+    def objective(trial) -> float:
+        params = {k: _suggest(trial, k, v) for k, v in space.items()}
+        tjob, C = apply_tuning(job, params)
+        t0 = time.perf_counter()
+        scores = []
+        for s in seeds:
+            p_all, _, _, _ = fit(p0, s, train=tjob.train, C=C, device=device)
+            v = primary_score(kind, p0.y[va], p_all[va])
+            scores.append(-np.inf if np.isnan(v) else float(v))
+        value = float(np.mean(scores))
+        trials.append({"number": trial.number, "params": params, "value": value, "per_seed": scores,
+                       "seconds": round(time.perf_counter() - t0, 2)})
+        bar.update(1)
+        bar.set_postfix(best=f"{max(t['value'] for t in trials):.4f}")
+        return value
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize",
+                                sampler=optuna.samplers.TPESampler(seed=int(tuning["sampler_seed"])))
+    bar = tqdm(total=tuning["trials"], desc=f"tune {job.dataset}/{job.method}", disable=not progress, mininterval=2)
+    if space:
+        study.optimize(objective, n_trials=int(tuning["trials"]))
+    bar.close()
+    best = max(trials, key=lambda t: t["value"]) if trials else {"params": {}, "value": None, "number": None}
+    res = {"dataset": job.dataset, "method": job.method,
+           "objective": f"validation {PRIMARY[kind]} (mean over seeds {seeds}); test rows are never read",
+           "budget": {"trials": int(tuning["trials"]) if space else 0, "seeds": seeds, "sampler": "optuna TPE",
+                      "sampler_seed": int(tuning["sampler_seed"])},
+           "space": space, "best": {"params": best["params"], "value": best["value"], "trial": best["number"]},
+           "trials": trials, "medmix_version": __version__}
+    write_json(out, res)
+    return res

@@ -1,0 +1,67 @@
+"""The tune stage: a seeded search on validation, the same budget for every method, never reading test labels."""
+
+import json
+import shutil
+
+import polars as pl
+import pytest
+
+from conftest import TINY_CONFIG
+from medmix import config
+from medmix.inputs import Caches
+from medmix.tune import method_space, tune
+from medmix.methods import method_spec
+
+
+def _tuning(trials=3):
+    return config.validate({**TINY_CONFIG, "tuning": {"trials": trials}})["tuning"]
+
+
+def test_each_method_searches_the_groups_that_apply_to_it():
+    spaces = _tuning()["spaces"]
+    assert set(method_space(method_spec("logreg_concat"), spaces)) == {"C"}
+    assert set(method_space(method_spec("early_concat"), spaces)) == {"hidden", "dropout", "lr", "weight_decay"}
+    assert {"modality_dropout", "lambda_kd", "tau"} <= set(method_space(method_spec("medmix"), spaces))
+    assert "lambda_kd" not in method_space(method_spec("medmix_noteacher"), spaces)
+    with pytest.raises(config.MedmixError, match="tuning/spaces/neural/widht"):
+        config.validate({**TINY_CONFIG, "tuning": {"spaces": {"neural": {"widht": {"low": 1, "high": 2}}}}})
+
+
+@pytest.mark.parametrize("method", ["medmix", "logreg_concat"])
+def test_tuning_is_seeded_and_blind_to_the_test_labels(method, tiny_results, tmp_path):
+    cfg = config.validate(TINY_CONFIG)
+    job = config.train_job(cfg, "tiny", method)
+    caches = Caches.under(tiny_results, "tiny")
+    cohort = tiny_results / "tiny" / "cohort.parquet"
+    a = tune(job, cohort, caches, _tuning(), tmp_path / "a.json", progress=False)
+    assert a["budget"]["trials"] == 3 and len(a["trials"]) == 3
+    assert set(a["best"]["params"]) == set(a["space"]) and a["best"]["value"] == max(t["value"] for t in a["trials"])
+    assert json.loads((tmp_path / "a.json").read_text())["best"] == a["best"]
+    # the test split's labels turned upside down: the same search, trial by trial
+    garbage = tmp_path / "g"
+    garbage.mkdir()
+    co = pl.read_parquet(cohort)
+    co = co.with_columns(pl.when(pl.col("split") == "test").then(1 - pl.col("y_ihm")).otherwise(pl.col("y_ihm"))
+                         .cast(pl.Int8).alias("y_ihm"))
+    co.write_parquet(garbage / "cohort.parquet")
+    shutil.copy(cohort.with_suffix(".json"), garbage / "cohort.json")
+    b = tune(job, garbage / "cohort.parquet", caches, _tuning(), tmp_path / "b.json", progress=False)
+    assert [t["params"] for t in b["trials"]] == [t["params"] for t in a["trials"]]
+    assert [t["value"] for t in b["trials"]] == [t["value"] for t in a["trials"]]
+
+
+def test_a_train_job_reads_its_tuned_parameters(tiny_results, tmp_path):
+    from medmix.run import Run
+    from medmix.train import train_run
+    cfg = config.validate(TINY_CONFIG)
+    job = config.train_job(cfg, "tiny", "early_concat")
+    m = train_run(job, 0, tmp_path / "run", results=tiny_results, progress=False,
+                  tuned={"hidden": 64, "dropout": 0.1, "lr": 0.002, "weight_decay": 0.001})
+    assert m["tuned"]["lr"] == 0.002
+    r = Run.load(tmp_path / "run")
+    assert r.job.train.lr == 0.002 and r.fusion.dropout == 0.1
+    lr = train_run(config.train_job(cfg, "tiny", "logreg_concat"), 0, tmp_path / "lr", results=tiny_results,
+                   progress=False, tuned={"C": 0.05})
+    assert lr["C"] == 0.05
+    with pytest.raises(config.MedmixError, match="not train settings"):
+        train_run(job, 0, tmp_path / "x", results=tiny_results, progress=False, tuned={"gates": 3})
