@@ -110,10 +110,11 @@ def cmd_train(args) -> None:
     job = _job(args, lambda cfg: config.train_job(cfg, args.dataset, args.method))
     if args.drop:
         job["drop"] = {**parse_drop(args.drop), "seed": args.drop_seed}
-    tuned = json.loads(Path(args.tuning).read_text())["best"]["params"] if args.tuning else None
+    rec = json.loads(Path(args.tuning).read_text()) if args.tuning else None
     m = train_run(job, args.seed, args.out, cohort=_cohort(args, args.dataset),
                   caches=_caches(args.embeddings, args.results, args.dataset), device=args.device,
-                  progress=not args.quiet, tuned=tuned)
+                  progress=not args.quiet, tuned=rec["best"]["params"] if rec else None,
+                  tuning_budget=rec["budget"] if rec else None)
     print(json.dumps({k: m.get(k) for k in ("method", "seed", "best_epoch", "test")}))
 
 

@@ -248,12 +248,13 @@ def apply_tuning(job: TrainJob, params: dict) -> tuple[TrainJob, float | None]:
 
 def train_run(job: TrainJob | dict, seed: int, out: str | Path, cohort: str | Path | None = None,
               caches: Caches | None = None, results: str | Path = "results",
-              device: str | None = None, progress: bool = True, tuned: dict | None = None) -> dict:
+              device: str | None = None, progress: bool = True, tuned: dict | None = None,
+              tuning_budget: dict | None = None) -> dict:
     """Train one (dataset, method, seed) on cached embeddings; write model.pt, metrics.json, predictions.
 
     `cohort` and `caches`: the files the train rule declares (default: the workflow's layout under
     `results`, for library use). `tuned`: the best parameters of the method's tuning on validation
-    (medmix.tune), which replace the config's."""
+    (medmix.tune), which replace the config's; `tuning_budget`: that search's budget, recorded."""
     t_start = time.perf_counter()
     job = job if isinstance(job, TrainJob) else TrainJob.from_dict(job)
     C = None
@@ -269,6 +270,8 @@ def train_run(job: TrainJob | dict, seed: int, out: str | Path, cohort: str | Pa
     info = dict(p.info)
     if tuned:
         info["tuned"] = tuned
+    if tuning_budget:
+        info["tuning_budget"] = tuning_budget
     p_all, o_all, state, more = fit(p, seed, C=C, device=device, progress=progress)
     info.update(more)
 

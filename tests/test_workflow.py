@@ -44,6 +44,12 @@ def test_metrics_main_table_and_logs(dag):
     assert (wd / "results/tiny/logs/embed/notes/bert_head.log").exists()
     table = (wd / "results/tables/main.md").read_text()
     assert all(m in table for m in TINY_CONFIG["methods"]) and "**" in table
+    assert "Every method tuned with the same budget: 2 optuna TPE trials on the validation split" in table
+    for m in TINY_CONFIG["methods"]:
+        rec = json.loads((wd / f"results/tiny/tuning/{m}.json").read_text())
+        assert rec["budget"]["trials"] == 2 and len(rec["trials"]) == 2
+        run = json.loads((wd / f"results/tiny/runs/{m}/seed0/metrics.json").read_text())
+        assert run["tuned"] == rec["best"]["params"]
 
 
 def test_paper_experiments_figures_and_tables(dag):

@@ -70,6 +70,7 @@ def aggregate(dataset: str, runs: list[str | Path], out: str | Path, cohort_json
                 e["ci_low"], e["ci_high"] = bootstrap_ci(task.kind, name, [y[ok] for y, _ in preds],
                                                          [p[ok] for _, p in preds], n_boot, 0, thrs)
         entry["n_params"] = ms[0]["n_params"]
+        entry["tuning"] = ms[0].get("tuning_budget")  # None: the shared `train` block, no search
         entry["train_seconds"] = float(np.mean([m["seconds"] for m in ms]))
         result["methods"][method] = entry
     if cohort_json and Path(cohort_json).exists():
@@ -103,16 +104,29 @@ def markdown_table(result: dict) -> str:
                     + f" | {e['n_params']:,} |")
     t = next(iter(result["methods"].values()))["test"] if result["methods"] else {"n": 0, "positives": 0}
     what = {"survival": "events", "multiclass": "per class", "multilabel": "positive labels"}.get(kind, "positive")
-    rows += ["", f"Test split: {t['n']} samples, {t['positives']} {what}.", ""]
+    rows += ["", f"Test split: {t['n']} samples, {t['positives']} {what}. {tuning_note(result)}", ""]
     return "\n".join(rows)
+
+
+def tuning_note(result: dict) -> str:
+    """What the methods of a metrics.json were tuned with: the same budget for all, or not."""
+    budgets = {m: e.get("tuning") for m, e in result["methods"].items()}
+    if not budgets or all(b is None for b in budgets.values()):
+        return "No per-method tuning: every method trained with the shared `train` settings."
+    same = {json.dumps(b, sort_keys=True) for b in budgets.values()}
+    if len(same) == 1:
+        b = next(iter(budgets.values()))
+        return (f"Every method tuned with the same budget: {b['trials']} {b['sampler']} trials on the validation "
+                f"split (seeds {b['seeds']}).")
+    return "Tuning budgets differ: " + "; ".join(f"{m}: {b['trials'] if b else 'none'}" for m, b in budgets.items()) + "."
 
 
 def main_tables(metrics_files: list[str | Path], out_dir: str | Path) -> pl.DataFrame:
     """results/tables/main.{md,csv,tex}: methods × datasets × test metrics, mean ± sd over seeds;
     the best mean per (dataset, metric) column is marked (bold in Markdown and LaTeX)."""
     rows = []
-    for f in metrics_files:
-        r = json.loads(Path(f).read_text())
+    results = [json.loads(Path(f).read_text()) for f in metrics_files]
+    for r in results:
         for method, e in r["methods"].items():
             for name in METRICS[r.get("task_type", "binary")]:
                 s = e["test"][name]
@@ -145,9 +159,10 @@ def main_tables(metrics_files: list[str | Path], out_dir: str | Path) -> pl.Data
     md = ["| method | " + " | ".join(f"{d} {LABELS[m]}" for d, m in cols) + " |",
           "| --- |" + " --- |" * len(cols)]
     md += [f"| {me} | " + " | ".join(cell(me, d, m, lambda t: f"**{t}**") for d, m in cols) + " |" for me in methods]
+    notes = " ".join(f"{r['dataset']}: {tuning_note(r)}" for r in results)
     with atomic_path(out_dir / "main.md") as tmp:
         tmp.write_text("Test split, mean ± sd over seeds; best per column in bold (↓: lower is better; ECE over "
-                       f"{ECE_BINS} equal-mass bins).\n\n" + "\n".join(md) + "\n")
+                       f"{ECE_BINS} equal-mass bins). {notes}\n\n" + "\n".join(md) + "\n")
     tex = ["\\begin{tabular}{l" + "c" * len(cols) + "}", "\\toprule",
            "method & " + " & ".join(f"{d} {LABELS[m]}" for d, m in cols) + " \\\\", "\\midrule"]
     tex += [me.replace("_", "\\_") + " & " + " & ".join(
