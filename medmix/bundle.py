@@ -71,6 +71,7 @@ def export(run: str | Path, out: str | Path, caches: Caches | None = None, resul
         "dims": r.dims, "experts": experts, "label": f"y_{r.job.task}", "dataset": r.dataset,
         "task": task.to_spec(), "labels": task.labels, "seed": r.seed, "threshold": thr[0] if thr else None,
         "thresholds": thr, "threshold_rule": "max F1 on the validation split, per label (binary, multilabel)",
+        "temperature": float(r.ckpt.get("temperature", 1.0)),
     }
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(out / "weights.safetensors") as tmp:
@@ -118,7 +119,7 @@ def predict(bundle: str | Path, embeddings: str | Path, out: str | Path | None =
     t = meta.get("task") or {"name": meta["label"][2:], "type": "binary", "columns": [meta["label"]]}
     task = Task.from_spec(t["name"], t)
     p, o = predict_student(MethodSpec.from_dict(meta["arch"]), meta["dims"], FusionConfig(**meta["fusion"]), state,
-                           X, M, task)
+                           X, M, task, float(meta.get("temperature", 1.0)))
     p = p.astype(np.float64)
     thr = meta.get("thresholds") or [meta.get("threshold", 0.5)]
     cols: dict = {"sample_id": ids}

@@ -275,6 +275,7 @@ class TrainParams:
     align: str = _default("train", "align")
     pos_weight: bool = _default("train", "pos_weight")
     bootstrap: int = _default("train", "bootstrap")
+    calibrate: str = _default("train", "calibrate")
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainParams":

@@ -53,12 +53,14 @@ def student_model(method: MethodSpec, dims: dict, fcfg: FusionConfig, state: dic
 
 
 def predict_student(method: MethodSpec, dims: dict, fcfg: FusionConfig, state: dict, X: dict, M: dict,
-                    task: Task) -> tuple[np.ndarray, dict]:
+                    task: Task, temperature: float = 1.0) -> tuple[np.ndarray, dict]:
     """Predictions (probabilities; risk for survival) and the model's outputs (α/β where it has
-    them) of a trained student on standardised inputs X, M."""
+    them) of a trained student on standardised inputs X, M; `temperature`: the post-hoc
+    calibration fitted on validation (`train.calibrate`), dividing the logits."""
     with torch.no_grad():
         o = student_model(method, dims, fcfg, state, task)({"x": X, "mask": M}, train=False)
-    return task.predictions(o["logit"].numpy()), o
+    logits = o["logit"].numpy()
+    return task.predictions(logits if temperature == 1.0 else logits / temperature), o
 
 
 @dataclass
@@ -168,4 +170,5 @@ class Run:
         return student_model(self.method, self.dims, self.fusion, self.ckpt["state_dict"], self.task)
 
     def predict(self, X: dict, M: dict) -> tuple[np.ndarray, dict]:
-        return predict_student(self.method, self.dims, self.fusion, self.ckpt["state_dict"], X, M, self.task)
+        return predict_student(self.method, self.dims, self.fusion, self.ckpt["state_dict"], X, M, self.task,
+                               float(self.ckpt.get("temperature", 1.0)))

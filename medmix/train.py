@@ -162,7 +162,8 @@ def _fit_logreg(inp: Inputs, task: Task, y: np.ndarray, split: np.ndarray, seed:
             best = (score, c, coef, icpt)
     _, c, coef, icpt = best
     state = {"coef": torch.from_numpy(coef.astype(np.float32)), "intercept": torch.from_numpy(icpt.astype(np.float32))}
-    return _linear_predict(task, x, coef, icpt), state, {"C": c, "n_params": int(coef.size + icpt.size)}
+    return _linear_predict(task, x, coef, icpt), state, {"C": c, "n_params": int(coef.size + icpt.size),
+                                                         "logits": x @ coef.T + icpt}
 
 
 @dataclass
@@ -231,9 +232,43 @@ def fit(p: Prepared, seed: int, train: TrainParams | None = None, C: float | Non
     train = train or p.job.train
     if _fitted(p.method):
         p_all, state, more = _fit_logreg(p.exp, p.task, p.y, p.split, seed, C)
-        return p_all, {}, state, more
-    cfg = fusion_config(p.method, train, p.task.kind)
-    return _fit_neural(p.job, p.method, cfg, train, p.task, p.exp, p.tea, p.y, p.split, seed, device, progress)
+        logits, o_all = more.pop("logits"), {}
+    else:
+        cfg = fusion_config(p.method, train, p.task.kind)
+        p_all, o_all, state, more = _fit_neural(p.job, p.method, cfg, train, p.task, p.exp, p.tea, p.y, p.split,
+                                                seed, device, progress)
+        logits = o_all["logit"].float().cpu().numpy()
+    if train.calibrate == "temperature" and p.task.kind != "survival":
+        va = p.split == "val"
+        more["temperature"] = fit_temperature(p.task, logits[va], p.y[va])
+        p_all = p.task.predictions(logits / more["temperature"])
+    return p_all, o_all, state, more
+
+
+def fit_temperature(task: Task, logits: np.ndarray, y: np.ndarray) -> float:
+    """The temperature T > 0 minimising the negative log-likelihood of `logits / T` on labelled
+    (validation) rows: binary/multilabel BCE (one T for every label), multiclass CE. 1.0 when
+    there is nothing to fit."""
+    z = torch.from_numpy(np.asarray(logits, np.float64).reshape(len(logits), -1))
+    yt = torch.from_numpy(np.asarray(y, np.float64).reshape(len(z), -1) if task.kind != "multiclass"
+                          else np.asarray(y, np.float64))
+    ok = ~torch.isnan(yt)
+    if not ok.any():
+        return 1.0
+    s = torch.zeros((), dtype=torch.float64, requires_grad=True)   # T = exp(s)
+    opt = torch.optim.LBFGS([s], max_iter=100, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        zt = z / s.exp()
+        if task.kind == "multiclass":
+            loss = torch.nn.functional.cross_entropy(zt[ok], yt[ok].long())
+        else:
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(zt[ok], yt[ok])
+        loss.backward()
+        return loss
+    opt.step(closure)
+    return float(s.detach().exp().clamp(0.05, 20.0))
 
 
 def apply_tuning(job: TrainJob, params: dict) -> tuple[TrainJob, float | None]:
@@ -298,6 +333,7 @@ def train_run(job: TrainJob | dict, seed: int, out: str | Path, cohort: str | Pa
         torch.save({"state_dict": state, "spec": job.to_dict(), "seed": seed, "dims": exp.dims, "method": method.to_dict(),
                     "task": task.to_spec(), "n_out": task.n_out, "thresholds": thr,
                     "experts": exp.slugs, "norm": exp.norm, "history": info.get("history", []),
+                    "temperature": info.get("temperature", 1.0),
                     "medmix_version": __version__}, tmp)
     write_json(out / "metrics.json", metrics)
     return metrics

@@ -18,7 +18,8 @@ __all__ = ["FusionConfig", "MedMIX", "EarlyConcat", "LateFusion", "Linear", "cre
            "create_fusion", "list_fusions", "register_fusion", "register_model", "list_models", "TRAINER_KEYS", "weight_columns"]
 
 # keys of the config's `train` block that the trainer reads; every other key is a FusionConfig field
-TRAINER_KEYS = frozenset({"lr", "weight_decay", "batch_size", "max_epochs", "patience", "pos_weight", "bootstrap"})
+TRAINER_KEYS = frozenset({"lr", "weight_decay", "batch_size", "max_epochs", "patience", "pos_weight", "bootstrap",
+                          "calibrate"})
 _FUSION_KEYS = frozenset(f.name for f in dataclasses.fields(FusionConfig))
 
 
