@@ -83,6 +83,15 @@ def test_manifest_without_split_column_is_split_by_patient(tmp_path):
         build_cohort(p, tasks={})
 
 
+def test_manifest_subgroup_columns_are_carried_never_inputs(tmp_path):
+    rows = [f"s{i},p{i // 3},{i % 2},text {i},{'F' if i % 3 else 'M'}" for i in range(30)]
+    p = tmp_path / "m.csv"
+    p.write_text("sample_id,patient_id,y,note,group_sex\n" + "\n".join(rows) + "\n")
+    co, rep = build_cohort(p, tasks={"y": {"type": "binary", "columns": ["y"]}})
+    assert rep["inputs"] == {"note": "text"} and co["group_sex"].to_list()[:3] == ["M", "F", "F"]
+    assert C.modalities_of(co) == ["note"]
+
+
 @pytest.fixture(scope="module")
 def ccrcc_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("ccrcc")

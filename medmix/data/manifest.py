@@ -11,7 +11,8 @@ modality whose input type the config's `inputs` gives:
 - `features`: a precomputed feature file (.npy/.npz/.pt/.h5/.hdf5, e.g. per-slide tile features),
   to be pooled to one vector by its encoder.
 
-An empty cell is a missing modality. Relative paths are resolved against `root`; the loader checks
+Columns named `group_<name>` (e.g. `group_sex`, `group_site`) are subgroups for the subgroup
+metrics (medmix.experiments.subgroups), never model inputs. An empty cell is a missing modality. Relative paths are resolved against `root`; the loader checks
 that each file exists and records its path, and leaves decoding to the encoders. Label columns
 become `y_<task>` (binary, multiclass), `y_<task>__<column>` (multilabel) and `y_<task>_time`,
 `y_<task>_event` (survival). Time-stamped raw sources must be cut at the prediction time by
@@ -153,7 +154,8 @@ def build_cohort(manifest: str | Path, root: str | Path | None = None, tasks: di
     count(report, "counts", "manifest_rows", df.height)
     label_src = {c for t in tasks.values() for c in t["columns"]}
     if not inputs:
-        inputs = {c: "text" for c in df.columns if c not in ("sample_id", "patient_id", "split") and c not in label_src}
+        inputs = {c: "text" for c in df.columns if c not in ("sample_id", "patient_id", "split") and c not in label_src
+                  and not c.startswith(cohort_mod.GROUP_PREFIX)}
     for m, kind in inputs.items():
         if kind not in INPUT_TYPES:
             raise MedmixError(f"input '{m}': type {kind!r} is not one of {', '.join(INPUT_TYPES)}")
@@ -173,6 +175,9 @@ def build_cohort(manifest: str | Path, root: str | Path | None = None, tasks: di
         for c, v in lab.items():
             dtype = pl.Float64 if c.endswith("_time") and t["type"] == "survival" else pl.Int8
             cols[c] = pl.Series(c, v, dtype=dtype)
+    groups = [c for c in df.columns if c.startswith(cohort_mod.GROUP_PREFIX) and c not in inputs]
+    for g in groups:  # subgroup columns (sex, age band, site, ...): carried for subgroup metrics, never an input
+        cols[g] = df[g].str.strip_chars()
     for m, kind in inputs.items():
         vals = [_input(v, kind, root, path, i, m) for i, v in enumerate(df[m].to_list())]
         cols[m] = pl.Series(m, vals, dtype=pl.List(pl.String) if kind == "image" else pl.String)
@@ -195,7 +200,8 @@ def build_cohort(manifest: str | Path, root: str | Path | None = None, tasks: di
             rows = [i + 1 for i in (out["patient_id"] == pid).arg_true().to_list()]
             raise MedmixError(f"{path}: rows {rows}: field 'split': patient {pid} is in splits "
                               f"{two['split'][0].to_list()}; a patient's samples must share one split")
-    out = out.select("sample_id", "patient_id", "split", *[c for c in out.columns if c.startswith("y_")], *inputs)
+    out = out.select("sample_id", "patient_id", "split", *[c for c in out.columns if c.startswith("y_")], *groups,
+                     *inputs)
     report["tasks"] = declared
     report["inputs"] = dict(inputs)
     for m in inputs:
