@@ -27,7 +27,7 @@ demo: $(STAMP)
 	@echo "Report (every table and figure): results/report.html"
 
 test: $(STAMP)
-	$(PYBIN) -m pytest -q tests
+	$(PYBIN) -m pytest -q --durations=25 tests
 
 # The reliability soak (tests/reliability/test_workflow_runs.py, docs/reliability.md): the tiny DAG killed
 # at random three times, then completed; its metrics must equal a clean run's (about 2 min).
