@@ -30,7 +30,8 @@ from medmix.model import FusionConfig, weight_columns
 from medmix.run import Run, predict_student
 from medmix.tasks import Task
 
-BUNDLE_VERSION = 1
+BUNDLE_VERSION = 2   # 2: `temperature` (post-hoc calibration); version 1 bundles still load (T = 1)
+READABLE_VERSIONS = (1, 2)
 
 
 def export(run: str | Path, out: str | Path, caches: Caches | None = None, results: str | Path = "results") -> dict:
@@ -86,8 +87,9 @@ def load(bundle: str | Path) -> tuple[dict, dict]:
     if not (bundle / "bundle.json").exists():
         raise MedmixError(f"{bundle}: not a medmix bundle (no bundle.json)")
     meta = json.loads((bundle / "bundle.json").read_text())
-    if meta.get("bundle_version") != BUNDLE_VERSION:
-        raise MedmixError(f"{bundle}/bundle.json: bundle_version {meta.get('bundle_version')} is not {BUNDLE_VERSION}")
+    if meta.get("bundle_version") not in READABLE_VERSIONS:
+        raise MedmixError(f"{bundle}/bundle.json: bundle_version {meta.get('bundle_version')} is not one this medmix "
+                          f"reads ({', '.join(map(str, READABLE_VERSIONS))})")
     try:
         return meta, load_file(str(bundle / "weights.safetensors"))
     except Exception as e:  # noqa: BLE001 - SafetensorError, OSError: not a safetensors file

@@ -128,7 +128,7 @@ def cmd_tune(args) -> None:
         return {"train": config.train_job(cfg, args.dataset, args.method), "tuning": cfg["tuning"]}
     job = _job(args, build)
     res = tune(job["train"], _cohort(args, args.dataset), _caches(args.embeddings, args.results, args.dataset),
-               job["tuning"], args.out, device=args.device or "cpu", progress=not args.quiet)
+               job["tuning"], args.out, device=args.device, progress=not args.quiet)
     print(json.dumps({"method": res["method"], "best": res["best"], "trials": res["budget"]["trials"]}))
 
 

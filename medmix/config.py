@@ -159,15 +159,23 @@ def validate(cfg: dict, source: str = "config") -> dict:
             where = f"robustness/methods/{i}" if i < len(cfg["robustness"]["methods"]) else "weights_method"
             raise MedmixError(f"{source}: invalid config at '{where}': unknown method '{m}'") from None
     if cfg["tuning"] is not None:
-        names = {f.name for f in dataclasses.fields(TrainParams)} | {"C"}
+        types = {f.name: f.type for f in dataclasses.fields(TrainParams)}
         for group, space in cfg["tuning"]["spaces"].items():
             for k, v in space.items():
-                if k not in names:
-                    raise MedmixError(f"{source}: invalid config at 'tuning/spaces/{group}/{k}': not a train setting "
-                                      f"(known: {', '.join(sorted(names))})")
-                if "choices" not in v and not ("low" in v and "high" in v and v["low"] <= v["high"]):
-                    raise MedmixError(f"{source}: invalid config at 'tuning/spaces/{group}/{k}': give choices, or "
-                                      "low <= high")
+                where = f"{source}: invalid config at 'tuning/spaces/{group}/{k}'"
+                if k not in types and not (k == "C" and group == "linear"):
+                    raise MedmixError(f"{where}: not a train setting of this group (train settings: "
+                                      f"{', '.join(sorted(types))}; C in the linear group)")
+                if "choices" in v:
+                    continue
+                if not ("low" in v and "high" in v and v["low"] <= v["high"]):
+                    raise MedmixError(f"{where}: give choices, or low <= high")
+                if v["log"] and v["low"] <= 0:
+                    raise MedmixError(f"{where}: a log range needs low > 0")
+                if types.get(k) == "int" and not v["int"]:
+                    raise MedmixError(f"{where}: {k} is an integer setting: set int: true (or give choices)")
+                if types.get(k) in ("str", "bool"):
+                    raise MedmixError(f"{where}: {k} takes choices, not a range")
     for i, t in enumerate(cfg["targets"]):
         if t not in cfg["datasets"]:
             raise MedmixError(f"{source}: invalid config at 'targets/{i}': unknown dataset '{t}'")

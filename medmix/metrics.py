@@ -37,6 +37,12 @@ def brier_rows(y: np.ndarray, p: np.ndarray) -> np.ndarray:
     return ((p - y) ** 2).mean(-1) if y.shape[-1] else np.full(y.shape[:-1], np.nan)
 
 
+def equal_mass_bins(n: int, bins: int = ECE_BINS) -> list[tuple[int, int]]:
+    """[lo, hi) positions of `bins` bins of as equal a count as n sorted items allow (empty ones left out)."""
+    edges = np.linspace(0, n, bins + 1).astype(int)
+    return [(int(lo), int(hi)) for lo, hi in zip(edges[:-1], edges[1:]) if hi > lo]
+
+
 def ece_rows(y: np.ndarray, p: np.ndarray, bins: int = ECE_BINS) -> np.ndarray:
     """Expected calibration error of every row over `bins` equal-mass bins of the sorted
     predictions; NaN for an empty row."""
@@ -45,9 +51,8 @@ def ece_rows(y: np.ndarray, p: np.ndarray, bins: int = ECE_BINS) -> np.ndarray:
         return np.full(y.shape[:-1], np.nan)
     order = np.argsort(p, axis=-1, kind="stable")
     ps, ys = np.take_along_axis(p, order, -1), np.take_along_axis(y, order, -1)
-    edges = np.linspace(0, n, bins + 1).astype(int)
     out = np.zeros(y.shape[:-1])
-    for lo, hi in zip(edges[:-1], edges[1:]):
+    for lo, hi in equal_mass_bins(n, bins):
         if hi > lo:
             out += (hi - lo) / n * np.abs(ys[..., lo:hi].mean(-1) - ps[..., lo:hi].mean(-1))
     return out

@@ -1,7 +1,8 @@
 """The tune stage: every method gets the same search budget on the validation split.
 
 One process per (dataset, method): the job's inputs are read once (medmix.train.prepare), then a
-seeded Optuna TPE search runs `trials` fits, each scored by the task's primary metric on the
+seeded Optuna TPE search runs `trials` fits (TPE samples its first 10 trials at random: a
+budget of 10 or fewer is a seeded random search), each scored by the task's primary metric on the
 validation split (mean over `seeds`). Test labels are never read: a fit uses the train rows and
 early-stops on validation rows, and the objective reads validation rows only. The search space of
 a method is the union of the config's `tuning.spaces` groups that apply to it:
@@ -59,16 +60,21 @@ def _suggest(trial, name: str, spec: dict):
 
 
 def tune(job: TrainJob | dict, cohort: str | Path, caches: Caches, tuning: dict, out: str | Path,
-         device: str = "cpu", progress: bool = True) -> dict:
+         device: str | None = None, progress: bool = True) -> dict:
     """Search the method's space on validation with `tuning` = {trials, seeds, sampler_seed, spaces};
-    write and return the tuning record."""
+    write and return the tuning record. `device`: as the train jobs run (default cuda if available),
+    so the search sees the numbers the final runs will."""
     import optuna
+    import torch
     from tqdm.auto import tqdm
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     job = job if isinstance(job, TrainJob) else TrainJob.from_dict(job)
     method = method_spec(job.method)
     space = method_space(method, tuning["spaces"])
     seeds = list(tuning["seeds"])
     p0 = prepare(job, seeds[0], Path(cohort), caches)  # no train-time drop here: the inputs are the same for every seed
+    p0.y = p0.y.copy()
+    p0.y[p0.split == "test"] = np.nan   # the search cannot read a test label, by construction
     va = p0.split == "val"
     kind = p0.task.kind
     trials: list[dict] = []
@@ -81,13 +87,13 @@ def tune(job: TrainJob | dict, cohort: str | Path, caches: Caches, tuning: dict,
         for s in seeds:
             p_all, _, _, _ = fit(p0, s, train=tjob.train, C=C, device=device)
             v = primary_score(kind, p0.y[va], p_all[va])
-            scores.append(-np.inf if np.isnan(v) else float(v))
-        value = float(np.mean(scores))
+            scores.append(None if np.isnan(v) else float(v))
+        ok = [v for v in scores if v is not None]
+        value = float(np.mean(ok)) if ok else None   # None: the metric is undefined on validation
         trials.append({"number": trial.number, "params": params, "value": value, "per_seed": scores,
                        "seconds": round(time.perf_counter() - t0, 2)})
         bar.update(1)
-        bar.set_postfix(best=f"{max(t['value'] for t in trials):.4f}")
-        return value
+        return value if value is not None else -1e9  # Optuna ranks an undefined trial last
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize",
@@ -96,7 +102,9 @@ def tune(job: TrainJob | dict, cohort: str | Path, caches: Caches, tuning: dict,
     if space:
         study.optimize(objective, n_trials=int(tuning["trials"]))
     bar.close()
-    best = max(trials, key=lambda t: t["value"]) if trials else {"params": {}, "value": None, "number": None}
+    defined = [t for t in trials if t["value"] is not None]
+    best = max(defined, key=lambda t: t["value"]) if defined else \
+        {"params": trials[0]["params"] if trials else {}, "value": None, "number": trials[0]["number"] if trials else None}
     res = {"dataset": job.dataset, "method": job.method,
            "objective": f"validation {PRIMARY[kind]} (mean over seeds {seeds}); test rows are never read",
            "budget": {"trials": int(tuning["trials"]) if space else 0, "seeds": seeds, "sampler": "optuna TPE",

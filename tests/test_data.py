@@ -139,3 +139,19 @@ def test_headers_in_any_case_and_plain_csv(tiny_raw, tmp_path):
     pl.read_csv(bad, infer_schema_length=0).drop("ANCHOR_AGE").write_csv(bad)
     with pytest.raises(MedmixError, match=r"patients.csv: missing column\(s\) \['anchor_age'\]"):
         build_cohort(raw)
+
+
+def test_the_availability_cut_keeps_only_records_charted_and_stored_before_the_prediction_time():
+    from datetime import datetime
+    from medmix.data.common import available_before
+    t = lambda h: datetime(2150, 1, 1) + __import__("datetime").timedelta(hours=h)   # noqa: E731
+    df = pl.DataFrame({"t": [t(1), t(1), t(1), t(50), t(-30)], "storetime": [t(2), t(49), None, t(3), t(-29)],
+                       "pred_time": [t(48)] * 5, "start": [t(0)] * 5, "k": list("abcde")})
+    rep: dict = {}
+    kept = available_before(df, pl.col("start"), rep, "src")
+    # a: charted and stored before; b: stored after (out, counted); c: no storetime, cut on charttime;
+    # d: charted after the prediction time although "stored" before it (out); e: before the window (out)
+    assert kept["k"].to_list() == ["a", "c"]
+    assert rep["cuts"]["src"] == {"cut_on": "storetime (else charttime)",
+                                  "charted_before_but_stored_after_prediction_time": 1,
+                                  "rows_without_storetime_cut_on_charttime": 1}

@@ -93,3 +93,13 @@ def test_temperature_scaling_is_fitted_on_validation_and_deployed(tiny_results, 
     out = predict(tmp_path / "bundle", tmp_path / "emb")
     full = pl.read_parquet(tmp_path / "b" / "predictions.parquet")
     np.testing.assert_allclose(out["prob"].to_numpy(), full["prob"].to_numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_search_spaces_are_checked_against_the_train_settings():
+    bad = [({"neural": {"hidden": {"low": 8, "high": 64}}}, "integer setting"),
+           ({"neural": {"lr": {"low": 0.0, "high": 0.1, "log": True}}}, "log range needs low > 0"),
+           ({"neural": {"C": {"low": 0.1, "high": 1}}}, "not a train setting of this group"),
+           ({"neural": {"align": {"low": 0, "high": 1}}}, "takes choices")]
+    for spaces, msg in bad:
+        with pytest.raises(config.MedmixError, match=msg):
+            config.validate({**TINY_CONFIG, "tuning": {"spaces": spaces}})

@@ -80,19 +80,27 @@ AGE_BANDS = ((18, "18-39"), (40, "40-59"), (60, "60-79"), (80, "80+"))
 
 
 def age_band(age: pl.Expr) -> pl.Expr:
-    """Age in years → its band (AGE_BANDS; below the first: '<18')."""
+    """Age in years → its band (AGE_BANDS; below the first: '<18'; no age: 'unknown')."""
     out = pl.lit("<18")
     for lo, name in AGE_BANDS:
         out = pl.when(age >= lo).then(pl.lit(name)).otherwise(out)
-    return out
+    return pl.when(age.is_null()).then(pl.lit("unknown")).otherwise(out)
+
+
+RACE_GROUPS = (("white", ("white", "portuguese")), ("black", ("black",)),
+               ("hispanic", ("hispanic", "latino", "south american")), ("asian", ("asian",)),
+               ("unknown", ("unknown", "unable to obtain", "patient declined", "declined to answer")))
 
 
 def race_group(race: pl.Expr) -> pl.Expr:
-    """A release's race/ethnicity text → its broad group ('WHITE - RUSSIAN' → 'white',
-    'BLACK/AFRICAN AMERICAN' → 'black', 'UNABLE TO OBTAIN' → 'unknown')."""
-    head = race.str.to_lowercase().str.split(" - ").list.first().str.split("/").list.first().str.strip_chars()
-    return pl.when(race.is_null() | head.is_in(["unknown", "unable to obtain", "patient declined to answer", ""])) \
-        .then(pl.lit("unknown")).otherwise(head)
+    """A release's race/ethnicity text (MIMIC-III ETHNICITY, MIMIC-IV race) → white, black,
+    hispanic, asian, other or unknown ('WHITE - RUSSIAN' → white, 'HISPANIC OR LATINO' and
+    'HISPANIC/LATINO - PUERTO RICAN' → hispanic, 'UNABLE TO OBTAIN' or empty → unknown)."""
+    low = race.str.to_lowercase().str.strip_chars()
+    out = pl.lit("other")
+    for name, words in reversed(RACE_GROUPS):
+        out = pl.when(pl.any_horizontal([low.str.starts_with(w) for w in words])).then(pl.lit(name)).otherwise(out)
+    return pl.when(race.is_null() | (low == "")).then(pl.lit("unknown")).otherwise(out)
 
 
 def assign_splits(cohort: pl.DataFrame, train: float = 0.7, val: float = 0.15, seed: int = 0) -> pl.DataFrame:

@@ -18,8 +18,8 @@ _CHUNK_BYTES = 64 << 20  # event tables are streamed in blocks of this size
 
 
 def find_table(folder: Path, name: str) -> Path:
-    """The file of table `name` in `folder` as a release ships it: `.csv.gz` or `.csv`, the name in
-    any case (`PATIENTS.csv`, `patients.csv.gz`). Not found: the canonical `name.csv.gz` (so the
+    """The file of table `name` in `folder` as a release ships it: `.csv.gz` or `.csv`, the name as
+    given, in upper or in lower case (`PATIENTS.csv`, `patients.csv.gz`). Not found: the canonical `name.csv.gz` (so the
     error names what was looked for)."""
     folder = Path(folder)
     for n in dict.fromkeys((name, name.lower(), name.upper())):
@@ -99,10 +99,13 @@ def available_before(df: pl.DataFrame, start: pl.Expr, report: dict, source_name
         int(df.select(inside.sum()).item() or 0)
     report.setdefault("cuts", {})[source_name] = {
         "cut_on": f"{stored} (else {when_name})" if has else when_name,
-        "charted_before_but_stored_after_prediction_time": late, f"rows_without_{stored}_cut_on_{when_name}": no_store}
+        "charted_before_but_stored_after_prediction_time": late,
+        f"rows_without_{stored}_cut_on_{when_name.split()[0]}": no_store}
     if late:
         log.info("%s: %d row(s) charted before the prediction time but stored after it: left out", source_name, late)
-    return df.filter((pl.col(when) >= start) & (avail < pl.col("pred_time")))
+    # charted inside the window AND existing before the prediction time (a storetime earlier than the
+    # charttime never lets a record charted later in)
+    return df.filter(inside & (avail < pl.col("pred_time")))
 
 
 def new_report(tasks: dict | None = None) -> dict:

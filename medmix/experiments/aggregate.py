@@ -164,7 +164,8 @@ def main_tables(metrics_files: list[str | Path], out_dir: str | Path) -> pl.Data
         tmp.write_text("Test split, mean ± sd over seeds; best per column in bold (↓: lower is better; ECE over "
                        f"{ECE_BINS} equal-mass bins). {notes}\n\n" + "\n".join(md) + "\n")
     tex = ["\\begin{tabular}{l" + "c" * len(cols) + "}", "\\toprule",
-           "method & " + " & ".join(f"{d} {LABELS[m]}" for d, m in cols) + " \\\\", "\\midrule"]
+           "method & " + " & ".join(f"{d} {LABELS[m]}".replace("↓", "$\\downarrow$") for d, m in cols) + " \\\\",
+           "\\midrule"]
     tex += [me.replace("_", "\\_") + " & " + " & ".join(
         cell(me, d, m, lambda t: f"\\textbf{{{t}}}").replace("±", "$\\pm$") for d, m in cols) + " \\\\"
         for me in methods]

@@ -265,7 +265,7 @@ def calibration(dataset: str, runs: list[str | Path], fig: str | Path) -> None:
     label pooled): observed frequency against mean predicted probability over 10 equal-mass bins
     (medmix.metrics.ECE_BINS), with each method's ECE and Brier score (mean over seeds) in the legend."""
     from medmix.experiments.aggregate import _task
-    from medmix.metrics import ECE_BINS
+    from medmix.metrics import ECE_BINS, equal_mass_bins, labelled_rows
     plt = _plt()
     by: dict[str, list] = {}
     for r in map(Path, runs):
@@ -274,16 +274,15 @@ def calibration(dataset: str, runs: list[str | Path], fig: str | Path) -> None:
         if task.kind not in ("binary", "multilabel"):
             continue
         y, p = task.read_predictions(pl.read_parquet(r / "predictions.parquet").filter(pl.col("split") == "test"))
-        y, p = np.ravel(y), np.ravel(p)
-        ok = ~np.isnan(y)
-        by.setdefault(m["method"], []).append((y[ok], p[ok], m["test"]))
+        ok = labelled_rows(task.kind, y)              # the rows the metrics use
+        by.setdefault(m["method"], []).append((np.ravel(y[ok]), np.ravel(p[ok]), m["test"]))
     f, ax = plt.subplots(figsize=(6, 5.5))
     ax.plot([0, 1], [0, 1], ls=":", c="grey", lw=1, label="perfect calibration")
     for method, parts in sorted(by.items()):
         y = np.concatenate([a for a, _, _ in parts])
         p = np.concatenate([b for _, b, _ in parts])
         order = np.argsort(p, kind="stable")
-        bins = [b for b in np.array_split(order, ECE_BINS) if len(b)]
+        bins = [order[lo:hi] for lo, hi in equal_mass_bins(len(order))]
         xs, ys = [p[b].mean() for b in bins], [y[b].mean() for b in bins]
         t = parts[0][2]
         ece, brier = ("ece", "brier") if "ece" in t else ("macro_ece", "macro_brier")
