@@ -6,7 +6,7 @@ import polars as pl
 import pytest
 import yaml
 
-from conftest import MIMIC_DEMO, TINY_CONFIG, dag_config, job_counts, smk
+from conftest import MIMIC_DEMO, REPO, TINY_CONFIG, dag_config, job_counts, smk
 
 pytestmark = pytest.mark.integration
 
@@ -148,3 +148,16 @@ def test_real_mimic_iv_demo_trains_on_ehr_alone(dag):
     for e in res["methods"].values():  # a tiny test split: a metric may be undefined, never a crash
         auroc = e["test"]["auroc"]
         assert auroc["mean"] is not None or auroc["reason"]
+
+
+def test_jobs_run_the_projects_python_whatever_is_on_path(tmp_path):
+    """A user's shell without the venv on PATH (no `make`, a cluster job): the rules still run the
+    Python that runs Snakemake, not the first `python` on PATH."""
+    import subprocess
+    import sys
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(dag_config()))
+    p = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(tmp_path),
+                        "--cores", "1", "-p", "results/tiny/raw"], capture_output=True, text=True,
+                       env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "PYTHONPATH": str(REPO)})
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
+    assert (tmp_path / "results/tiny/raw/hosp/patients.csv.gz").exists()

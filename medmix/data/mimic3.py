@@ -30,10 +30,6 @@ DEFAULT_MAP = Path(__file__).with_name("mimic3_itemids.csv")
 _TS = "%Y-%m-%d %H:%M:%S"
 
 
-def _table(root: Path, name: str) -> Path:
-    return find_table(root, name)
-
-
 def _read(path: Path, columns: list[str], report: dict | None = None, optional: tuple[str, ...] = ()) -> pl.DataFrame:
     """The columns (any header case) as lower-case names."""
     return read_table(path, columns, report, optional).rename(str.lower)
@@ -89,9 +85,9 @@ def build_cohort(root: str | Path, prediction_hours: float = 48, min_age: int = 
                          "los7": {"type": "binary", "columns": ["y_los7"]}})
     imap = read_itemid_map(itemid_map)
     report["itemid_map"] = str(itemid_map or DEFAULT_MAP)
-    pat_p = source(_table(root, "PATIENTS"), "patients", "MIMIC-III PATIENTS", set(), report)
-    adm_p = source(_table(root, "ADMISSIONS"), "admissions", "MIMIC-III ADMISSIONS", set(), report)
-    icu_p = source(_table(root, "ICUSTAYS"), "icustays", "MIMIC-III ICUSTAYS", set(), report)
+    pat_p = source(find_table(root, "PATIENTS"), "patients", "MIMIC-III PATIENTS", set(), report)
+    adm_p = source(find_table(root, "ADMISSIONS"), "admissions", "MIMIC-III ADMISSIONS", set(), report)
+    icu_p = source(find_table(root, "ICUSTAYS"), "icustays", "MIMIC-III ICUSTAYS", set(), report)
     pat = _times(_read(pat_p, ["SUBJECT_ID", "GENDER", "DOB"]), ["dob"], pat_p, required=True)
     adm = _times(_read(adm_p, ["SUBJECT_ID", "HADM_ID", "ADMITTIME", "DEATHTIME", "HOSPITAL_EXPIRE_FLAG"],
                        optional=("ETHNICITY",)),
@@ -138,7 +134,7 @@ def build_cohort(root: str | Path, prediction_hours: float = 48, min_age: int = 
     # ---- EHR: mapped chartevents (of the stay) and labevents (of the subject) inside the window ----
     counts: dict = {}
     summaries = []
-    ce_p = source(_table(root, "CHARTEVENTS"), "chartevents", "MIMIC-III CHARTEVENTS", optional, report)
+    ce_p = source(find_table(root, "CHARTEVENTS"), "chartevents", "MIMIC-III CHARTEVENTS", optional, report)
     if ce_p:
         cm = imap.filter(pl.col("table") == "chartevents")
         ce = read_events(ce_p, ["ICUSTAY_ID", "ITEMID", "CHARTTIME", "VALUENUM"], set(cm["itemid"].to_list()),
@@ -147,7 +143,7 @@ def build_cohort(root: str | Path, prediction_hours: float = 48, min_age: int = 
             stays.select("icustay_id", "sample_id", "intime", "pred_time"), on="icustay_id").rename({"charttime": "t"})
         ce = available_before(ce, pl.col("intime"), report, "chartevents")
         summaries.append(summarise_events(_mapped(ce, cm, VITALS), VITALS, VITAL_STATS, counts))
-    le_p = source(_table(root, "LABEVENTS"), "labevents", "MIMIC-III LABEVENTS", optional, report)
+    le_p = source(find_table(root, "LABEVENTS"), "labevents", "MIMIC-III LABEVENTS", optional, report)
     if le_p:
         lm = imap.filter(pl.col("table") == "labevents")
         le = read_events(le_p, ["SUBJECT_ID", "ITEMID", "CHARTTIME", "VALUENUM"], set(lm["itemid"].to_list()),
@@ -178,7 +174,7 @@ def build_cohort(root: str | Path, prediction_hours: float = 48, min_age: int = 
                    + serialise_ehr(sorted(it, key=lambda x: order.get(x[0], 99))))  # as mimic4: stable by variable
 
     # ---- notes: radiology NOTEEVENTS of the admission before the prediction time ----
-    ne_p = source(_table(root, "NOTEEVENTS"), "noteevents", "MIMIC-III NOTEEVENTS", optional, report)
+    ne_p = source(find_table(root, "NOTEEVENTS"), "noteevents", "MIMIC-III NOTEEVENTS", optional, report)
     if ne_p:
         ne = _read(ne_p, ["SUBJECT_ID", "CHARTDATE", "CHARTTIME", "CATEGORY", "ISERROR", "TEXT"], report,
                    optional=("STORETIME",))

@@ -2,10 +2,27 @@
 # on, passed as --job and used as the rule's params, so a change reruns exactly the jobs it affects).
 
 import json
+import os
+import shlex
+import sys
 from pathlib import Path
 
 from medmix import config as mcfg
 from medmix.methods import method_caches
+
+def _uses_conda():
+    try:
+        from snakemake.settings.types import DeploymentMethod
+        return DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method
+    except (ImportError, AttributeError):
+        return False
+
+
+# Rules call `python -m medmix`: put the Python that runs this Snakefile (the project's venv, also on
+# a cluster node of a shared file system) first on every job's PATH, so a bare `python` elsewhere on
+# PATH never runs a job. Under --software-deployment-method conda the job's environment decides.
+if not _uses_conda():
+    shell.prefix(f"set -euo pipefail; export PATH={shlex.quote(os.path.dirname(sys.executable))}:\"$PATH\"; ")
 
 # the cache path convention, the one place the workflow spells it (medmix.encoders.cache.cache_path
 # is the library's); stages read exactly the files the rules pass them
