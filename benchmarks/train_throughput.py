@@ -51,6 +51,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=5)
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=3, help="runs of each loop (alternating; best kept)")
+    ap.add_argument("--seeds", type=int, default=5, help="seeds trained together (the seeds-together lines)")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads for both loops (1: as the workflow runs a train job, `threads: 1`)")
     ap.add_argument("--memory-child", type=int, default=None, help=argparse.SUPPRESS)
@@ -149,7 +150,74 @@ def main() -> None:
           f"{sum(e.self_cpu_time_total for e in ops) / steps / 1e3:.2f} ms of operator CPU time under the profiler")
     print(f"this process: peak RSS {_rss_mb():.0f} MiB (interpreter + libraries {rss0:.0f} MiB before loading; "
           f"{rss_loaded - rss0:.0f} MiB after loading the caches)")
+    seeds_together(args, inp, method, fcfg, yt, tr_t, dl_sps)
     memory(args)
+
+
+def seeds_together(args, inp, method, fcfg, yt, tr_t, dl_sps: float) -> None:
+    """Per-seed throughput of S seeds trained together, two ways, against the plain loop (one seed).
+
+    - one after another in one process (what `medmix train --seeds` does): the interpreter, torch
+      and the caches are loaded once; each seed's epochs are train_epoch's;
+    - vectorised over seeds with torch.func: parameters stacked (`stack_module_state`), one
+      `vmap(grad(functional_call))` step for all seeds, one fused AdamW over the stacked tensors.
+      Dropout off and a plain BCE loss on both sides (vmap would draw dropout from one generator for
+      every seed, and medmix's masked losses select rows, which vmap cannot batch), so the two do
+      the same arithmetic. The demo's task is binary."""
+    import copy
+    from torch.func import functional_call, grad_and_value, stack_module_state, vmap
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+    S, steps = args.seeds, max(1, args.epochs * -(-len(tr_t) // args.batch_size))
+    n = len(tr_t)
+
+    def one_by_one() -> float:
+        t = time.perf_counter()
+        for s in range(S):
+            torch.manual_seed(s)
+            model = create_model(method, inp.dims, fcfg).eval()
+            opt = adamw(model.parameters(), 1e-3, 0.01)
+            gen = torch.Generator().manual_seed(s)
+            for i in range(steps):
+                idx = tr_t[torch.randint(n, (args.batch_size,), generator=gen)]
+                loss = bce(model(make_batch(inp.X, inp.M, idx))["logit"][:, 0], yt[idx])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+        return steps * args.batch_size / (time.perf_counter() - t)   # per seed
+
+    def vectorised() -> float:
+        models = []
+        for s in range(S):
+            torch.manual_seed(s)
+            models.append(create_model(method, inp.dims, fcfg))
+        params, buffers = stack_module_state(models)
+        base = copy.deepcopy(models[0]).to("meta").eval()
+        opt = adamw(list(params.values()), 1e-3, 0.01)
+
+        def loss_fn(p, b, idx):
+            out = functional_call(base, (p, b), (make_batch(inp.X, inp.M, idx),))
+            return bce(out["logit"][:, 0], yt[idx])
+        step = vmap(grad_and_value(loss_fn), in_dims=(0, 0, 0))
+        gens = [torch.Generator().manual_seed(s) for s in range(S)]
+        t = time.perf_counter()
+        for i in range(steps):
+            idx = torch.stack([tr_t[torch.randint(n, (args.batch_size,), generator=g)] for g in gens])
+            grads, _ = step(params, buffers, idx)
+            for k, v in params.items():
+                v.grad = grads[k]
+            opt.step()
+        return steps * args.batch_size / (time.perf_counter() - t)   # per seed
+
+    seq = vec = 0.0
+    try:
+        for _ in range(args.repeats):
+            seq, vec = max(seq, one_by_one()), max(vec, vectorised())
+    except RuntimeError as e:   # an operation vmap cannot batch
+        print(f"{S} seeds vectorised with torch.func: not possible for this model ({str(e).splitlines()[0]})")
+    print(f"{S} seeds in one process, one after another:  {seq:8.0f} samples/s per seed   x{seq / dl_sps:.2f} the plain loop")
+    if vec:
+        print(f"{S} seeds vectorised (torch.func vmap+grad): {vec:8.0f} samples/s per seed   x{vec / dl_sps:.2f} the plain "
+              f"loop, x{vec / seq:.2f} one after another")
 
 
 def memory(args) -> None:

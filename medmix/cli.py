@@ -106,16 +106,20 @@ def _cohort(args, dataset: str) -> Path:
 def cmd_train(args) -> None:
     from medmix import config
     from medmix.masks import parse_drop
-    from medmix.train import train_run
+    from medmix.train import train_run, train_seeds
     job = _job(args, lambda cfg: config.train_job(cfg, args.dataset, args.method))
     if args.drop:
         job["drop"] = {**parse_drop(args.drop), "seed": args.drop_seed}
     rec = json.loads(Path(args.tuning).read_text()) if args.tuning else None
-    m = train_run(job, args.seed, args.out, cohort=_cohort(args, args.dataset),
-                  caches=_caches(args.embeddings, args.results, args.dataset), device=args.device,
-                  progress=not args.quiet, tuned=rec["best"]["params"] if rec else None,
-                  tuning_budget=rec["budget"] if rec else None)
-    print(json.dumps({k: m.get(k) for k in ("method", "seed", "best_epoch", "test")}))
+    kw = dict(cohort=_cohort(args, args.dataset), caches=_caches(args.embeddings, args.results, args.dataset),
+              device=args.device, progress=not args.quiet, tuned=rec["best"]["params"] if rec else None,
+              tuning_budget=rec["budget"] if rec else None)
+    if args.seeds:
+        runs = train_seeds(job, args.seeds, args.out, **kw)
+    else:
+        runs = [train_run(job, args.seed, args.out, **kw)]
+    for m in runs:
+        print(json.dumps({k: m.get(k) for k in ("method", "seed", "best_epoch", "test")}))
 
 
 def cmd_tune(args) -> None:
@@ -292,7 +296,11 @@ def build_parser() -> argparse.ArgumentParser:
                        parents=[job, device])
     s.add_argument("--dataset", required=True)
     s.add_argument("--method", required=True)
-    s.add_argument("--seed", type=int, required=True)
+    seeds = s.add_mutually_exclusive_group(required=True)
+    seeds.add_argument("--seed", type=int, help="one seed; its files go in --out")
+    seeds.add_argument("--seeds", type=int, nargs="+",
+                       help="every seed of the job, trained in this process (caches read once); seed s goes in "
+                            "--out/seed{s}/")
     s.add_argument("--out", required=True)
     _inputs_args(s)
     s.add_argument("--drop", help="train-time drop: MODALITY:RATE (that modality removed from a fraction RATE of "

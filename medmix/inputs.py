@@ -85,6 +85,12 @@ class Inputs:
     norm: dict = field(default_factory=dict)   # m -> [(mean, sd)] train-split statistics
     dropped: list = field(default_factory=list)
 
+    def copy(self) -> "Inputs":
+        """A copy whose per-modality entries can be replaced (a seed's drop, its expert choice)
+        while the tensors stay shared: seeds of one job never read a cache twice."""
+        return Inputs(dict(self.X), dict(self.M), dict(self.dims), dict(self.slugs), dict(self.norm),
+                      list(self.dropped))
+
 
 def expected_attrs(job: TrainJob, slug: str, cohort: pl.DataFrame, modality: str) -> dict:
     """What a cache of this train job must record: its encoder, the encoder config's hash, the cohort's inputs."""

@@ -167,8 +167,21 @@ def _fit_logreg(inp: Inputs, task: Task, y: np.ndarray, split: np.ndarray, seed:
 
 
 @dataclass
+class Shared:
+    """What every seed of a train job reads alike: the cohort, labels, split and the standardised
+    inputs (a train-time drop, the single-expert choice and, under a drop, the teachers are per seed)."""
+    method: MethodSpec
+    task: Task
+    cohort: pl.DataFrame
+    y: np.ndarray
+    split: np.ndarray
+    exp: Inputs
+    tea: Inputs | None            # teachers on the train rows (None under a drop: read per seed)
+
+
+@dataclass
 class Prepared:
-    """A train job's inputs, read once: what every fit of it (a seed, a tuning trial) starts from."""
+    """A train job's inputs for one seed: what every fit of it (a seed, a tuning trial) starts from."""
     job: TrainJob
     method: MethodSpec
     task: Task
@@ -181,9 +194,12 @@ class Prepared:
     info: dict = field(default_factory=dict)
 
 
-def prepare(job: TrainJob, seed: int, cohort: Path, caches: Caches) -> Prepared:
-    """Read and standardise the caches a job's method reads, apply its train-time drop (seeded by
-    `seed`) and, for medmix_single_expert, keep the best expert per modality (on validation)."""
+def _teacher_mods(job: TrainJob, exp: Inputs) -> list[str]:
+    return [m for m in exp.X if job.modalities[m]["teachers"]]
+
+
+def read_shared(job: TrainJob, cohort: Path, caches: Caches) -> Shared:
+    """Read and standardise the caches a job's method reads (once per job, whatever its seeds)."""
     method = method_spec(job.method)
     co = cohort_mod.read(cohort)
     task = Task.of_cohort(cohort, job.task, co)
@@ -194,27 +210,38 @@ def prepare(job: TrainJob, seed: int, cohort: Path, caches: Caches) -> Prepared:
                               f"dataset {job.dataset} ({', '.join(mods)})")
         mods = [method.only]
     split = co["split"].to_numpy()
-    y = task.targets(co)
     role = method.inputs  # teacher_deployed: the teachers are its inputs, on every split
     if role == "teachers":
         mods = [m for m in mods if job.modalities[m]["teachers"]]
     exp = load_role(caches, job, co, role, mods)
+    if not exp.X:
+        raise MedmixError(f"dataset {job.dataset}: no modality has any {role[:-1]} embedding on the train split")
+    tea = None
+    if method.teacher and not _fitted(method) and not job.drop:
+        tea = load_role(caches, job, co, "teachers", _teacher_mods(job, exp), rows=split == "train")
+    return Shared(method, task, co, task.targets(co), split, exp, tea)
+
+
+def prepare(job: TrainJob, seed: int, cohort: Path, caches: Caches, shared: Shared | None = None) -> Prepared:
+    """A seed's inputs: the job's shared inputs (read here unless given), its train-time drop (seeded
+    by `seed`) and, for medmix_single_expert, the best expert per modality (on validation)."""
+    sh = shared or read_shared(job, cohort, caches)
+    method, task, co, y, split = sh.method, sh.task, sh.cohort, sh.y, sh.split
+    exp = sh.exp.copy()
     drop = None
     if job.drop:  # robustness sweeps: modalities removed from training samples (medmix/masks.py)
         drop = TrainDrop(job.drop, job.modalities, co, seed)
         split = drop.apply(exp, split)
     dropped = list(exp.dropped)
-    if not exp.X:
-        raise MedmixError(f"dataset {job.dataset}: no modality has any {role[:-1]} embedding on the train split")
     info: dict = {"train_drop": drop.summary} if drop else {}
     if method.single_expert:
         info["single_expert"] = _best_single_expert(exp, task, y, split)
-    tea = None
-    if method.teacher and not _fitted(method):
-        tm = [m for m in exp.X if job.modalities[m]["teachers"]]
-        tea = load_role(caches, job, co, "teachers", tm, rows=split == "train")
-        if drop:
-            drop.apply(tea, split, relabel=False)
+    tea = sh.tea
+    if method.teacher and not _fitted(method) and drop:
+        # teacher statistics on the training rows this seed's drop leaves
+        tea = load_role(caches, job, co, "teachers", _teacher_mods(job, exp), rows=split == "train")
+        drop.apply(tea, split, relabel=False)
+    if tea is not None:
         dropped += tea.dropped
     return Prepared(job, method, task, co, y, split, exp, tea, dropped, info)
 
@@ -285,32 +312,58 @@ def train_run(job: TrainJob | dict, seed: int, out: str | Path, cohort: str | Pa
               caches: Caches | None = None, results: str | Path = "results",
               device: str | None = None, progress: bool = True, tuned: dict | None = None,
               tuning_budget: dict | None = None) -> dict:
-    """Train one (dataset, method, seed) on cached embeddings; write model.pt, metrics.json, predictions.
+    """Train one (dataset, method, seed) on cached embeddings; write model.pt, metrics.json and
+    predictions.parquet under `out`. The arguments are train_seeds' (one seed, its own folder)."""
+    return train_seeds(job, [seed], out, cohort, caches, results, device, progress, tuned, tuning_budget,
+                       layout="{out}")[0]
+
+
+def train_seeds(job: TrainJob | dict, seeds: list[int], out: str | Path, cohort: str | Path | None = None,
+                caches: Caches | None = None, results: str | Path = "results",
+                device: str | None = None, progress: bool = True, tuned: dict | None = None,
+                tuning_budget: dict | None = None, layout: str = "{out}/seed{seed}") -> list[dict]:
+    """Train every seed of one (dataset, method[, train-time drop]) in this process: the caches are
+    read once, then each seed is fitted on its own (`torch.manual_seed(seed)`, its own generator),
+    so a seed's run is the same whichever seeds share its job. Writes model.pt, metrics.json and
+    predictions.parquet per seed, under `layout` (default `out/seed{s}/`, the workflow's layout).
 
     `cohort` and `caches`: the files the train rule declares (default: the workflow's layout under
     `results`, for library use). `tuned`: the best parameters of the method's tuning on validation
     (medmix.tune), which replace the config's; `tuning_budget`: that search's budget, recorded."""
     t_start = time.perf_counter()
     job = job if isinstance(job, TrainJob) else TrainJob.from_dict(job)
+    if len(set(seeds)) != len(seeds) or not seeds:
+        raise MedmixError(f"train {job.dataset}/{job.method}: seeds {list(seeds)} must be distinct and not empty")
     C = None
     if tuned:
         job, C = apply_tuning(job, tuned)
-    out = Path(out)
     cpath = Path(cohort) if cohort else Path(results) / job.dataset / "cohort.parquet"
     caches = caches or Caches.under(results, job.dataset)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    p = prepare(job, seed, cpath, caches)
-    method, task, cohort, y, split, exp, dropped = p.method, p.task, p.cohort, p.y, p.split, p.exp, p.dropped
-    tcfg = job.train
-    info = dict(p.info)
-    if tuned:
-        info["tuned"] = tuned
-    if tuning_budget:
-        info["tuning_budget"] = tuning_budget
-    p_all, o_all, state, more = fit(p, seed, C=C, device=device, progress=progress)
-    info.update(more)
+    shared = read_shared(job, cpath, caches)
+    read_s = time.perf_counter() - t_start
+    out_metrics = []
+    for seed in seeds:
+        t_seed = time.perf_counter()
+        p = prepare(job, seed, cpath, caches, shared)
+        info = dict(p.info)
+        if tuned:
+            info["tuned"] = tuned
+        if tuning_budget:
+            info["tuning_budget"] = tuning_budget
+        p_all, o_all, state, more = fit(p, seed, C=C, device=device, progress=progress)
+        info.update(more)
+        seconds = read_s / len(seeds) + time.perf_counter() - t_seed
+        out_metrics.append(_write_run(p, seed, Path(layout.format(out=out, seed=seed)), p_all, o_all, state,
+                                      info, device, seconds))
+    return out_metrics
 
-    n_boot = tcfg.bootstrap
+
+def _write_run(p: Prepared, seed: int, out: Path, p_all: np.ndarray, o_all: dict, state: dict, info: dict,
+               device: str, seconds: float) -> dict:
+    """One seed's files, each written atomically: predictions.parquet, model.pt, metrics.json (last:
+    the rule's completion marker)."""
+    job, method, task, cohort, y, split, exp = p.job, p.method, p.task, p.cohort, p.y, p.split, p.exp
     va, te = split == "val", split == "test"
     thr = thresholds(task.kind, y[va], p_all[va])  # decision thresholds chosen on validation
     metrics = {
@@ -318,10 +371,10 @@ def train_run(job: TrainJob | dict, seed: int, out: str | Path, cohort: str | Pa
         "task_type": task.kind, "labels": task.labels,
         "task_spec": task.to_spec(),
         "val": task_metrics(task.kind, y[va], p_all[va], thr=thr),
-        "test": task_metrics(task.kind, y[te], p_all[te], n_boot=n_boot, seed=seed, thr=thr),
-        "modalities": list(exp.dims), "inputs": exp.slugs, "left_out": dropped, "device": device,
+        "test": task_metrics(task.kind, y[te], p_all[te], n_boot=job.train.bootstrap, seed=seed, thr=thr),
+        "modalities": list(exp.dims), "inputs": exp.slugs, "left_out": p.dropped, "device": device,
         **{k: v for k, v in info.items() if k != "history"},
-        "seconds": round(time.perf_counter() - t_start, 2), "medmix_version": __version__,
+        "seconds": round(seconds, 2), "medmix_version": __version__,
     }
     cols = {"sample_id": cohort["sample_id"], "split": cohort["split"],
             **task.prediction_columns(y, np.asarray(p_all, dtype=np.float64))}

@@ -144,11 +144,15 @@ def job_counts(dry_run_output: str) -> dict:
     return counts
 
 
-def dag_config() -> dict:
+def dag_config(raw: Path | None = None) -> dict:
     """TINY_CONFIG with everything the workflow tests look at: a sharded encoder, the paper's
     experiments on a small grid, a cross-cohort target (MIMIC-III layout, source `tiny`) and, where
-    present, the real MIMIC-IV demo."""
+    present, the real MIMIC-IV demo (a dataset of the config, not a target: the session DAG trains
+    one method on it). `raw`: tiny's raw tables (default: synthesised by the DAG)."""
     cfg = copy.deepcopy(TINY_CONFIG)
+    if raw is not None:
+        cfg["datasets"]["tiny"].pop("synth")
+        cfg["datasets"]["tiny"]["root"] = str(raw)
     cfg["encoders"]["bert_tail"]["shards"] = 2          # sharded: 2 embed_shard jobs + embed_merge
     cfg["datasets"]["m3"] = {"kind": "mimic3", "synth": {"n": 40, "seed": 1}, "source": "tiny", "task": "ihm",
                              "modalities": copy.deepcopy(cfg["datasets"]["tiny"]["modalities"])}
@@ -159,7 +163,6 @@ def dag_config() -> dict:
             "modalities": {"ehr": {"experts": ["tab", "bert_head"], "teachers": ["minilm"]},
                            "notes": {"experts": ["bert_head"]},
                            "cxr": {"experts": ["vit_low"]}}}
-        cfg["targets"].append("mimiciv_demo")
     # the paper's experiments on a small grid: 2 methods × (3 one-modality + 1 multi drop) × 1 seed
     cfg["robustness"] = {"methods": ["medmix", "early_concat"], "seeds": [0], "train_one_rates": [1.0],
                          "train_multi_rates": [0.5], "test_rates": [0.0, 0.5]}
@@ -168,17 +171,45 @@ def dag_config() -> dict:
     return cfg
 
 
+# every radiology note of the session DAG's raw tables carries this marker (the leak check)
+MARK = "ZQXLEAKMARK"
+# what the session DAG builds: `all` (tiny, the m3 cross-cohort target, the paper's experiments)
+# and one run on the real MIMIC-IV demo
+DAG_TARGETS = ["all"] + (["results/mimiciv_demo/runs/medmix/seed0/metrics.json"] if MIMIC_DEMO.exists() else [])
+
+
 @pytest.fixture(scope="session")
-def dag(tmp_path_factory) -> dict:
-    """The real Snakemake DAG of `dag_config()`, run once for the session to `all` and `--report`:
-    {"wd": its folder, "dry": the job counts of a dry run of results/tiny/metrics.json before it ran,
-    "commands": that dry run's output with the shell commands (`-p`)}.
+def marked_raw(tmp_path_factory, tiny_raw) -> Path:
+    """tiny_raw with MARK planted in every radiology note (the other tables linked, unchanged)."""
+    import csv
+    import gzip
+    dest = tmp_path_factory.mktemp("marked") / "raw"
+    dest.mkdir()
+    for d in tiny_raw.iterdir():
+        if d.name != "note":
+            (dest / d.name).symlink_to(d)
+    (dest / "note").mkdir()
+    with gzip.open(tiny_raw / "note" / "radiology.csv.gz", "rt", newline="") as f:
+        rows = list(csv.reader(f))
+    t = rows[0].index("text")
+    for i, r in enumerate(rows[1:]):
+        r[t] = f"{MARK}{i:05d} {r[t]} {MARK}END"
+    with gzip.open(dest / "note" / "radiology.csv.gz", "wt", newline="") as f:
+        csv.writer(f).writerows(rows)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def dag(tmp_path_factory, marked_raw) -> dict:
+    """The real Snakemake DAG of `dag_config(marked_raw)`, run once for the session to DAG_TARGETS and
+    `--report`: {"wd": its folder, "dry": the job counts of a dry run of results/tiny/metrics.json
+    before it ran, "commands": that dry run's output with the shell commands (`-p`)}.
     Tests read it; a test that changes the config works on a copy (`dag_copy`)."""
     import yaml
     wd = tmp_path_factory.mktemp("dag")
-    (wd / "config.yaml").write_text(yaml.safe_dump(dag_config()))
+    (wd / "config.yaml").write_text(yaml.safe_dump(dag_config(marked_raw)))
     dry = smk(wd, "-n", "-p", "results/tiny/metrics.json").stdout
-    smk(wd, "--cores", "2", "all")
+    smk(wd, "--cores", "2", *DAG_TARGETS)
     smk(wd, "--report", "results/report.html")
     return {"wd": wd, "dry": job_counts(dry), "commands": dry}
 

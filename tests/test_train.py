@@ -9,7 +9,7 @@ from medmix import config
 from medmix.experiments.aggregate import aggregate
 from medmix.methods import METHODS
 from medmix.metrics import task_metrics
-from medmix.train import train_run
+from medmix.train import train_run, train_seeds
 
 from conftest import TINY_CONFIG
 
@@ -43,6 +43,27 @@ def test_training_is_deterministic_under_a_seed(tiny_results, tmp_path):
     pa = pl.read_parquet(tmp_path / "a" / "predictions.parquet")
     pb = pl.read_parquet(tmp_path / "b" / "predictions.parquet")
     assert pa.equals(pb)
+
+
+@pytest.mark.parametrize("method,drop", [("medmix", None), ("medmix_single_expert", {"modality": "multi", "rate": 0.5}),
+                                         ("logreg_concat", None)])
+def test_a_seed_trained_with_others_equals_it_trained_alone(tiny_results, tmp_path, method, drop):
+    """One job trains every seed (caches read once); seed 1's run is the same beside 0 and 2 as alone."""
+    job = _spec(method, max_epochs=4)
+    if drop:
+        job["drop"] = {**drop, "seed": 5}
+    together = train_seeds(job, [0, 1, 2], tmp_path / "together", results=tiny_results, progress=False)
+    assert [m["seed"] for m in together] == [0, 1, 2]
+    alone = train_seeds(job, [1], tmp_path / "alone", results=tiny_results, progress=False)
+    strip = lambda m: {k: v for k, v in m.items() if k != "seconds"}   # noqa: E731
+    assert strip(together[1]) == strip(alone[0])
+    assert strip(together[0]) != strip(together[1])                    # the seeds differ
+    a, b = (pl.read_parquet(tmp_path / d / "seed1" / "predictions.parquet") for d in ("together", "alone"))
+    assert a.equals(b)
+    sa, sb = (torch.load(tmp_path / d / "seed1" / "model.pt", weights_only=True)["state_dict"] for d in ("together", "alone"))
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    with pytest.raises(Exception, match="distinct"):
+        train_seeds(job, [1, 1], tmp_path / "twice", results=tiny_results, progress=False)
 
 
 def test_undefined_metric_is_null_with_reason():

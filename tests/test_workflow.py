@@ -82,7 +82,7 @@ def test_jobs_are_passed_the_files_they_declare(dag):
     mods = TINY_CONFIG["datasets"]["tiny"]["modalities"]
     for method in TINY_CONFIG["methods"]:
         want = " ".join(f"results/tiny/embeddings/{m}/{s}.h5" for m, s in method_caches(method, mods))
-        assert f"--method {method} --seed 0 --out results/tiny/runs/{method}/seed0 --cohort " \
+        assert f"--method {method} --seeds 0 --out results/tiny/runs/{method} --cohort " \
                f"results/tiny/cohort.parquet --embeddings {want} " in log, method
 
 
@@ -103,7 +103,7 @@ def test_a_hyperparameter_and_a_seed_rerun_training_only(dag_copy):
     (dag_copy / "config.yaml").write_text(yaml.safe_dump(cfg))
     counts = _job_counts(_smk(dag_copy, "-n", "all").stdout)
     assert not {"embed", "embed_shard", "embed_merge", "prepare"} & set(counts)
-    assert counts["train"] == 2 * len(TINY_CONFIG["methods"]) * (2 if MIMIC_DEMO.exists() else 1)
+    assert counts["train"] == len(TINY_CONFIG["methods"])       # one train job per method trains both seeds
 
 
 def test_new_local_weights_rerun_the_embed_job(tmp_path):
@@ -140,14 +140,12 @@ def test_new_local_weights_rerun_the_embed_job(tmp_path):
 @pytest.mark.skipif(not MIMIC_DEMO.exists(), reason="real MIMIC-IV demo not available")
 def test_real_mimic_iv_demo_trains_on_ehr_alone(dag):
     workdir = dag["wd"]
-    res = json.loads((workdir / "results/mimiciv_demo/metrics.json").read_text())
-    assert res["cohort"]["counts"]["modality_available"] == {"ehr": res["cohort"]["counts"]["samples"],
-                                                             "notes": 0, "cxr": 0}
+    counts = json.loads((workdir / "results/mimiciv_demo/cohort.json").read_text())["counts"]
+    assert counts["samples"] > 50 and counts["modality_available"] == {"ehr": counts["samples"], "notes": 0, "cxr": 0}
     run = json.loads((workdir / "results/mimiciv_demo/runs/medmix/seed0/metrics.json").read_text())
-    assert run["modalities"] == ["ehr"]
-    for e in res["methods"].values():  # a tiny test split: a metric may be undefined, never a crash
-        auroc = e["test"]["auroc"]
-        assert auroc["mean"] is not None or auroc["reason"]
+    assert run["modalities"] == ["ehr"] and run["test"]["n"] > 0
+    auroc = run["test"]["auroc"]   # a tiny test split: a metric may be undefined, never a crash
+    assert auroc["value"] is not None or auroc["reason"]
 
 
 def test_jobs_run_the_projects_python_whatever_is_on_path(tmp_path):

@@ -141,6 +141,16 @@ def embed_gpu(wildcards):
     return embed_resource(wildcards, "gpu")
 
 
+def seed_files(run_dir, name, seeds):
+    """One output file per seed of a train job: {run_dir}/seed{s}/{name}."""
+    return [f"{run_dir}/seed{s}/{name}" for s in seeds]
+
+
+def train_runtime(seeds):
+    """Minutes asked for a train job: a margin plus a share per seed it trains."""
+    return 30 + 30 * len(seeds)
+
+
 def train_job(wildcards):
     return _js(mcfg.train_job(config, wildcards.dataset, wildcards.method))
 

@@ -3,31 +3,33 @@
 
 
 rule train_drop:
+    # every robustness seed of a (dataset, method, drop) in one job, as rule train
     input:
         cohort="results/{dataset}/cohort.parquet",
         embeddings=train_embeddings,
         tuning=tuning_file,
     output:
-        model="results/{dataset}/runs/{method}/drop-{drop}/seed{seed}/model.pt",
-        metrics="results/{dataset}/runs/{method}/drop-{drop}/seed{seed}/metrics.json",
-        predictions="results/{dataset}/runs/{method}/drop-{drop}/seed{seed}/predictions.parquet",
+        model=seed_files("results/{dataset}/runs/{method}/drop-{drop}", "model.pt", ROB["seeds"]),
+        metrics=seed_files("results/{dataset}/runs/{method}/drop-{drop}", "metrics.json", ROB["seeds"]),
+        predictions=seed_files("results/{dataset}/runs/{method}/drop-{drop}", "predictions.parquet", ROB["seeds"]),
     params:
         job=train_drop_job,
         tuning=tuning_arg,
-        out="results/{dataset}/runs/{method}/drop-{drop}/seed{seed}",
+        seeds=" ".join(map(str, ROB["seeds"])),
+        out="results/{dataset}/runs/{method}/drop-{drop}",
     threads: 1
     resources:
         mem_mb=4000,
-        runtime=60,
+        runtime=train_runtime(ROB["seeds"]),
     conda:
         "../../envs/medmix.yaml"
     log:
-        "results/{dataset}/logs/train/{method}/drop-{drop}/seed{seed}.log",
+        "results/{dataset}/logs/train/{method}/drop-{drop}.log",
     benchmark:
-        "results/{dataset}/benchmarks/train/{method}/drop-{drop}/seed{seed}.tsv"
+        "results/{dataset}/benchmarks/train/{method}/drop-{drop}.tsv"
     shell:
         "OMP_NUM_THREADS={threads} python -m medmix train --dataset {wildcards.dataset} --method {wildcards.method} "
-        "--seed {wildcards.seed} --out {params.out} --cohort {input.cohort} --embeddings {input.embeddings} "
+        "--seeds {params.seeds} --out {params.out} --cohort {input.cohort} --embeddings {input.embeddings} "
         "{params.tuning} --job {params.job:q} --quiet > {log} 2>&1"
 
 

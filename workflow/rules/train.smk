@@ -22,29 +22,32 @@ rule tune:
 
 
 rule train:
+    # every seed of a (dataset, method) in one job: the caches are read once and the interpreter and
+    # torch start once (medmix.train.train_seeds); each seed's run is the same as when trained alone
     input:
         cohort="results/{dataset}/cohort.parquet",
         embeddings=train_embeddings,
         tuning=tuning_file,
     output:
-        model="results/{dataset}/runs/{method}/seed{seed}/model.pt",
-        metrics="results/{dataset}/runs/{method}/seed{seed}/metrics.json",
-        predictions="results/{dataset}/runs/{method}/seed{seed}/predictions.parquet",
+        model=seed_files("results/{dataset}/runs/{method}", "model.pt", config["seeds"]),
+        metrics=seed_files("results/{dataset}/runs/{method}", "metrics.json", config["seeds"]),
+        predictions=seed_files("results/{dataset}/runs/{method}", "predictions.parquet", config["seeds"]),
     params:
         job=train_job,
         tuning=tuning_arg,
-        out="results/{dataset}/runs/{method}/seed{seed}",
+        seeds=" ".join(map(str, config["seeds"])),
+        out="results/{dataset}/runs/{method}",
     threads: 1
     resources:
         mem_mb=4000,
-        runtime=60,
+        runtime=train_runtime(config["seeds"]),
     conda:
         "../../envs/medmix.yaml"
     log:
-        "results/{dataset}/logs/train/{method}/seed{seed}.log",
+        "results/{dataset}/logs/train/{method}.log",
     benchmark:
-        "results/{dataset}/benchmarks/train/{method}/seed{seed}.tsv"
+        "results/{dataset}/benchmarks/train/{method}.tsv"
     shell:
         "OMP_NUM_THREADS={threads} python -m medmix train --dataset {wildcards.dataset} --method {wildcards.method} "
-        "--seed {wildcards.seed} --out {params.out} --cohort {input.cohort} --embeddings {input.embeddings} "
+        "--seeds {params.seeds} --out {params.out} --cohort {input.cohort} --embeddings {input.embeddings} "
         "{params.tuning} --job {params.job:q} > {log} 2>&1"
