@@ -51,9 +51,16 @@ TINY_CONFIG = {
 
 # ------------------------------------------------------------- child processes, as a rule runs them
 
+# Snakemake loads its SLURM executor plugin at every start, and the plugin runs `scontrol show
+# config`: where SLURM's client tools are installed but no controller answers (this machine once
+# tests/test_slurm.py has run and stopped its cluster), that call waits ~9 s. Local runs need no
+# SLURM configuration, so theirs is empty (the call fails at once); tests/test_slurm.py uses the real one.
+NO_SLURM = {"SLURM_CONF": "/dev/null"}
+
+
 def env() -> dict:
     return {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1",
-            "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"}
+            "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}", **NO_SLURM}
 
 
 
@@ -121,7 +128,8 @@ def tiny_results(tmp_path_factory, tiny_raw) -> Path:
 def smk(workdir: Path, *args, check: bool = True) -> subprocess.CompletedProcess:
     """`snakemake -s Snakefile -d WORKDIR ARGS` as a user runs it (the venv's python on PATH)."""
     cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir), *args]
-    run_env = {**os.environ, "PYTHONPATH": str(REPO), "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"}
+    run_env = {**os.environ, "PYTHONPATH": str(REPO), "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}",
+               **NO_SLURM}
     p = subprocess.run(cmd, capture_output=True, text=True, env=run_env)
     if check and p.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed:\n{p.stdout[-3000:]}\n{p.stderr[-6000:]}")

@@ -6,7 +6,7 @@ import polars as pl
 import pytest
 import yaml
 
-from conftest import MIMIC_DEMO, REPO, TINY_CONFIG, dag_config, job_counts, smk
+from conftest import MIMIC_DEMO, NO_SLURM, REPO, TINY_CONFIG, dag_config, job_counts, smk
 
 pytestmark = pytest.mark.integration
 
@@ -156,6 +156,6 @@ def test_jobs_run_the_projects_python_whatever_is_on_path(tmp_path):
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(dag_config()))
     p = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(tmp_path),
                         "--cores", "1", "-p", "results/tiny/raw"], capture_output=True, text=True,
-                       env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "PYTHONPATH": str(REPO)})
+                       env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "PYTHONPATH": str(REPO), **NO_SLURM})
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
     assert (tmp_path / "results/tiny/raw/hosp/patients.csv.gz").exists()
