@@ -217,7 +217,7 @@ def read_shared(job: TrainJob, cohort: Path, caches: Caches) -> Shared:
     if not exp.X:
         raise MedmixError(f"dataset {job.dataset}: no modality has any {role[:-1]} embedding on the train split")
     tea = None
-    if method.teacher and not _fitted(method) and not job.drop:
+    if _teacher_branch(method) and not job.drop:
         tea = load_role(caches, job, co, "teachers", _teacher_mods(job, exp), rows=split == "train")
     return Shared(method, task, co, task.targets(co), split, exp, tea)
 
@@ -237,7 +237,7 @@ def prepare(job: TrainJob, seed: int, cohort: Path, caches: Caches, shared: Shar
     if method.single_expert:
         info["single_expert"] = _best_single_expert(exp, task, y, split)
     tea = sh.tea
-    if method.teacher and not _fitted(method) and drop:
+    if _teacher_branch(method) and drop:
         # teacher statistics on the training rows this seed's drop leaves
         tea = load_role(caches, job, co, "teachers", _teacher_mods(job, exp), rows=split == "train")
         drop.apply(tea, split, relabel=False)
@@ -249,6 +249,11 @@ def prepare(job: TrainJob, seed: int, cohort: Path, caches: Caches, shared: Shar
 def _fitted(method: MethodSpec) -> bool:
     """A closed-form fit (logreg), not gradient steps."""
     return bool(getattr(model_class(method.arch), "fitted", False))
+
+
+def _teacher_branch(method: MethodSpec) -> bool:
+    """The method trains a teacher branch (and so reads teacher embeddings of the train rows)."""
+    return method.teacher and not _fitted(method)
 
 
 def fit(p: Prepared, seed: int, train: TrainParams | None = None, C: float | None = None,
@@ -314,24 +319,31 @@ def train_run(job: TrainJob | dict, seed: int, out: str | Path, cohort: str | Pa
               tuning_budget: dict | None = None) -> dict:
     """Train one (dataset, method, seed) on cached embeddings; write model.pt, metrics.json and
     predictions.parquet under `out`. The arguments are train_seeds' (one seed, its own folder)."""
-    return train_seeds(job, [seed], out, cohort, caches, results, device, progress, tuned, tuning_budget,
-                       layout="{out}")[0]
+    return _train(job, [(seed, Path(out))], cohort, caches, results, device, progress, tuned, tuning_budget)[0]
 
 
 def train_seeds(job: TrainJob | dict, seeds: list[int], out: str | Path, cohort: str | Path | None = None,
                 caches: Caches | None = None, results: str | Path = "results",
                 device: str | None = None, progress: bool = True, tuned: dict | None = None,
-                tuning_budget: dict | None = None, layout: str = "{out}/seed{seed}") -> list[dict]:
+                tuning_budget: dict | None = None) -> list[dict]:
     """Train every seed of one (dataset, method[, train-time drop]) in this process: the caches are
     read once, then each seed is fitted on its own (`torch.manual_seed(seed)`, its own generator),
     so a seed's run is the same whichever seeds share its job. Writes model.pt, metrics.json and
-    predictions.parquet per seed, under `layout` (default `out/seed{s}/`, the workflow's layout).
+    predictions.parquet per seed in `out/seed{s}/` (the workflow's layout).
 
     `cohort` and `caches`: the files the train rule declares (default: the workflow's layout under
     `results`, for library use). `tuned`: the best parameters of the method's tuning on validation
     (medmix.tune), which replace the config's; `tuning_budget`: that search's budget, recorded."""
+    return _train(job, [(s, Path(out) / f"seed{s}") for s in seeds], cohort, caches, results, device, progress,
+                  tuned, tuning_budget)
+
+
+def _train(job: TrainJob | dict, runs: list[tuple[int, Path]], cohort, caches, results, device, progress, tuned,
+           tuning_budget) -> list[dict]:
+    """train_seeds with each (seed, output folder) given."""
     t_start = time.perf_counter()
     job = job if isinstance(job, TrainJob) else TrainJob.from_dict(job)
+    seeds = [s for s, _ in runs]
     if len(set(seeds)) != len(seeds) or not seeds:
         raise MedmixError(f"train {job.dataset}/{job.method}: seeds {list(seeds)} must be distinct and not empty")
     C = None
@@ -343,7 +355,7 @@ def train_seeds(job: TrainJob | dict, seeds: list[int], out: str | Path, cohort:
     shared = read_shared(job, cpath, caches)
     read_s = time.perf_counter() - t_start
     out_metrics = []
-    for seed in seeds:
+    for seed, run_dir in runs:
         t_seed = time.perf_counter()
         p = prepare(job, seed, cpath, caches, shared)
         info = dict(p.info)
@@ -354,8 +366,7 @@ def train_seeds(job: TrainJob | dict, seeds: list[int], out: str | Path, cohort:
         p_all, o_all, state, more = fit(p, seed, C=C, device=device, progress=progress)
         info.update(more)
         seconds = read_s / len(seeds) + time.perf_counter() - t_seed
-        out_metrics.append(_write_run(p, seed, Path(layout.format(out=out, seed=seed)), p_all, o_all, state,
-                                      info, device, seconds))
+        out_metrics.append(_write_run(p, seed, run_dir, p_all, o_all, state, info, device, seconds))
     return out_metrics
 
 

@@ -57,9 +57,10 @@ def test_a_seed_trained_with_others_equals_it_trained_alone(tiny_results, tmp_pa
     alone = train_seeds(job, [1], tmp_path / "alone", results=tiny_results, progress=False)
     strip = lambda m: {k: v for k, v in m.items() if k != "seconds"}   # noqa: E731
     assert strip(together[1]) == strip(alone[0])
-    assert strip(together[0]) != strip(together[1])                    # the seeds differ
     a, b = (pl.read_parquet(tmp_path / d / "seed1" / "predictions.parquet") for d in ("together", "alone"))
     assert a.equals(b)
+    if method != "logreg_concat":   # the seeds are different runs (a linear fit has one optimum)
+        assert not pl.read_parquet(tmp_path / "together" / "seed0" / "predictions.parquet").equals(a)
     sa, sb = (torch.load(tmp_path / d / "seed1" / "model.pt", weights_only=True)["state_dict"] for d in ("together", "alone"))
     assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
     with pytest.raises(Exception, match="distinct"):
