@@ -199,6 +199,9 @@ def cmd_figure(args) -> None:
         figures.robustness(args.inputs, args.fig_dir, args.table_dir)
     elif args.kind == "ablation":
         figures.ablation(args.inputs, args.fig, args.table)
+    elif args.kind == "teacher_ablation":
+        figures.ablation(args.inputs, args.fig, args.table, figures.TEACHER_ABLATIONS, ref="medmix_noteacher",
+                         title="Teacher ablation", splits=("val", "test"))
     elif args.kind == "efficiency":
         figures.efficiency(args.inputs, args.fig, args.table)
     elif args.kind == "calibration":
@@ -375,7 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_subgroups)
 
     s = sub.add_parser("figure", help="figures and tables from robustness.json / metrics.json / efficiency.json / runs")
-    s.add_argument("kind", choices=["robustness", "ablation", "efficiency", "weights", "calibration"])
+    s.add_argument("kind", choices=["robustness", "ablation", "teacher_ablation", "efficiency", "weights", "calibration"])
     s.add_argument("--inputs", nargs="+", required=True, help="summary files (weights, calibration: run directories)")
     s.add_argument("--fig", help="output figure (ablation, efficiency, weights)")
     s.add_argument("--table", help="output table (ablation: .md, efficiency: .csv)")

@@ -142,6 +142,12 @@ def validate(cfg: dict, source: str = "config") -> dict:
         if enc["kind"] in FITTED_KINDS and enc["shards"] > 1:
             raise MedmixError(f"{source}: invalid config at 'encoders/{slug}/shards': a {enc['kind']} encoder is "
                               "fitted on the whole train split and cannot be sharded (set 1)")
+    train_validator = jsonschema.Draft202012Validator({**schema()["$defs"]["train"], "$defs": schema()["$defs"]})
+    for name, ds in cfg["datasets"].items():
+        for e in train_validator.iter_errors({**cfg["train"], **ds["train"]}):
+            msg = f"unknown key: {e.message}" if e.validator == "additionalProperties" else e.message
+            where = "/".join(["datasets", name, "train", *map(str, e.absolute_path)])
+            raise MedmixError(f"{source}: invalid config at '{where}': {msg}")
     for i, m in enumerate(cfg["methods"]):
         try:
             method_spec(m)
@@ -245,7 +251,7 @@ def encoder(cfg: dict, slug: str) -> dict:
 def prepare_job(cfg: dict, name: str) -> dict:
     """The part of the config that determines a dataset's cohort (rerun trigger of `prepare`)."""
     ds = dataset(cfg, name)
-    return {k: v for k, v in ds.items() if k not in ("modalities", "task", "source")}
+    return {k: v for k, v in ds.items() if k not in ("modalities", "task", "source", "train")}
 
 
 # encoder keys that say how a job runs, not what it computes: excluded from the cache identity,
@@ -281,6 +287,10 @@ class TrainParams:
     lambda_kd: float = _default("train", "lambda_kd")
     tau: float = _default("train", "tau")
     align: str = _default("train", "align")
+    align_on: str = _default("train", "align_on")
+    teacher_schedule: str = _default("train", "teacher_schedule")
+    kd_warmup: int = _default("train", "kd_warmup")
+    kd_weight: str = _default("train", "kd_weight")
     pos_weight: bool = _default("train", "pos_weight")
     bootstrap: int = _default("train", "bootstrap")
     calibrate: str = _default("train", "calibrate")
@@ -327,7 +337,8 @@ def train_job(cfg: dict, name: str, method: str) -> dict:
         "modalities": ds["modalities"],
         "encoders": {s: stable_hash(encoder_identity(encoder(cfg, s))) for m in ds["modalities"].values()
                      for s in m["experts"] + m["teachers"]},
-        "train": cfg["train"],
+        # the dataset's own settings over the shared block; a variant's fixed settings win
+        "train": {**cfg["train"], **ds.get("train", {}), **dict(method_spec(method).train)},
     }
 
 

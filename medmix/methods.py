@@ -23,13 +23,23 @@ class MethodSpec:
     inputs: str = "experts"         # the role it reads at inference: experts, or teachers (teacher_deployed)
     single_expert: bool = False     # keep the best expert per modality, chosen on validation
     only: str = ""                  # a single modality (unimodal_<modality>)
+    train: tuple = ()               # ((key, value), ...): train settings the method fixes (ablation variants)
 
     @classmethod
     def from_dict(cls, d: dict) -> "MethodSpec":
+        d = dict(d)
+        if "train" in d:
+            d["train"] = tuple(tuple(kv) for kv in d["train"])
         return from_dict_strict(cls, d, "method spec")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def _teaching(schedule: str, warmup: int = 0, weight: str = "none", align: str = "cosine", on: str = "modality") -> tuple:
+    """Every setting of how the teacher teaches, fixed (the teacher ablation's variants, docs/teacher.md)."""
+    return (("teacher_schedule", schedule), ("kd_warmup", warmup), ("kd_weight", weight), ("align", align),
+            ("align_on", on))
 
 
 # name -> spec; `teacher`: reads teacher embeddings (training only, except teacher_deployed which
@@ -40,6 +50,14 @@ METHODS: dict[str, MethodSpec] = {
     "medmix_intra_mean": MethodSpec("medmix", intra="mean", teacher=True),
     "medmix_inter_concat": MethodSpec("medmix", inter="concat", teacher=True),
     "medmix_single_expert": MethodSpec("medmix", teacher=True, single_expert=True),
+    "medmix_reliability": MethodSpec("medmix", inter="reliability", teacher=True),
+    # the teacher ablation: `medmix` teaches as the train block says; these fix how
+    "medmix_joint": MethodSpec("medmix", teacher=True, train=_teaching("joint")),              # the original
+    "medmix_warmup": MethodSpec("medmix", teacher=True, train=_teaching("joint", warmup=10)),
+    "medmix_two_stage": MethodSpec("medmix", teacher=True, train=_teaching("two_stage")),
+    "medmix_confidence": MethodSpec("medmix", teacher=True, train=_teaching("two_stage", weight="confidence")),
+    "medmix_align_fused": MethodSpec("medmix", teacher=True, train=_teaching("two_stage", on="fused")),
+    "medmix_relational": MethodSpec("medmix", teacher=True, train=_teaching("two_stage", align="relational")),
     "early_concat": MethodSpec("early_concat"),
     "logreg_concat": MethodSpec("logreg"),
     "teacher_deployed": MethodSpec("medmix", inputs="teachers"),

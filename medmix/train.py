@@ -2,7 +2,8 @@
 
 Cached tensors are held in memory and batched by index (no per-sample Python in the loop).
 AdamW, early stopping on validation AUROC (validation loss when AUROC is undefined), a progress
-bar, deterministic under a seed on CPU. Teacher embeddings are read for training samples only.
+bar, deterministic under a seed on CPU. Teacher embeddings are read for the train rows (and the
+validation rows, for the teacher branch's own early stop and its recorded score), never for test.
 Outputs (each written atomically): model.pt (weights + the config that made it), metrics.json,
 predictions.parquet (probabilities and the per-sample weights α, β).
 """
@@ -37,11 +38,15 @@ from medmix.tasks import Task
 log = logging.getLogger("medmix.train")
 
 
-def make_batch(X, M, idx, TX=None, TM=None) -> dict:
+def make_batch(X, M, idx, TX=None, TM=None, pre=None) -> dict:
+    """A batch of rows `idx`: expert inputs, teacher inputs (TX, TM) and per-row tensors `pre`
+    (a frozen teacher's outputs), all index gathers."""
     b = {"x": {m: [x[idx] for x in xs] for m, xs in X.items()}, "mask": {m: v[idx] for m, v in M.items()}}
     if TX:
         b["tx"] = {m: [x[idx] for x in xs] for m, xs in TX.items()}
         b["tmask"] = {m: v[idx] for m, v in TM.items()}
+    if pre:
+        b.update({k: v[idx] for k, v in pre.items()})
     return b
 
 
@@ -53,22 +58,25 @@ def adamw(params, lr: float, weight_decay: float, device: str = "cpu") -> torch.
 
 
 def train_epoch(model, opt, data: tuple, yt: torch.Tensor, tr: torch.Tensor, bs: int,
-                gen: torch.Generator, amp: bool = False) -> float:
+                gen: torch.Generator, amp: bool = False, parts: dict | None = None) -> float:
     """One epoch over the training rows `tr` in a seeded random order; batches are index gathers
-    from the tensors in `data` = (X, M, TX, TM) (no per-sample Python). Returns the summed loss."""
-    X, M, TX, TM = data
+    from the tensors in `data` = (X, M, TX, TM[, pre]) (no per-sample Python). Returns the summed
+    loss; `parts` (if given) accumulates each loss term's sum over samples."""
     model.train()
     perm = tr[torch.randperm(len(tr), generator=gen, device=tr.device)]
     tot = 0.0
     for s in range(0, len(perm), bs):
         idx = perm[s:s + bs]
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
-            o = model(make_batch(X, M, idx, TX, TM), train=True, gen=gen)
-            loss, _ = model.loss(o, yt[idx])
+            o = model(make_batch(*data[:2], idx, *data[2:]), train=True, gen=gen)
+            loss, part = model.loss(o, yt[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         tot += loss.item() * len(idx)
+        if parts is not None:
+            for k, v in part.items():
+                parts[k] = parts.get(k, 0.0) + v * len(idx)
     return tot
 
 
@@ -176,7 +184,7 @@ class Shared:
     y: np.ndarray
     split: np.ndarray
     exp: Inputs
-    tea: Inputs | None            # teachers on the train rows (None under a drop: read per seed)
+    tea: Inputs | None            # teachers on the train and val rows (None under a drop: read per seed)
 
 
 @dataclass
@@ -189,7 +197,7 @@ class Prepared:
     y: np.ndarray
     split: np.ndarray             # train / val / test (train_excluded: a drop left the sample no input)
     exp: Inputs                   # the inputs at inference: experts (teacher_deployed: teachers)
-    tea: Inputs | None            # teacher embeddings, training rows only (methods with a teacher branch)
+    tea: Inputs | None            # teacher embeddings, train and val rows (methods with a teacher branch)
     dropped: list = field(default_factory=list)
     info: dict = field(default_factory=dict)
 
@@ -218,7 +226,7 @@ def read_shared(job: TrainJob, cohort: Path, caches: Caches) -> Shared:
         raise MedmixError(f"dataset {job.dataset}: no modality has any {role[:-1]} embedding on the train split")
     tea = None
     if _teacher_branch(method) and not job.drop:
-        tea = load_role(caches, job, co, "teachers", _teacher_mods(job, exp), rows=split == "train")
+        tea = load_role(caches, job, co, "teachers", _teacher_mods(job, exp), rows=np.isin(split, ("train", "val")))
     return Shared(method, task, co, task.targets(co), split, exp, tea)
 
 
@@ -239,7 +247,7 @@ def prepare(job: TrainJob, seed: int, cohort: Path, caches: Caches, shared: Shar
     tea = sh.tea
     if _teacher_branch(method) and drop:
         # teacher statistics on the training rows this seed's drop leaves
-        tea = load_role(caches, job, co, "teachers", _teacher_mods(job, exp), rows=split == "train")
+        tea = load_role(caches, job, co, "teachers", _teacher_mods(job, exp), rows=np.isin(split, ("train", "val")))
         drop.apply(tea, split, relabel=False)
     if tea is not None:
         dropped += tea.dropped
@@ -252,7 +260,7 @@ def _fitted(method: MethodSpec) -> bool:
 
 
 def _teacher_branch(method: MethodSpec) -> bool:
-    """The method trains a teacher branch (and so reads teacher embeddings of the train rows)."""
+    """The method trains a teacher branch (and so reads teacher embeddings of the train and val rows)."""
     return method.teacher and not _fitted(method)
 
 
@@ -384,7 +392,7 @@ def _write_run(p: Prepared, seed: int, out: Path, p_all: np.ndarray, o_all: dict
         "val": task_metrics(task.kind, y[va], p_all[va], thr=thr),
         "test": task_metrics(task.kind, y[te], p_all[te], n_boot=job.train.bootstrap, seed=seed, thr=thr),
         "modalities": list(exp.dims), "inputs": exp.slugs, "left_out": p.dropped, "device": device,
-        **{k: v for k, v in info.items() if k != "history"},
+        **{k: v for k, v in info.items() if not k.endswith("history")},
         "seconds": round(seconds, 2), "medmix_version": __version__,
     }
     cols = {"sample_id": cohort["sample_id"], "split": cohort["split"],
@@ -397,6 +405,7 @@ def _write_run(p: Prepared, seed: int, out: Path, p_all: np.ndarray, o_all: dict
         torch.save({"state_dict": state, "spec": job.to_dict(), "seed": seed, "dims": exp.dims, "method": method.to_dict(),
                     "task": task.to_spec(), "n_out": task.n_out, "thresholds": thr,
                     "experts": exp.slugs, "norm": exp.norm, "history": info.get("history", []),
+                    "teacher_history": info.get("teacher_history", []),
                     "temperature": info.get("temperature", 1.0),
                     "medmix_version": __version__}, tmp)
     write_json(out / "metrics.json", metrics)
@@ -405,7 +414,11 @@ def _write_run(p: Prepared, seed: int, out: Path, p_all: np.ndarray, o_all: dict
 
 def _fit_neural(job: TrainJob, method: MethodSpec, cfg, tcfg: TrainParams, task: Task, exp: Inputs,
                 tea: Inputs | None, y, split, seed, device, progress):
-    """AdamW with early stopping on the validation metric; returns (probabilities, outputs, student state, info)."""
+    """AdamW with early stopping on the validation metric; returns (probabilities, outputs, student state, info).
+
+    With a teacher branch, `tcfg.teacher_schedule`: joint (one loss, the teacher's validation score
+    recorded per epoch) or two_stage (the teacher branch fitted first to its own early stop, then
+    frozen: its outputs on the train rows are computed once and the student distils from them)."""
     # the whole cache lives on the training device; batches are index gathers
     X = {m: [x.to(device) for x in xs] for m, xs in exp.X.items()}
     M = {m: v.to(device) for m, v in exp.M.items()}
@@ -417,7 +430,6 @@ def _fit_neural(job: TrainJob, method: MethodSpec, cfg, tcfg: TrainParams, task:
     torch.manual_seed(seed)
     gen = torch.Generator(device=device).manual_seed(seed)
     model = create_model(method, exp.dims, cfg, teacher_dims=tdims, n_out=task.n_out).to(device)
-    opt = adamw(model.parameters(), tcfg.lr, tcfg.weight_decay, device)
     yt = torch.from_numpy(y.astype(np.float32)).to(device)
     tr_rows = (split == "train") & task.labelled(y)
     tr = torch.from_numpy(np.flatnonzero(tr_rows)).to(device)
@@ -428,36 +440,101 @@ def _fit_neural(job: TrainJob, method: MethodSpec, cfg, tcfg: TrainParams, task:
         model.pos_weight = torch.tensor(np.where(pos > 0, neg / np.maximum(pos, 1), 1.0), dtype=torch.float32,
                                         device=device)
     va = np.flatnonzero(split == "val")
-    bs = tcfg.batch_size
     amp = device.startswith("cuda")  # bf16 autocast on GPU; full precision on CPU (deterministic)
-
-    def predict(idx: np.ndarray) -> tuple[np.ndarray, float, dict]:
-        model.eval()
-        ix = torch.from_numpy(idx).to(device)
-        with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
-            o = model(make_batch(X, M, ix), train=False)
-            loss, _ = model.loss(o, yt[ix])
-        return task.predictions(o["logit"].float().cpu().numpy()), float(loss), o
-
-    best, best_state, best_epoch, bad = -np.inf, None, 0, 0
-    history = []
-    bar = tqdm(range(tcfg.max_epochs), desc=f"train {job.dataset}/{job.method}/seed{seed}",
-               disable=not progress, mininterval=2)
-    for epoch in bar:
-        tot = train_epoch(model, opt, (X, M, TX, TM), yt, tr, bs, gen, amp)
-        p_va, l_va, _ = predict(va)
-        score = _val_score(task.kind, y[va], p_va, l_va)
-        history.append({"epoch": epoch, "train_loss": tot / max(len(tr), 1), "val_loss": l_va, "val_score": score})
-        bar.set_postfix(val=f"{score:.3f}")
-        if score > best + 1e-6:
-            best, best_state, best_epoch, bad = score, copy.deepcopy(model.state_dict()), epoch, 0
-        else:
-            bad += 1
-            if bad >= tcfg.patience:
-                break
-    model.load_state_dict(best_state)
-    p_all, _, o_all = predict(np.arange(len(y)))
+    fit = _Fit(task, y, yt, tr, tcfg, gen, amp, device, progress)
+    has_teacher = getattr(model, "teacher", None) is not None
+    info: dict = {}
+    data: tuple = (X, M, TX, TM)
+    watch = None
+    if has_teacher and tcfg.teacher_schedule == "two_stage":
+        stage = model.teacher_stage()
+        t_va = va[TM_any(TM, va)]                # validation rows with a teacher embedding
+        if len(t_va) == 0:
+            raise MedmixError(f"train {job.dataset}/{job.method}: two_stage needs teacher embeddings on "
+                              "validation rows for the teacher's early stop; there are none")
+        t_hist, t_best = fit.run(stage, stage.parameters(), (TX, TM), t_va, f"{job.method}/seed{seed} teacher")
+        info["teacher_best_epoch"], info["teacher_history"] = t_best, t_hist
+        stage.eval()
+        with torch.no_grad():
+            pre = model.teach(TX, TM)            # every row at once (train rows are the ones used)
+        model.teacher_frozen = True
+        data = (X, M, None, None, {k: v.detach() for k, v in pre.items()})
+        params = [p for n, p in model.named_parameters() if not n.startswith("teacher")]
+    else:
+        params = list(model.parameters())
+        if has_teacher and TX is not None:
+            t_va = va[TM_any(TM, va)]
+            watch = (model.teacher_stage(), TX, TM, t_va) if len(t_va) else None
+    history, best_epoch = fit.run(model, params, data[:2], va, f"{job.dataset}/{job.method}/seed{seed}",
+                                  train_data=data, watch=watch)
+    p_all, _, o_all = fit.predict(model, (X, M), np.arange(len(y)))
     student = {k: v.cpu() for k, v in model.state_dict().items() if not k.startswith(("teacher", "align"))}
-    info = {"best_epoch": best_epoch, "epochs": len(history), "history": history,
-            "n_params": sum(p.numel() for n, p in model.named_parameters() if not n.startswith(("teacher", "align")))}
+    info.update({"best_epoch": best_epoch, "epochs": len(history), "history": history,
+                 "n_params": sum(p.numel() for n, p in model.named_parameters() if not n.startswith(("teacher", "align")))})
     return p_all, o_all, student, info
+
+
+def TM_any(TM: dict | None, rows: np.ndarray) -> np.ndarray:
+    """Which of `rows` have any teacher embedding."""
+    if not TM:
+        return np.zeros(len(rows), bool)
+    return torch.stack([v.any(1) for v in TM.values()], 1).any(1).cpu().numpy()[rows]
+
+
+@dataclass
+class _Fit:
+    """The epoch loop with early stopping on the validation metric, shared by the student and the
+    teacher stage of the two-stage schedule."""
+    task: Task
+    y: np.ndarray
+    yt: torch.Tensor
+    tr: torch.Tensor
+    tcfg: TrainParams
+    gen: torch.Generator
+    amp: bool
+    device: str
+    progress: bool
+
+    def predict(self, model, data: tuple, idx: np.ndarray) -> tuple[np.ndarray, float, dict]:
+        model.eval()
+        ix = torch.from_numpy(idx).to(self.device)
+        with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
+            o = model(make_batch(*data, ix), train=False)
+            loss, _ = model.loss(o, self.yt[ix])
+        return self.task.predictions(o["logit"].float().cpu().numpy()), float(loss), o
+
+    def score(self, model, data: tuple, va: np.ndarray) -> tuple[float, float]:
+        p_va, l_va, _ = self.predict(model, data, va)
+        return _val_score(self.task.kind, self.y[va], p_va, l_va), l_va
+
+    def run(self, model, params, data: tuple, va: np.ndarray, desc: str, train_data: tuple | None = None,
+            watch: tuple | None = None) -> tuple[list[dict], int]:
+        """Train `model` (its `params`) to the best validation epoch (restored); returns (history, best epoch).
+        `train_data`: the training batches' tensors (default `data`); `watch` = (teacher stage, TX, TM,
+        rows): also record that model's validation score per epoch (the joint schedule's teacher)."""
+        tcfg = self.tcfg
+        opt = adamw(params, tcfg.lr, tcfg.weight_decay, self.device)
+        best, best_state, best_epoch, bad = -np.inf, None, 0, 0
+        history = []
+        bar = tqdm(range(tcfg.max_epochs), desc=f"train {desc}", disable=not self.progress, mininterval=2)
+        for epoch in bar:
+            if hasattr(model, "teacher_weight"):
+                model.teacher_weight = min(1.0, (epoch + 1) / tcfg.kd_warmup) if tcfg.kd_warmup else 1.0
+            parts: dict = {}
+            tot = train_epoch(model, opt, train_data or data, self.yt, self.tr, tcfg.batch_size, self.gen, self.amp, parts)
+            score, l_va = self.score(model, data, va)
+            n = max(len(self.tr), 1)
+            row = {"epoch": epoch, "train_loss": tot / n, "val_loss": l_va, "val_score": score,
+                   **{f"loss_{k}": v / n for k, v in parts.items()}}
+            if watch is not None:
+                row["teacher_val_score"] = self.score(watch[0], watch[1:3], watch[3])[0]
+            history.append(row)
+            bar.set_postfix(val=f"{score:.3f}")
+            if score > best + 1e-6:
+                best, best_state, best_epoch, bad = score, copy.deepcopy(model.state_dict()), epoch, 0
+            else:
+                bad += 1
+                if bad >= tcfg.patience:
+                    break
+        model.load_state_dict(best_state)
+        return history, best_epoch

@@ -11,7 +11,7 @@ a method is the union of the config's `tuning.spaces` groups that apply to it:
 | --------- | --------------------------------------------- | --------------------------------------- |
 | `neural`  | every network (not the closed-form logreg)    | hidden, dropout, lr, weight_decay       |
 | `medmix`  | architecture medmix                           | d, modality_dropout, expert_dropout     |
-| `teacher` | methods with a training-only teacher branch   | lambda_align, lambda_kd, tau            |
+| `teacher` | methods with a training-only teacher branch   | lambda_align, lambda_kd, tau, schedule  |
 | `linear`  | closed-form linear models (logreg_concat)     | C                                       |
 
 Output `results/{dataset}/tuning/{method}.json`: the budget, the space, every trial and the best
@@ -37,7 +37,8 @@ GROUPS = ("neural", "medmix", "teacher", "linear")
 
 
 def method_space(method: MethodSpec, spaces: dict) -> dict:
-    """The search space of a method: the `spaces` groups that apply to it, merged in GROUPS order."""
+    """The search space of a method: the `spaces` groups that apply to it, merged in GROUPS order,
+    less the settings the method fixes (an ablation variant's `train`)."""
     linear = _fitted(method)
     applies = {"neural": not linear, "medmix": method.arch == "medmix" and not linear,
                "teacher": method.teacher and not linear, "linear": linear}
@@ -48,7 +49,8 @@ def method_space(method: MethodSpec, spaces: dict) -> dict:
     for g in GROUPS:
         if applies[g]:
             out.update(spaces.get(g) or {})
-    return out
+    fixed = dict(method.train)
+    return {k: v for k, v in out.items() if k not in fixed}
 
 
 def _suggest(trial, name: str, spec: dict):

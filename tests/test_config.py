@@ -31,6 +31,8 @@ def test_every_schema_key_has_description_and_default():
     (lambda c: c["datasets"]["tiny"]["modalities"]["ehr"]["experts"].append("nope"),
      "datasets/tiny/modalities/ehr/experts", "unknown encoder 'nope'"),
     (lambda c: c["methods"].append("medmax"), "methods/5", "unknown method 'medmax'"),
+    (lambda c: c["datasets"]["tiny"].update(train={"lambda_kd": -1}), "datasets/tiny/train/lambda_kd", "minimum"),
+    (lambda c: c["datasets"]["tiny"].update(train={"lambda_kdd": 0.0}), "datasets/tiny/train", "lambda_kdd"),
 ])
 def test_config_errors_name_the_key_path(tiny_config, mutate, where, what):
     mutate(tiny_config)
@@ -45,6 +47,17 @@ def test_train_spec_changes_with_hyperparameters_but_embed_spec_does_not(tiny_co
     b = config.validate(tiny_config)
     assert config.train_job(a, "tiny", "medmix") != config.train_job(b, "tiny", "medmix")
     assert config.embed_job(a, "tiny", "notes", "bert_head") == config.embed_job(b, "tiny", "notes", "bert_head")
+
+
+def test_a_datasets_train_settings_override_the_shared_block_and_a_variant_fixes_its_own(tiny_config):
+    tiny_config["datasets"]["tiny"]["train"] = {"lambda_kd": 0.0, "teacher_schedule": "two_stage"}
+    cfg = config.validate(tiny_config)
+    job = config.train_job(cfg, "tiny", "medmix")["train"]
+    assert job["lambda_kd"] == 0.0 and job["teacher_schedule"] == "two_stage" and job["lr"] == cfg["train"]["lr"]
+    assert config.train_job(cfg, "tiny", "medmix_joint")["train"]["teacher_schedule"] == "joint"
+    plain = config.validate({**tiny_config, "datasets": {**tiny_config["datasets"], "tiny": {
+        k: v for k, v in tiny_config["datasets"]["tiny"].items() if k != "train"}}})
+    assert config.prepare_job(cfg, "tiny") == config.prepare_job(plain, "tiny")   # no new cohort
 
 
 def test_real_datasets_are_not_synthesised():

@@ -140,3 +140,95 @@ def test_beta_sums_to_one_over_available_modalities():
     out = MedMIX(DIMS, FusionConfig(d=8, hidden=8)).eval()(_batch())
     avail = out["avail"]
     assert torch.allclose(out["beta"].sum(1), torch.ones(12)) and torch.all(out["beta"][~avail] == 0)
+
+
+def test_confidence_is_the_teachers_probability_of_the_label_and_weights_kd():
+    from medmix.model.losses import confidence, kd_loss
+    t = torch.tensor([[2.0, -1.0], [-0.5, 0.3], [0.0, 4.0]])
+    y = torch.tensor([[1.0, 0.0], [1.0, float("nan")], [0.0, 1.0]])
+    c = confidence("multilabel", t, y)
+    p = torch.sigmoid(t)
+    want = torch.tensor([[p[0, 0], 1 - p[0, 1]], [p[1, 0], 1.0], [1 - p[2, 0], p[2, 1]]])
+    assert torch.allclose(c, want)
+    yc = torch.tensor([2.0, 0.0, float("nan")])
+    tc = torch.randn(3, 3)
+    assert torch.allclose(confidence("multiclass", tc, yc), torch.stack([torch.softmax(tc[0], 0)[2],
+                                                                         torch.softmax(tc[1], 0)[0], torch.tensor(1.0)]))
+    s, rows = torch.randn(3, 2), torch.tensor([True, True, False])
+    for kind, tt, w in (("multilabel", t, torch.ones(3, 2)), ("binary", t[:, :1], torch.ones(3)),
+                        ("multiclass", tc, torch.ones(3))):
+        ss = s if kind != "multiclass" else torch.randn(3, 3)
+        ss = ss[:, :1] if kind == "binary" else ss
+        assert torch.allclose(kd_loss(kind, ss, tt, 2.0, rows, weight=w), kd_loss(kind, ss, tt, 2.0, rows))
+    # a weight of zero on a sample removes its term (brute force: the per-element BCE at τ)
+    w = torch.tensor([[1.0, 0.0], [0.5, 1.0], [1.0, 1.0]])
+    per = torch.nn.functional.binary_cross_entropy_with_logits(s / 2, torch.sigmoid(t / 2), reduction="none")
+    assert torch.isclose(kd_loss("multilabel", s, t, 2.0, rows, weight=w), (per[:2] * w[:2]).mean() * 4)
+
+
+@pytest.mark.parametrize("align", ["cosine", "infonce", "relational"])
+@pytest.mark.parametrize("align_on", ["modality", "fused", "both"])
+def test_every_alignment_trains_and_the_bundle_keeps_the_student_only(align, align_on):
+    cfg = FusionConfig(d=8, hidden=8, align=align, align_on=align_on)
+    tdims = {"notes": [10], "cxr": [9]}
+    model = MedMIX(DIMS, cfg, teacher_dims=tdims)
+    assert ("_fused" in model.align) == (align_on != "modality")
+    assert ("notes" in model.align) == (align_on != "fused")
+    b, tb = _batch(), _batch(dims=tdims, seed=1)
+    b.update(tx=tb["x"], tmask=tb["mask"])
+    out = model(b, train=True, gen=torch.Generator().manual_seed(0))
+    a = model._align_loss(out)
+    assert a.item() > 0
+    a.backward()
+    assert all(p.grad is not None for p in model.align.parameters())
+    assert all(p.grad is None for p in model.teacher.parameters())          # the teacher's side is a target
+    # identical representations have nothing left to align (cosine and relational)
+    if align != "infonce":
+        g = torch.randn(6, 8)
+        assert model._align_pair(g, g).abs().item() < 1e-6
+
+
+def test_a_frozen_teachers_outputs_come_from_the_batch_and_its_task_loss_is_left_out():
+    cfg = FusionConfig(d=8, hidden=8)
+    tdims = {"notes": [10], "cxr": [9]}
+    model = MedMIX(DIMS, cfg, teacher_dims=tdims)
+    tb = _batch(dims=tdims, seed=1)
+    with torch.no_grad():
+        pre = model.teach(tb["x"], tb["mask"])
+    model.teacher_frozen = True
+    b = {**_batch(), **pre}
+    y = torch.tensor([0., 1.] * 6)
+    out = model(b, train=True, gen=torch.Generator().manual_seed(0))
+    loss, parts = model.loss(out, y)
+    assert set(parts) == {"task", "align", "kd"}
+    loss.backward()
+    assert all(p.grad is None for p in model.teacher.parameters())
+    model.zero_grad()
+    model.teacher_weight = 0.0                                                # warm-up at its start
+    out = model(b, train=True, gen=torch.Generator().manual_seed(0))
+    l0, p0 = model.loss(out, y)
+    assert torch.isclose(l0, torch.tensor(p0["task"]))
+
+
+def test_reliability_fusion_learns_which_modality_to_trust():
+    """Modality 'a' carries the label, 'b' is noise: trained with the task, the reliability
+    fusion's confidence and weight β are higher for 'a' (the weights stay a distribution)."""
+    torch.manual_seed(0)
+    dims = {"a": [4], "b": [4]}
+    n = 256
+    y = (torch.rand(n) > 0.5).float()
+    xa = torch.randn(n, 4) + 2.0 * (y[:, None] - 0.5)
+    xb = torch.randn(n, 4)
+    batch = {"x": {"a": [xa], "b": [xb]}, "mask": {"a": torch.ones(n, 1, dtype=torch.bool), "b": torch.ones(n, 1, dtype=torch.bool)}}
+    model = MedMIX(dims, FusionConfig(d=8, hidden=8, inter="reliability", modality_dropout=0.0, expert_dropout=0.0))
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    for _ in range(150):
+        loss, parts = model.loss(model(batch, train=True, gen=torch.Generator().manual_seed(0)), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert "reliability" in parts
+    out = model.eval()(batch)
+    conf = model.student.inter.confidence(out["z"])
+    assert conf[:, 0].mean() > conf[:, 1].mean() + 0.1
+    assert out["beta"][:, 0].mean() > 0.5 and torch.allclose(out["beta"].sum(1), torch.ones(n))

@@ -109,3 +109,20 @@ def test_main_tables_mark_the_best(tmp_path):
     assert ("| medmix | **0.900 ± 0.010** | **0.900 ± 0.010** | 0.090 ± 0.010 | 0.090 ± 0.010 | 0.700 ± 0.010 | "
             "0.700 ± 0.010 | **0.070 ± 0.010** | **0.070 ± 0.010** |") in md      # Brier, ECE: lower is better
     assert "\\textbf{0.750 $\\pm$ 0.010}" in (tmp_path / "tables" / "main.tex").read_text()
+
+
+def test_two_stage_fits_the_teacher_first_then_freezes_it(tiny_results, tmp_path):
+    """The teacher branch stops on its own validation score, then is frozen while the student trains;
+    the run is deterministic and its model file holds the student only."""
+    job = _spec("medmix", teacher_schedule="two_stage", kd_warmup=3, kd_weight="confidence", max_epochs=8)
+    a = train_run(job, 0, tmp_path / "a", results=tiny_results, progress=False)
+    b = train_run(job, 0, tmp_path / "b", results=tiny_results, progress=False)
+    assert a["test"] == b["test"] and 0 <= a["teacher_best_epoch"] < 8
+    ck = torch.load(tmp_path / "a" / "model.pt", weights_only=True)
+    hist, thist = ck["history"], ck["teacher_history"]
+    assert thist and all("loss_teacher" in h for h in thist)
+    assert hist and all("loss_teacher" not in h and "loss_kd" in h for h in hist)
+    assert not any(k.startswith(("teacher", "align")) for k in ck["state_dict"])
+    joint = train_run(_spec("medmix", max_epochs=8), 0, tmp_path / "j", results=tiny_results, progress=False)
+    jh = torch.load(tmp_path / "j" / "model.pt", weights_only=True)["history"]
+    assert all("teacher_val_score" in h and "loss_teacher" in h for h in jh) and joint["test"] != a["test"]

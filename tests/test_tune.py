@@ -23,6 +23,11 @@ def test_each_method_searches_the_groups_that_apply_to_it():
     assert set(method_space(method_spec("early_concat"), spaces)) == {"hidden", "dropout", "lr", "weight_decay"}
     assert {"modality_dropout", "lambda_kd", "tau"} <= set(method_space(method_spec("medmix"), spaces))
     assert "lambda_kd" not in method_space(method_spec("medmix_noteacher"), spaces)
+    # an ablation variant's fixed settings are not searched: the variant stays what it says
+    assert "teacher_schedule" in method_space(method_spec("medmix"), spaces)
+    assert "teacher_schedule" not in method_space(method_spec("medmix_joint"), spaces)
+    job = config.train_job(config.validate(TINY_CONFIG), "tiny", "medmix_two_stage")
+    assert job["train"]["teacher_schedule"] == "two_stage" and job["train"]["kd_weight"] == "none"
     with pytest.raises(config.MedmixError, match="tuning/spaces/neural/widht"):
         config.validate({**TINY_CONFIG, "tuning": {"spaces": {"neural": {"widht": {"low": 1, "high": 2}}}}})
 

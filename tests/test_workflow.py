@@ -54,9 +54,12 @@ def test_metrics_main_table_and_logs(dag):
 
 def test_paper_experiments_figures_and_tables(dag):
     wd = dag["wd"]
-    for f in ("robustness_test", "robustness_train_one", "robustness_train_multi", "ablation", "efficiency",
-              "weights_tiny", "calibration_tiny"):
+    for f in ("robustness_test", "robustness_train_one", "robustness_train_multi", "ablation", "teacher_ablation",
+              "efficiency", "weights_tiny", "calibration_tiny"):
         assert (wd / f"results/figures/{f}.png").read_bytes()[:4] == b"\x89PNG", f
+    teach = (wd / "results/tables/teacher_ablation.md").read_text()   # the teacher variants the config lists
+    assert "| medmix | 1 |" in teach and "| teacher_deployed | 1 |" in teach and "val AUROC" in teach
+    assert "| early_concat |" not in teach
     subsets = (wd / "results/tables/missing_subsets.md").read_text()
     assert "| paired |" in subsets and "| cxr+ehr+notes |" in subsets
     eff = pl.read_csv(wd / "results/tables/efficiency.csv").filter(pl.col("dataset") == "tiny")
@@ -70,7 +73,8 @@ def test_report_holds_every_table_and_figure(dag):
     html = (dag["wd"] / "results/report.html").read_text()
     for name in ("robustness_test.png", "robustness_train_one.png", "robustness_train_multi.png", "ablation.png",
                  "efficiency.png", "weights_tiny.png", "missing_subsets.md", "ablation.md", "efficiency.csv",
-                 "main.md", "cohort.json", "cross_cohort.md", "calibration_tiny.png", "subgroups_tiny.md"):
+                 "main.md", "cohort.json", "cross_cohort.md", "calibration_tiny.png", "subgroups_tiny.md",
+                 "teacher_ablation.png", "teacher_ablation.md"):
         assert name in html, name
 
 

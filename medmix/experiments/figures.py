@@ -18,6 +18,11 @@ import polars as pl
 from medmix.io import atomic_path
 
 ABLATIONS = ["medmix", "medmix_noteacher", "medmix_single_expert", "medmix_intra_mean", "medmix_inter_concat"]
+# the teacher's contribution (docs/teacher.md): the variants of how it teaches, between no teacher and
+# the teacher deployed at inference (the ceiling)
+TEACHER_ABLATIONS = ["medmix_noteacher", "medmix", "medmix_joint", "medmix_two_stage", "medmix_warmup",
+                     "medmix_confidence", "medmix_align_fused", "medmix_relational", "medmix_reliability",
+                     "teacher_deployed"]
 
 
 def _plt():
@@ -130,41 +135,46 @@ def robustness(summaries: list[str | Path], fig_dir: str | Path, table_dir: str 
         tmp.write_text("\n".join(lines))
 
 
-def ablation(metrics_files: list[str | Path], fig: str | Path, table: str | Path) -> None:
-    """Structural ablation: MedMIX against its ablations (those in the config), on the task's first
-    two test metrics (AUROC/AUPRC for binary tasks)."""
+def ablation(metrics_files: list[str | Path], fig: str | Path, table: str | Path, methods: list[str] = ABLATIONS,
+             ref: str = "medmix", title: str = "Structural ablation", splits: tuple[str, ...] = ("test",)) -> None:
+    """An ablation: `methods` (those of each metrics.json, in this order) on the task's first two
+    metrics (AUROC/AUPRC for binary tasks) of each split in `splits`, with Δ to `ref`; the figure
+    shows the last split."""
     from medmix.metrics import METRICS
     plt = _plt()
     res = _read(metrics_files)
     f, axes = plt.subplots(1, len(res), figsize=(6 * len(res), 4), squeeze=False)
-    lines = ["Structural ablation on the test split: mean ± sd over seeds (Δ: difference of means to medmix).", ""]
+    where = " and ".join(f"{s} split" for s in splits)
+    lines = [f"{title} on the {where}: mean ± sd over seeds (Δ: difference of means to {ref}).", ""]
+    shown = splits[-1]
     for ax, r in zip(axes[0], res):
-        methods = [m for m in ABLATIONS if m in r["methods"]]
+        present = [m for m in methods if m in r["methods"]]
         names = METRICS[r.get("task_type", "binary")][:2]
-        lines += [f"### {r['dataset']}", "", "| method | " + " | ".join(f"{_label(k)} | Δ{_label(k)}" for k in names) + " |",
-                  "| --- |" + " --- | --- |" * len(names)]
-        ref = r["methods"].get("medmix", {}).get("test", {})
+        cols = [(sp, k) for sp in splits for k in names]
+        lines += [f"### {r['dataset']} (task {r.get('task')})", "",
+                  "| method | seeds | " + " | ".join(f"{sp} {_label(k)} | Δ" for sp, k in cols) + " |",
+                  "| --- | --- |" + " --- | --- |" * len(cols)]
         for metric, off in zip(names, (-0.2, 0.2) if len(names) == 2 else (0.0,)):
-            mean = [r["methods"][m]["test"][metric]["mean"] or np.nan for m in methods]
-            sd = [r["methods"][m]["test"][metric]["sd"] or 0.0 for m in methods]
-            ax.bar(np.arange(len(methods)) + off, mean, 0.4, yerr=sd, capsize=3, label=_label(metric))
-        for m in methods:
-            t = r["methods"][m]["test"]
+            mean = [r["methods"][m][shown][metric]["mean"] or np.nan for m in present]
+            sd = [r["methods"][m][shown][metric]["sd"] or 0.0 for m in present]
+            ax.bar(np.arange(len(present)) + off, mean, 0.4, yerr=sd, capsize=3, label=_label(metric))
+        for m in present:
             cells = []
-            for metric in names:
-                e = t[metric]
+            for sp, metric in cols:
+                e = r["methods"][m][sp][metric]
                 if e["mean"] is None:
                     cells += ["n/a", ""]
                     continue
-                d = e["mean"] - ref[metric]["mean"] if ref and ref[metric]["mean"] is not None else None
-                cells += [f"{e['mean']:.3f} ± {e['sd']:.3f}", "" if d is None or m == "medmix" else f"{d:+.3f}"]
-            lines.append(f"| {m} | " + " | ".join(cells) + " |")
+                base = r["methods"].get(ref, {}).get(sp, {}).get(metric, {}).get("mean")
+                d = e["mean"] - base if base is not None and m != ref else None
+                cells += [f"{e['mean']:.3f} ± {e['sd']:.3f}", "" if d is None else f"{d:+.3f}"]
+            lines.append(f"| {m} | {len(r['methods'][m]['seeds'])} | " + " | ".join(cells) + " |")
         lines.append("")
-        ax.set_xticks(np.arange(len(methods)), methods, rotation=25, ha="right")
-        ax.set_ylabel("test metric (mean ± sd over seeds)")
-        lo = np.nanmin([r["methods"][m]["test"][k]["mean"] or np.nan for m in methods for k in names] + [1])
+        ax.set_xticks(np.arange(len(present)), present, rotation=25, ha="right")
+        ax.set_ylabel(f"{shown} metric (mean ± sd over seeds)")
+        lo = np.nanmin([r["methods"][m][shown][k]["mean"] or np.nan for m in present for k in names] + [1])
         ax.set_ylim(max(0.0, lo - 0.1), 1.0)
-        ax.set_title(f"{r['dataset']}: structural ablation", fontsize=10)
+        ax.set_title(f"{r['dataset']}: {title.lower()}", fontsize=10)
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3, axis="y")
     _save(f, fig)

@@ -19,7 +19,7 @@ __all__ = ["FusionConfig", "MedMIX", "EarlyConcat", "LateFusion", "Linear", "cre
 
 # keys of the config's `train` block that the trainer reads; every other key is a FusionConfig field
 TRAINER_KEYS = frozenset({"lr", "weight_decay", "batch_size", "max_epochs", "patience", "pos_weight", "bootstrap",
-                          "calibrate"})
+                          "calibrate", "teacher_schedule", "kd_warmup"})
 _FUSION_KEYS = frozenset(f.name for f in dataclasses.fields(FusionConfig))
 
 

@@ -126,6 +126,29 @@ class InterGated(nn.Module):
         return (beta.unsqueeze(-1) * z).sum(1), beta
 
 
+@register_fusion("inter", "reliability")
+class InterReliability(nn.Module):
+    """Gated fusion weighted by each modality's predicted reliability: β = softmax over available
+    modalities of (vᵀ tanh(Q (z_m + e_m)) + log c_m), u = Σ β_m z_m, where c_m = σ(MLP(z_m)) ∈ (0, 1)
+    estimates how likely the model's head is right from modality m alone (its true-class probability,
+    Corbière et al. 2019; as in Han et al. 2022's confidence-aware multimodal fusion). MedMIX trains
+    c_m toward that probability and the head on each modality alone (medmix.model.medmix.reliability_loss)."""
+
+    def __init__(self, d, m):
+        super().__init__()
+        self.emb = nn.Parameter(torch.zeros(m, d))
+        self.gate = _Gate(d)
+        self.conf = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, 1))
+
+    def confidence(self, z):  # (B, M, d) -> (B, M) in (0, 1)
+        return torch.sigmoid(self.conf(z).squeeze(-1))
+
+    def forward(self, z, avail):
+        score = self.gate(z + self.emb) + torch.log(self.confidence(z).clamp_min(1e-6))
+        beta = masked_softmax(score, avail)
+        return (beta.unsqueeze(-1) * z).sum(1), beta
+
+
 @register_fusion("inter", "mean")
 class InterMean(nn.Module):
     def __init__(self, d, m):

@@ -49,17 +49,45 @@ def task_loss(kind: str, logit: torch.Tensor, y: torch.Tensor, rows: torch.Tenso
     return F.binary_cross_entropy_with_logits(logit[ok, 0].float(), y[ok], pos_weight=pos_weight)
 
 
-def kd_loss(kind: str, student: torch.Tensor, teacher: torch.Tensor, tau: float, rows: torch.Tensor) -> torch.Tensor:
+def kd_loss(kind: str, student: torch.Tensor, teacher: torch.Tensor, tau: float, rows: torch.Tensor,
+            weight: torch.Tensor | None = None) -> torch.Tensor:
     """Logit distillation with temperature τ (Hinton et al. 2015), scaled by τ², on `rows`.
-    Survival has no class probabilities: the student's risk score regresses on the teacher's."""
+    Survival has no class probabilities: the student's risk score regresses on the teacher's.
+    `weight`: per sample (B,) or, for multilabel, per sample and label (B, L), multiplying each
+    term before the mean (medmix.model.losses.confidence)."""
     if not bool(rows.any()):
         return _zero(student)
     s, t = student[rows].float(), teacher[rows].detach().float()
-    if kind == "multiclass":
-        return F.kl_div(F.log_softmax(s / tau, -1), F.softmax(t / tau, -1), reduction="batchmean") * tau ** 2
     if kind == "survival":
         return F.mse_loss(s, t)
-    return F.binary_cross_entropy_with_logits(s / tau, torch.sigmoid(t / tau)) * tau ** 2
+    if weight is None:  # the plain means
+        if kind == "multiclass":
+            return F.kl_div(F.log_softmax(s / tau, -1), F.softmax(t / tau, -1), reduction="batchmean") * tau ** 2
+        return F.binary_cross_entropy_with_logits(s / tau, torch.sigmoid(t / tau)) * tau ** 2
+    if kind == "multiclass":
+        per = F.kl_div(F.log_softmax(s / tau, -1), F.softmax(t / tau, -1), reduction="none").sum(-1)
+    else:
+        per = F.binary_cross_entropy_with_logits(s / tau, torch.sigmoid(t / tau), reduction="none")
+    w = weight[rows].float()
+    w = w if w.dim() == per.dim() else w.reshape(len(w), *([1] * (per.dim() - 1)))
+    return (per * w).mean() * tau ** 2
+
+
+def confidence(kind: str, teacher: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The teacher's probability of the true label (detached): per sample (binary, multiclass) or per
+    sample and label (multilabel), 1 where the label is unknown; survival 1. Distillation weighted
+    by it trusts the teacher where it is right (confidence-weighted KD)."""
+    t = teacher.detach().float()
+    if kind == "survival":
+        return t.new_ones(len(t))
+    if kind == "multiclass":
+        ok = ~torch.isnan(y)
+        p = torch.softmax(t, -1).gather(1, torch.nan_to_num(y).long().clamp(0, t.shape[1] - 1).unsqueeze(1))[:, 0]
+        return torch.where(ok, p, torch.ones_like(p))
+    p = torch.sigmoid(t if kind == "multilabel" else t[:, 0])
+    yy = y.float()
+    c = torch.where(yy > 0.5, p, 1 - p)
+    return torch.where(torch.isnan(yy), torch.ones_like(c), c)
 
 
 def combine_late(kind: str, logits: torch.Tensor, avail: torch.Tensor) -> torch.Tensor:

@@ -21,7 +21,7 @@ from medmix.masks import keep_at_least_one
 from medmix.methods import MethodSpec
 from medmix.model.fusion import create_fusion
 from medmix.model.registry import register_model
-from medmix.model.losses import kd_loss, task_loss
+from medmix.model.losses import confidence, kd_loss, task_loss
 
 
 _train = partial(schema_default, "train")
@@ -41,7 +41,9 @@ class FusionConfig:
     lambda_align: float = _train("lambda_align")
     lambda_kd: float = _train("lambda_kd")
     tau: float = _train("tau")                            # distillation temperature
-    align: str = _train("align")                          # cosine (stop-gradient on the teacher) | infonce
+    align: str = _train("align")                          # cosine (stop-gradient on the teacher) | infonce | relational
+    align_on: str = _train("align_on")                    # modality | fused | both
+    kd_weight: str = _train("kd_weight")                  # none | confidence (the teacher's probability of the label)
     task: str = "binary"                                  # binary | multilabel | multiclass | survival (medmix.tasks)
 
 
@@ -80,7 +82,12 @@ class Branch(nn.Module):
 
 @register_model("medmix")
 class MedMIX(nn.Module):
-    """Student (small experts) with an optional teacher branch used only while training."""
+    """Student (small experts) with an optional teacher branch used only while training.
+
+    Trainer-set attributes (training only, not part of the weights): `pos_weight`; `teacher_weight`,
+    the factor on the alignment and distillation terms (the warm-up ramp); `teacher_frozen`, set by
+    the two-stage schedule: the teacher branch is trained first (`teacher_stage`), then its outputs
+    come precomputed in the batch (`t_logit`, `tu`, `tz`, `tavail`) and its task loss is left out."""
 
     def __init__(self, dims: dict[str, list[int]], cfg: FusionConfig, n_out: int = 1,
                  teacher_dims: dict[str, list[int]] | None = None):
@@ -88,13 +95,17 @@ class MedMIX(nn.Module):
         self.cfg = cfg
         self.student = Branch(dims, cfg)
         self.head = mlp(cfg.d, cfg.hidden, n_out, cfg.dropout)
-        self.pos_weight = None  # training only (set by the trainer), not part of the weights
+        self.pos_weight = None
+        self.teacher_weight, self.teacher_frozen = 1.0, False
         self.teacher = self.teacher_head = None
         self.align = nn.ModuleDict()
         if teacher_dims:
             self.teacher = Branch(teacher_dims, cfg)
             self.teacher_head = mlp(cfg.d, cfg.hidden, n_out, cfg.dropout)
-            self.align = nn.ModuleDict({m: nn.Linear(cfg.d, cfg.d) for m in teacher_dims if m in dims})
+            mods = [m for m in teacher_dims if m in dims] if cfg.align_on in ("modality", "both") else []
+            self.align = nn.ModuleDict({m: nn.Linear(cfg.d, cfg.d) for m in mods})
+            if cfg.align_on in ("fused", "both"):
+                self.align["_fused"] = nn.Linear(cfg.d, cfg.d)  # '_' : never a modality name (config slugs)
 
     def forward(self, batch: dict, train: bool = False, gen: torch.Generator | None = None) -> dict:
         mask = batch["mask"]
@@ -105,28 +116,51 @@ class MedMIX(nn.Module):
             keep = keep_at_least_one(avail, self.cfg.modality_dropout, gen)
             mask = {m: mask[m] & keep[:, i:i + 1] for i, m in enumerate(mods)}
         u, z, avail, alphas, beta = self.student(batch["x"], mask)
-        out = {"logit": self.head(u), "z": z, "avail": avail, "alpha": alphas, "beta": beta}
-        if train and self.teacher is not None and batch.get("tx") is not None:
-            tu, tz, tavail, _, _ = self.teacher(batch["tx"], batch["tmask"])
-            out.update(t_logit=self.teacher_head(tu), tz=tz, tavail=tavail)
+        out = {"logit": self.head(u), "u": u, "z": z, "avail": avail, "alpha": alphas, "beta": beta}
+        if train and self.teacher is not None:
+            if "t_logit" in batch:     # a frozen teacher's outputs
+                out.update({k: batch[k] for k in ("t_logit", "tu", "tz", "tavail")})
+            elif batch.get("tx") is not None:
+                out.update(self.teach(batch["tx"], batch["tmask"]))
         return out
 
+    def teach(self, tx: dict, tmask: dict) -> dict:
+        """The teacher branch's outputs on teacher inputs."""
+        tu, tz, tavail, _, _ = self.teacher(tx, tmask)
+        return {"t_logit": self.teacher_head(tu), "tu": tu, "tz": tz, "tavail": tavail}
+
+    def teacher_stage(self) -> nn.Module:
+        """The teacher branch and head as a model of their own (the first stage of the two-stage
+        schedule): inputs `x`/`mask` are the teacher embeddings, the loss is the teacher's task loss."""
+        return _TeacherStage(self)
+
     def loss(self, out: dict, y: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        """L = L_task(student) + L_task(teacher) + λ_align L_align + λ_kd L_kd (rows with a label)."""
+        """L = L_task(student) + L_task(teacher) + w (λ_align L_align + λ_kd L_kd) (rows with a label;
+        w = `teacher_weight`; no teacher task term once the teacher is frozen)."""
         kind = self.cfg.task
         task = task_loss(kind, out["logit"], y, pos_weight=self.pos_weight)
         parts = {"task": task.item()}
         total = task
+        if hasattr(self.student.inter, "confidence"):
+            rel = reliability_loss(kind, self.head, self.student.inter, out["z"], out["avail"], y, self.pos_weight)
+            total = total + rel
+            parts["reliability"] = rel.item()
         if "t_logit" in out:
             has_t = out["tavail"].any(1)
-            t_task = task_loss(kind, out["t_logit"], y, rows=has_t, pos_weight=self.pos_weight)
+            if not self.teacher_frozen:
+                t_task = task_loss(kind, out["t_logit"], y, rows=has_t, pos_weight=self.pos_weight)
+                total = total + t_task
+                parts["teacher"] = t_task.item()
             align = self._align_loss(out)
-            kd = kd_loss(kind, out["logit"], out["t_logit"], self.cfg.tau, has_t)
-            total = total + t_task + self.cfg.lambda_align * align + self.cfg.lambda_kd * kd
-            parts.update(teacher=t_task.item(), align=align.item(), kd=kd.item())
+            weight = confidence(kind, out["t_logit"], y) if self.cfg.kd_weight == "confidence" else None
+            kd = kd_loss(kind, out["logit"], out["t_logit"], self.cfg.tau, has_t, weight=weight)
+            total = total + self.teacher_weight * (self.cfg.lambda_align * align + self.cfg.lambda_kd * kd)
+            parts.update(align=align.item(), kd=kd.item())
         return total, parts
 
     def _align_loss(self, out: dict) -> torch.Tensor:
+        """Mean alignment over the aligned representations: each modality's fused experts z_m with
+        the teacher's z_m (`align_on` modality), and/or the fused student u with the teacher's (fused)."""
         terms = []
         tmods = self.teacher.mods
         for i, m in enumerate(self.student.mods):
@@ -134,14 +168,54 @@ class MedMIX(nn.Module):
                 continue
             j = tmods.index(m)
             both = out["avail"][:, i] & out["tavail"][:, j]
-            if not both.any():
-                continue
-            p = self.align[m](out["z"][both, i])
-            g = out["tz"][both, j].detach()
-            if self.cfg.align == "infonce":
-                logits = F.normalize(p, dim=-1) @ F.normalize(g, dim=-1).T / 0.1
-                terms.append(F.cross_entropy(logits, torch.arange(len(p), device=p.device)))
-            else:
-                terms.append((1 - F.cosine_similarity(p, g, dim=-1)).mean())
+            if both.any():
+                terms.append(self._align_pair(self.align[m](out["z"][both, i]), out["tz"][both, j].detach()))
+        if "_fused" in self.align:
+            both = out["avail"].any(1) & out["tavail"].any(1)
+            if both.any():
+                terms.append(self._align_pair(self.align["_fused"](out["u"][both]), out["tu"][both].detach()))
         return torch.stack(terms).mean() if terms else out["logit"].new_zeros(())
 
+    def _align_pair(self, p: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        """cosine: 1 − cos(p, g); infonce: in-batch contrastive (τ 0.1); relational: the batch's
+        cosine-similarity matrix of p matches g's (similarity-preserving distillation, Tung & Mori 2019)."""
+        if self.cfg.align == "infonce":
+            logits = F.normalize(p, dim=-1) @ F.normalize(g, dim=-1).T / 0.1
+            return F.cross_entropy(logits, torch.arange(len(p), device=p.device))
+        if self.cfg.align == "relational":
+            ps, gs = F.normalize(p, dim=-1), F.normalize(g, dim=-1)
+            return F.mse_loss(ps @ ps.T, gs @ gs.T)
+        return (1 - F.cosine_similarity(p, g, dim=-1)).mean()
+
+
+def reliability_loss(kind: str, head: nn.Module, inter: nn.Module, z: torch.Tensor, avail: torch.Tensor,
+                     y: torch.Tensor, pos_weight=None) -> torch.Tensor:
+    """The reliability fusion's training terms, over each sample's available modalities: the head's
+    task loss on each modality alone, plus the squared error of the predicted confidence c_m against
+    the head's (detached) probability of the true label from that modality (mean over labels)."""
+    b, m = avail.shape
+    if not bool(avail.any()):
+        return z.sum() * 0.0
+    rows = avail.reshape(-1)
+    logit = head(z.reshape(b * m, -1))                                        # (B·M, n_out)
+    yy = y.repeat_interleave(m, 0)
+    uni = task_loss(kind, logit, yy, rows=rows, pos_weight=pos_weight)
+    tcp = confidence(kind, logit, yy)
+    tcp = tcp.reshape(b * m, -1).mean(1) if tcp.dim() > 1 else tcp
+    conf = inter.confidence(z).reshape(-1)
+    return uni + F.mse_loss(conf[rows], tcp[rows].detach())
+
+
+class _TeacherStage(nn.Module):
+    def __init__(self, model: MedMIX):
+        super().__init__()
+        self.branch, self.head, self.cfg = model.teacher, model.teacher_head, model.cfg
+        self.pos_weight = model.pos_weight
+
+    def forward(self, batch: dict, train: bool = False, gen: torch.Generator | None = None) -> dict:
+        u, _, avail, _, _ = self.branch(batch["x"], batch["mask"])
+        return {"logit": self.head(u), "avail": avail}
+
+    def loss(self, out: dict, y: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        t = task_loss(self.cfg.task, out["logit"], y, rows=out["avail"].any(1), pos_weight=self.pos_weight)
+        return t, {"teacher": t.item()}

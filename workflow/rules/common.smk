@@ -312,6 +312,7 @@ def target_files(pattern):
 FIGURES = (["results/figures/robustness_test.png", "results/figures/robustness_train_one.png",
             "results/figures/robustness_train_multi.png", "results/tables/missing_subsets.md",
             "results/figures/ablation.png", "results/tables/ablation.md",
+            "results/figures/teacher_ablation.png", "results/tables/teacher_ablation.md",
             "results/figures/efficiency.png", "results/tables/efficiency.csv"]
            + [f"results/figures/{kind}_{ds}.png" for kind in ("weights", "calibration")
               for ds in config["targets"] if ds not in CROSS]

@@ -4,6 +4,7 @@
 localrules:
     figure_robustness,
     figure_ablation,
+    figure_teacher_ablation,
     figure_efficiency,
     figure_weights,
     figure_calibration,
@@ -38,6 +39,20 @@ rule figure_ablation:
         "results/logs/figure_ablation.log",
     shell:
         "python -m medmix figure ablation --inputs {input} --fig {output.fig} --table {output.table} > {log} 2>&1"
+
+
+rule figure_teacher_ablation:
+    input:
+        all_metrics,
+    output:
+        fig=report("results/figures/teacher_ablation.png", category="Ablation", caption="../report/teacher_ablation.rst"),
+        table=report("results/tables/teacher_ablation.md", category="Ablation", caption="../report/teacher_ablation.rst"),
+    conda:
+        "../../envs/medmix.yaml"
+    log:
+        "results/logs/figure_teacher_ablation.log",
+    shell:
+        "python -m medmix figure teacher_ablation --inputs {input} --fig {output.fig} --table {output.table} > {log} 2>&1"
 
 
 rule figure_efficiency:
