@@ -201,7 +201,7 @@ def cmd_figure(args) -> None:
         figures.ablation(args.inputs, args.fig, args.table)
     elif args.kind == "teacher_ablation":
         figures.ablation(args.inputs, args.fig, args.table, figures.TEACHER_ABLATIONS, ref="medmix_noteacher",
-                         title="Teacher ablation", splits=("val", "test"))
+                         title="Teacher ablation", splits=("val", "test"), metrics=figures.TEACHER_METRICS)
     elif args.kind == "efficiency":
         figures.efficiency(args.inputs, args.fig, args.table)
     elif args.kind == "calibration":

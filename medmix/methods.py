@@ -36,10 +36,12 @@ class MethodSpec:
         return dataclasses.asdict(self)
 
 
-def _teaching(schedule: str, warmup: int = 0, weight: str = "none", align: str = "cosine", on: str = "modality") -> tuple:
-    """Every setting of how the teacher teaches, fixed (the teacher ablation's variants, docs/teacher.md)."""
-    return (("teacher_schedule", schedule), ("kd_warmup", warmup), ("kd_weight", weight), ("align", align),
-            ("align_on", on))
+def _teaching(schedule: str, kd: float, warmup: int = 0, weight: str = "none", align: str = "cosine",
+              on: str = "modality") -> tuple:
+    """Every setting of how the teacher teaches, fixed (the teacher ablation's variants, docs/teacher.md);
+    λ_align stays the config's."""
+    return (("teacher_schedule", schedule), ("lambda_kd", kd), ("kd_warmup", warmup), ("kd_weight", weight),
+            ("align", align), ("align_on", on))
 
 
 # name -> spec; `teacher`: reads teacher embeddings (training only, except teacher_deployed which
@@ -52,12 +54,12 @@ METHODS: dict[str, MethodSpec] = {
     "medmix_single_expert": MethodSpec("medmix", teacher=True, single_expert=True),
     "medmix_reliability": MethodSpec("medmix", inter="reliability", teacher=True),
     # the teacher ablation: `medmix` teaches as the train block says; these fix how
-    "medmix_joint": MethodSpec("medmix", teacher=True, train=_teaching("joint")),              # the original
-    "medmix_warmup": MethodSpec("medmix", teacher=True, train=_teaching("joint", warmup=10)),
-    "medmix_two_stage": MethodSpec("medmix", teacher=True, train=_teaching("two_stage")),
-    "medmix_confidence": MethodSpec("medmix", teacher=True, train=_teaching("two_stage", weight="confidence")),
-    "medmix_align_fused": MethodSpec("medmix", teacher=True, train=_teaching("two_stage", on="fused")),
-    "medmix_relational": MethodSpec("medmix", teacher=True, train=_teaching("two_stage", align="relational")),
+    "medmix_joint": MethodSpec("medmix", teacher=True, train=_teaching("joint", 1.0)),            # the original
+    "medmix_warmup": MethodSpec("medmix", teacher=True, train=_teaching("joint", 1.0, warmup=10)),
+    "medmix_two_stage": MethodSpec("medmix", teacher=True, train=_teaching("two_stage", 1.0)),
+    "medmix_confidence": MethodSpec("medmix", teacher=True, train=_teaching("two_stage", 1.0, weight="confidence")),
+    "medmix_align_fused": MethodSpec("medmix", teacher=True, train=_teaching("joint", 0.0, on="both")),
+    "medmix_relational": MethodSpec("medmix", teacher=True, train=_teaching("joint", 0.0, align="relational")),
     "early_concat": MethodSpec("early_concat"),
     "logreg_concat": MethodSpec("logreg"),
     "teacher_deployed": MethodSpec("medmix", inputs="teachers"),

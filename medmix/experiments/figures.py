@@ -135,11 +135,16 @@ def robustness(summaries: list[str | Path], fig_dir: str | Path, table_dir: str 
         tmp.write_text("\n".join(lines))
 
 
+# the teacher ablation's two metrics per task type (ranking and precision at the top)
+TEACHER_METRICS = {"binary": ("auroc", "auprc"), "multilabel": ("macro_auroc", "macro_auprc")}
+
+
 def ablation(metrics_files: list[str | Path], fig: str | Path, table: str | Path, methods: list[str] = ABLATIONS,
-             ref: str = "medmix", title: str = "Structural ablation", splits: tuple[str, ...] = ("test",)) -> None:
+             ref: str = "medmix", title: str = "Structural ablation", splits: tuple[str, ...] = ("test",),
+             metrics: dict | None = None) -> None:
     """An ablation: `methods` (those of each metrics.json, in this order) on the task's first two
-    metrics (AUROC/AUPRC for binary tasks) of each split in `splits`, with Δ to `ref`; the figure
-    shows the last split."""
+    metrics (AUROC/AUPRC for binary tasks; `metrics`: task type -> names, instead) of each split in
+    `splits`, with Δ to `ref`; the figure shows the last split."""
     from medmix.metrics import METRICS
     plt = _plt()
     res = _read(metrics_files)
@@ -149,7 +154,8 @@ def ablation(metrics_files: list[str | Path], fig: str | Path, table: str | Path
     shown = splits[-1]
     for ax, r in zip(axes[0], res):
         present = [m for m in methods if m in r["methods"]]
-        names = METRICS[r.get("task_type", "binary")][:2]
+        kind = r.get("task_type", "binary")
+        names = (metrics or {}).get(kind) or METRICS[kind][:2]
         cols = [(sp, k) for sp in splits for k in names]
         lines += [f"### {r['dataset']} (task {r.get('task')})", "",
                   "| method | seeds | " + " | ".join(f"{sp} {_label(k)} | Δ" for sp, k in cols) + " |",
