@@ -327,6 +327,21 @@ class TrainJob:
         return d
 
 
+# train settings that only a teacher branch reads: a method without one does not depend on them,
+# so changing them reruns no baseline
+TEACHER_KEYS = ("lambda_align", "lambda_kd", "tau", "align", "align_on", "teacher_schedule", "kd_warmup", "kd_weight")
+
+
+def train_settings(cfg: dict, name: str, method: str) -> dict:
+    """The train settings of (dataset, method): the dataset's own `train` over the shared block, a
+    variant's fixed settings over both; without a teacher branch, no teacher setting (its default)."""
+    spec = method_spec(method)
+    train = {**cfg["train"], **dataset(cfg, name).get("train", {}), **dict(spec.train)}
+    if not spec.teacher:
+        train = {k: v for k, v in train.items() if k not in TEACHER_KEYS}
+    return train
+
+
 def train_job(cfg: dict, name: str, method: str) -> dict:
     """Everything `train` needs for (dataset, method): the rerun trigger of `train`."""
     ds = dataset(cfg, name)
@@ -337,8 +352,7 @@ def train_job(cfg: dict, name: str, method: str) -> dict:
         "modalities": ds["modalities"],
         "encoders": {s: stable_hash(encoder_identity(encoder(cfg, s))) for m in ds["modalities"].values()
                      for s in m["experts"] + m["teachers"]},
-        # the dataset's own settings over the shared block; a variant's fixed settings win
-        "train": {**cfg["train"], **ds.get("train", {}), **dict(method_spec(method).train)},
+        "train": train_settings(cfg, name, method),
     }
 
 

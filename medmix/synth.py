@@ -268,8 +268,26 @@ def _cxr(rng, out, n, r, subj, intime, icu_hours, dead, image_size):
     return cxr_meta
 
 
-def synth_mimic4(out: str | Path, n: int = 1500, seed: int = 0, image_size: int = 128) -> dict:
-    """Write a synthetic MIMIC-IV-layout dataset of `n` patients under `out`; return counts."""
+def _denser(chartevents: pl.DataFrame, density: float, seed: int) -> pl.DataFrame:
+    """chartevents with (density − 1) × its rows added: copies of random rows (same stays and
+    times) under itemids no loader asks for, as the real table holds thousands of items per stay
+    of which medmix reads seven. What the loader keeps is unchanged; what it must parse grows."""
+    k = int(round((density - 1) * chartevents.height))
+    if k <= 0:
+        return chartevents
+    rng = np.random.default_rng(seed + 7919)
+    extra = chartevents.sample(n=k, with_replacement=True, seed=seed).with_columns(
+        pl.Series("itemid", 226000 + rng.integers(0, 2000, k), dtype=pl.Int64),
+        pl.Series("valuenum", np.round(rng.normal(50, 20, k), 1)),
+    ).with_columns(pl.col("valuenum").cast(pl.String).alias("value"), pl.lit(None, pl.String).alias("valueuom"))
+    return pl.concat([chartevents, extra])
+
+
+def synth_mimic4(out: str | Path, n: int = 1500, seed: int = 0, image_size: int = 128,
+                 density: float = 1.0) -> dict:
+    """Write a synthetic MIMIC-IV-layout dataset of `n` patients under `out`; return counts.
+    `density` multiplies the chartevents rows per stay (rows of items no loader reads, so the
+    cohort is the same; `benchmarks/prepare_scale.py` uses it to reach MIMIC-IV's volume)."""
     out = Path(out)
     rng = np.random.default_rng(seed)
     subj = 10_000_000 + rng.choice(9_000_000, size=n, replace=False)
@@ -336,6 +354,7 @@ def synth_mimic4(out: str | Path, n: int = 1500, seed: int = 0, image_size: int 
     chartevents, labevents, radiology = _stored_late(seed, n, subj, hadm, stay, intime, icu_hours, dead,
                                                      chartevents, labevents, radiology)
     cxr_meta = _cxr(rng, out, n, r, subj, intime, icu_hours, dead, image_size)
+    chartevents = _denser(chartevents, density, seed)
 
     _write_csv_gz(patients, out / "hosp" / "patients.csv.gz")
     _write_csv_gz(admissions, out / "hosp" / "admissions.csv.gz")
@@ -347,7 +366,7 @@ def synth_mimic4(out: str | Path, n: int = 1500, seed: int = 0, image_size: int 
     _write_csv_gz(radiology, out / "note" / "radiology.csv.gz")
     _write_csv_gz(cxr_meta, out / "mimic-cxr-2.0.0-metadata.csv.gz")
     (out / "SOURCE.md").write_text(
-        f"Synthetic data written by `medmix synth --kind mimic4 --n {n} --seed {seed}`: MIMIC-IV layout, "
+        f"Synthetic data written by `medmix synth --kind mimic4 --n {n} --seed {seed} --density {density}`: MIMIC-IV layout, "
         "no real patient.\n")
     return {"patients": n, "icustays": icustays.height, "chartevents": chartevents.height,
             "labevents": labevents.height, "radiology_notes": radiology.height, "cxr_images": cxr_meta.height,

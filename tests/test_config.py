@@ -55,6 +55,10 @@ def test_a_datasets_train_settings_override_the_shared_block_and_a_variant_fixes
     job = config.train_job(cfg, "tiny", "medmix")["train"]
     assert job["lambda_kd"] == 0.0 and job["teacher_schedule"] == "two_stage" and job["lr"] == cfg["train"]["lr"]
     assert config.train_job(cfg, "tiny", "medmix_joint")["train"]["teacher_schedule"] == "joint"
+    # a method without a teacher branch does not depend on the teacher settings (no rerun)
+    assert config.train_job(cfg, "tiny", "early_concat") == config.train_job(config.validate(tiny_config | {
+        "datasets": {**tiny_config["datasets"], "tiny": {**tiny_config["datasets"]["tiny"], "train": {}}}}),
+        "tiny", "early_concat")
     plain = config.validate({**tiny_config, "datasets": {**tiny_config["datasets"], "tiny": {
         k: v for k, v in tiny_config["datasets"]["tiny"].items() if k != "train"}}})
     assert config.prepare_job(cfg, "tiny") == config.prepare_job(plain, "tiny")   # no new cohort

@@ -155,3 +155,23 @@ def test_the_availability_cut_keeps_only_records_charted_and_stored_before_the_p
     assert rep["cuts"]["src"] == {"cut_on": "storetime (else charttime)",
                                   "charted_before_but_stored_after_prediction_time": 1,
                                   "rows_without_storetime_cut_on_charttime": 1}
+
+
+def test_event_tables_read_in_small_chunks_give_the_same_cohort(tiny_raw, monkeypatch):
+    """Each chunk is cut to its time window as it is read (memory bounded by the rows kept): with
+    chunks of a few kB (hundreds of them) the cohort and every count of cohort.json are unchanged."""
+    from medmix.data import common
+    whole, rep_whole = build_cohort(tiny_raw)
+    monkeypatch.setattr(common, "_CHUNK_BYTES", 4096)
+    chunked, rep_chunked = build_cohort(tiny_raw)
+    assert chunked.equals(whole)
+    assert rep_chunked == rep_whole and rep_whole["cuts"]["chartevents"]["charted_before_but_stored_after_prediction_time"] > 0
+
+
+def test_synth_density_adds_rows_the_loader_does_not_read(tmp_path):
+    from medmix.synth import synth_mimic4
+    a = synth_mimic4(tmp_path / "a", n=40, seed=5, image_size=32)
+    b = synth_mimic4(tmp_path / "b", n=40, seed=5, image_size=32, density=3.0)
+    assert b["chartevents"] == round(3 * a["chartevents"]) and b["labevents"] == a["labevents"]
+    (ca, ra), (cb, rb) = build_cohort(tmp_path / "a"), build_cohort(tmp_path / "b")
+    assert ca.drop("cxr").equals(cb.drop("cxr")) and ra == rb    # image paths differ by folder only

@@ -165,3 +165,11 @@ def test_crosscohort_target_runs_end_to_end(dag):
     assert "### tiny → m3 (task ihm)" in table
     assert all(f"| {m} | 1 |" in table for m in TINY_CONFIG["methods"])
     assert not (wd / "results/m3/embeddings/ehr/tab.h5").exists()   # the fitted encoder keeps its source state
+
+
+def test_mimic3_event_tables_in_small_chunks_give_the_same_cohort(m3_raw, monkeypatch):
+    from medmix.data import common
+    whole = build_cohort(m3_raw)
+    monkeypatch.setattr(common, "_CHUNK_BYTES", 2048)
+    chunked = build_cohort(m3_raw)
+    assert chunked[0].equals(whole[0]) and chunked[1] == whole[1]

@@ -97,10 +97,15 @@ def available_before(df: pl.DataFrame, start: pl.Expr, report: dict, source_name
     late = int(df.select((inside & (avail >= pl.col("pred_time"))).sum()).item() or 0)
     no_store = int(df.select((inside & pl.col(stored).is_null()).sum()).item() or 0) if has else \
         int(df.select(inside.sum()).item() or 0)
-    report.setdefault("cuts", {})[source_name] = {
-        "cut_on": f"{stored} (else {when_name})" if has else when_name,
-        "charted_before_but_stored_after_prediction_time": late,
-        f"rows_without_{stored}_cut_on_{when_name.split()[0]}": no_store}
+    cut = {"cut_on": f"{stored} (else {when_name})" if has else when_name,
+           "charted_before_but_stored_after_prediction_time": late,
+           f"rows_without_{stored}_cut_on_{when_name.split()[0]}": no_store}
+    cuts = report.setdefault("cuts", {})
+    if source_name in cuts and cuts[source_name]["cut_on"] == cut["cut_on"]:   # one more chunk of the source
+        for k in list(cut)[1:]:
+            cuts[source_name][k] += cut[k]
+    else:
+        cuts[source_name] = cut
     if late:
         log.info("%s: %d row(s) charted before the prediction time but stored after it: left out", source_name, late)
     # charted inside the window AND existing before the prediction time (a storetime earlier than the
@@ -161,11 +166,16 @@ def check_unique(values: list, source_name: str, field: str, rows: list | None =
 
 
 def read_events(path: Path, columns: list[str], itemids: set[int], key: str, keys: set[int],
-                optional: tuple[str, ...] = ()) -> pl.DataFrame:
+                optional: tuple[str, ...] = (), per_chunk=None) -> pl.DataFrame:
     """Stream a large event table (labevents/chartevents: no multi-line fields) in chunks,
     keeping the wanted items of the wanted subjects/stays only: memory stays bounded on the
     full 300M-row MIMIC-IV chartevents. Columns are matched case-insensitively and come back
-    lower-case; an `optional` column (e.g. `storetime`) is read where the file has it."""
+    lower-case; an `optional` column (e.g. `storetime`) is read where the file has it.
+
+    `per_chunk(df) -> df`, if given, is applied to each chunk's kept rows before they are kept
+    (the loaders cut each chunk to its time window there, so only the rows inside a window stay
+    in memory, not every row of a wanted stay); with no rows at all it is applied once to the
+    empty table, so what it records (cohort.json cuts) is always there."""
     opener = gzip.open if path.suffix == ".gz" else open
     parts = []
     with opener(path, "rb") as f:
@@ -190,10 +200,13 @@ def read_events(path: Path, columns: list[str], itemids: set[int], key: str, key
                 continue
             df = pl.read_csv(io.BytesIO(header + data), columns=cols, infer_schema_length=0).rename(lower)
             df = df.with_columns(pl.col("itemid").cast(pl.Int64), pl.col(key).cast(pl.Int64, strict=False))
-            parts.append(df.filter(pl.col("itemid").is_in(list(itemids)) & pl.col(key).is_in(list(keys))))
+            df = df.filter(pl.col("itemid").is_in(list(itemids)) & pl.col(key).is_in(list(keys)))
+            parts.append(per_chunk(df) if per_chunk and df.height else df)
+    parts = [p for p in parts if p.height]
     if not parts:
-        return pl.DataFrame({c: [] for c in lower.values()}, schema={c: pl.String for c in lower.values()}) \
+        empty = pl.DataFrame({c: [] for c in lower.values()}, schema={c: pl.String for c in lower.values()}) \
             .with_columns(pl.col("itemid").cast(pl.Int64), pl.col(key).cast(pl.Int64))
+        return per_chunk(empty) if per_chunk else empty
     return pl.concat(parts)
 
 

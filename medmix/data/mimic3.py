@@ -137,21 +137,23 @@ def build_cohort(root: str | Path, prediction_hours: float = 48, min_age: int = 
     ce_p = source(find_table(root, "CHARTEVENTS"), "chartevents", "MIMIC-III CHARTEVENTS", optional, report)
     if ce_p:
         cm = imap.filter(pl.col("table") == "chartevents")
+        def ce_window(ce: pl.DataFrame) -> pl.DataFrame:   # each chunk cut to its stay's window
+            ce = _times(ce, [c for c in ("charttime", "storetime") if c in ce.columns], ce_p).join(
+                stays.select("icustay_id", "sample_id", "intime", "pred_time"), on="icustay_id").rename({"charttime": "t"})
+            return available_before(ce, pl.col("intime"), report, "chartevents")
         ce = read_events(ce_p, ["ICUSTAY_ID", "ITEMID", "CHARTTIME", "VALUENUM"], set(cm["itemid"].to_list()),
-                         "ICUSTAY_ID", set(stays["icustay_id"].to_list()), optional=("STORETIME",))
-        ce = _times(ce, [c for c in ("charttime", "storetime") if c in ce.columns], ce_p).join(
-            stays.select("icustay_id", "sample_id", "intime", "pred_time"), on="icustay_id").rename({"charttime": "t"})
-        ce = available_before(ce, pl.col("intime"), report, "chartevents")
+                         "ICUSTAY_ID", set(stays["icustay_id"].to_list()), optional=("STORETIME",), per_chunk=ce_window)
         summaries.append(summarise_events(_mapped(ce, cm, VITALS), VITALS, VITAL_STATS, counts))
     le_p = source(find_table(root, "LABEVENTS"), "labevents", "MIMIC-III LABEVENTS", optional, report)
     if le_p:
         lm = imap.filter(pl.col("table") == "labevents")
+        def le_window(le: pl.DataFrame) -> pl.DataFrame:
+            le = _times(le, ["charttime"], le_p).join(stays.select("subject_id", "sample_id", "intime", "pred_time"),
+                                                      on="subject_id").rename({"charttime": "t"})
+            # MIMIC-III LABEVENTS has no STORETIME: the cut is on CHARTTIME (the specimen time; cuts/labevents says so)
+            return available_before(le, pl.col("intime") - timedelta(hours=lab_lookback_hours), report, "labevents")
         le = read_events(le_p, ["SUBJECT_ID", "ITEMID", "CHARTTIME", "VALUENUM"], set(lm["itemid"].to_list()),
-                          "SUBJECT_ID", set(stays["subject_id"].to_list()))
-        le = _times(le, ["charttime"], le_p).join(stays.select("subject_id", "sample_id", "intime", "pred_time"),
-                                                  on="subject_id").rename({"charttime": "t"})
-        # MIMIC-III LABEVENTS has no STORETIME: the cut is on CHARTTIME (the specimen time; cuts/labevents says so)
-        le = available_before(le, pl.col("intime") - timedelta(hours=lab_lookback_hours), report, "labevents")
+                         "SUBJECT_ID", set(stays["subject_id"].to_list()), per_chunk=le_window)
         summaries.append(summarise_events(_mapped(le, lm, LABS), LABS, LAB_STATS, counts))
     report["counts"].update(counts)
     order = {name: i for i, (name, _) in enumerate(list(VITALS.values()) + list(LABS.values()))}

@@ -96,18 +96,20 @@ def _ehr(root: Path, df: pl.DataFrame, stays: pl.DataFrame, lab_lookback_hours: 
     le_p = source(find_table(root / "hosp", "labevents"), "labevents", "MIMIC-IV hosp/labevents", optional, report)
     summaries = []
     if ce_p:
+        def ce_window(ce: pl.DataFrame) -> pl.DataFrame:   # each chunk cut to its stay's window
+            ce = _parse_times(ce, [c for c in ("charttime", "storetime") if c in ce.columns]).join(
+                stays.select("stay_id", "sample_id", "intime", "pred_time"), on="stay_id").rename({"charttime": "t"})
+            return available_before(ce, pl.col("intime"), report, "chartevents")
         ce = read_events(ce_p, ["stay_id", "itemid", "charttime", "valuenum"], set(VITALS), "stay_id",
-                         set(stays["stay_id"].to_list()), optional=("storetime",))
-        ce = _parse_times(ce, [c for c in ("charttime", "storetime") if c in ce.columns]).join(
-            stays.select("stay_id", "sample_id", "intime", "pred_time"), on="stay_id").rename({"charttime": "t"})
-        ce = available_before(ce, pl.col("intime"), report, "chartevents")
+                         set(stays["stay_id"].to_list()), optional=("storetime",), per_chunk=ce_window)
         summaries.append(summarise_events(ce, VITALS, VITAL_STATS, counts))
     if le_p:
+        def le_window(le: pl.DataFrame) -> pl.DataFrame:
+            le = _parse_times(le, [c for c in ("charttime", "storetime") if c in le.columns]).join(
+                stays.select("subject_id", "sample_id", "intime", "pred_time"), on="subject_id").rename({"charttime": "t"})
+            return available_before(le, pl.col("intime") - timedelta(hours=lab_lookback_hours), report, "labevents")
         le = read_events(le_p, ["subject_id", "itemid", "charttime", "valuenum"], set(LABS), "subject_id",
-                         set(stays["subject_id"].to_list()), optional=("storetime",))
-        le = _parse_times(le, [c for c in ("charttime", "storetime") if c in le.columns]).join(
-            stays.select("subject_id", "sample_id", "intime", "pred_time"), on="subject_id").rename({"charttime": "t"})
-        le = available_before(le, pl.col("intime") - timedelta(hours=lab_lookback_hours), report, "labevents")
+                         set(stays["subject_id"].to_list()), optional=("storetime",), per_chunk=le_window)
         summaries.append(summarise_events(le, LABS, LAB_STATS, counts))
     report["counts"].update(counts)
     order = {name: i for i, (name, _) in enumerate(list(VITALS.values()) + list(LABS.values()))}
