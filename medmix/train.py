@@ -448,7 +448,7 @@ def _fit_neural(job: TrainJob, method: MethodSpec, cfg, tcfg: TrainParams, task:
     watch = None
     if has_teacher and tcfg.teacher_schedule == "two_stage":
         stage = model.teacher_stage()
-        t_va = va[TM_any(TM, va)]                # validation rows with a teacher embedding
+        t_va = va[_with_teacher(TM, va)]                # validation rows with a teacher embedding
         if len(t_va) == 0:
             raise MedmixError(f"train {job.dataset}/{job.method}: two_stage needs teacher embeddings on "
                               "validation rows for the teacher's early stop; there are none")
@@ -463,7 +463,7 @@ def _fit_neural(job: TrainJob, method: MethodSpec, cfg, tcfg: TrainParams, task:
     else:
         params = list(model.parameters())
         if has_teacher and TX is not None:
-            t_va = va[TM_any(TM, va)]
+            t_va = va[_with_teacher(TM, va)]
             watch = (model.teacher_stage(), TX, TM, t_va) if len(t_va) else None
     history, best_epoch = fit.run(model, params, data[:2], va, f"{job.dataset}/{job.method}/seed{seed}",
                                   train_data=data, watch=watch)
@@ -474,7 +474,7 @@ def _fit_neural(job: TrainJob, method: MethodSpec, cfg, tcfg: TrainParams, task:
     return p_all, o_all, student, info
 
 
-def TM_any(TM: dict | None, rows: np.ndarray) -> np.ndarray:
+def _with_teacher(TM: dict | None, rows: np.ndarray) -> np.ndarray:
     """Which of `rows` have any teacher embedding."""
     if not TM:
         return np.zeros(len(rows), bool)
