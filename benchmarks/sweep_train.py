@@ -9,7 +9,6 @@ dataset's caches (results/{dataset}/); prints the mean ± sd of the validation A
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import sys
@@ -28,8 +27,7 @@ def validation_scores(cfg: dict, dataset: str, method: str, variant: dict, seeds
                       results: str = "results") -> dict:
     """Fit `method` with the train overrides `variant` for each seed; validation metrics only.
     Returns {"auroc": [per seed], "auprc": [...], "info": [per-seed fit info (histories)]}."""
-    c = copy.deepcopy(cfg)
-    job = TrainJob.from_dict(config.train_job(c, dataset, method))
+    job = TrainJob.from_dict(config.train_job(cfg, dataset, method))
     job = dataclasses.replace(job, train=dataclasses.replace(job.train, **variant))
     cohort, caches = Path(results) / dataset / "cohort.parquet", Caches.under(results, dataset)
     shared = read_shared(job, cohort, caches)

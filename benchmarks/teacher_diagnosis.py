@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from medmix import config
+from medmix.experiments.figures import _plt, _save   # the workflow's figure setup (Agg, atomic write)
 from medmix.io import write_json
 
 from sweep_train import validation_scores
@@ -52,9 +53,7 @@ VARIANTS = {
 
 
 def curves(path: Path, title: str, history: list[dict]) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _plt()
     ep = [h["epoch"] for h in history]
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
     a.plot(ep, [h["val_score"] for h in history], label="student (deployed)")
@@ -68,15 +67,11 @@ def curves(path: Path, title: str, history: list[dict]) -> None:
     b.set(xlabel="epoch", ylabel="train loss term (mean per sample, unweighted)", yscale="log",
           title="loss terms (λ = 1 each)")
     b.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def bars(path: Path, title: str, rows: dict) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _plt()
     names = list(rows)
     fig, axes = plt.subplots(1, 2, figsize=(11, 0.35 * len(names) + 1.5), sharey=True)
     for ax, metric in zip(axes, ("auroc", "auprc")):
@@ -90,9 +85,7 @@ def bars(path: Path, title: str, rows: dict) -> None:
         ax.legend(loc="lower right")
     axes[0].set_yticks(range(len(names)), names)
     axes[0].invert_yaxis()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def main() -> None:
