@@ -14,12 +14,14 @@ Prints one row per size, the fitted growth exponents (log-log slope of time and 
 chartevents rows) and the extrapolation to full MIMIC-IV.
 
     PYTHONPATH=. python benchmarks/prepare_scale.py --stays 730 2430 7300 --density 8.6 --work /tmp/prep_scale
+    PYTHONPATH=. python benchmarks/prepare_scale.py --repeat results/demo/raw 8 --work /tmp/prep_scale
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -36,7 +38,7 @@ root, what = sys.argv[1], sys.argv[2]
 if what == "prepare":
     from medmix.data.mimic4 import build_cohort
     co, rep = build_cohort(root)
-    out = {"stays": co.height, "ehr": int(co["ehr"].is_not_null().sum())}
+    out = {"medmix": __import__("medmix").__file__, "stays": co.height, "ehr": int(co["ehr"].is_not_null().sum())}
 else:
     import polars as pl
     df = pl.read_csv(root + "/icu/chartevents.csv.gz")
@@ -48,10 +50,35 @@ print(json.dumps(out))
 
 
 def measure(root: Path, what: str) -> dict:
-    r = subprocess.run([sys.executable, "-c", CHILD, str(root), what], capture_output=True, text=True)
+    # run outside the checkout, so that PYTHONPATH (made absolute) picks the medmix measured: `-c`
+    # would put the current folder first on sys.path
+    env = dict(os.environ)
+    if env.get("PYTHONPATH"):
+        env["PYTHONPATH"] = os.pathsep.join(str(Path(p).resolve()) for p in env["PYTHONPATH"].split(os.pathsep) if p)
+    r = subprocess.run([sys.executable, "-c", CHILD, str(root), what], capture_output=True, text=True,
+                       cwd=root, env=env)
     if r.returncode:
         raise SystemExit(f"{what} on {root} failed:\n{r.stderr[-2000:]}")
     return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def repeated(src: Path, k: int, dest: Path) -> Path:
+    """A copy of the raw folder `src` with every chartevents and labevents row repeated k times
+    (rows of wanted items, inside and outside the windows: the probe of issue 16)."""
+    import gzip
+    import io
+    import shutil
+
+    import polars as pl
+    if not (dest / "icu" / "chartevents.csv.gz").exists():
+        shutil.copytree(src, dest, dirs_exist_ok=True)
+        for t in ("icu/chartevents.csv.gz", "hosp/labevents.csv.gz"):
+            df = pl.concat([pl.read_csv(src / t, infer_schema_length=0)] * k)
+            buf = io.BytesIO()
+            df.write_csv(buf)
+            with gzip.open(dest / t, "wb", compresslevel=3) as f:
+                f.write(buf.getvalue())
+    return dest
 
 
 def slope(x, y) -> float:
@@ -63,8 +90,14 @@ def main() -> None:
     ap.add_argument("--stays", type=int, nargs="+", default=[730, 2430, 7300], help="patients per size")
     ap.add_argument("--density", type=float, default=8.6)
     ap.add_argument("--work", default=None, help="folder for the synthetic data (default: a temporary one)")
+    ap.add_argument("--repeat", nargs=2, metavar=("RAW", "K"), default=None,
+                    help="instead: prepare on RAW (e.g. results/demo/raw) with every event row repeated K times")
     a = ap.parse_args()
     work = Path(a.work or tempfile.mkdtemp(prefix="prepare_scale_"))
+    if a.repeat:   # compare two readers by running this with each one's PYTHONPATH
+        root = repeated(Path(a.repeat[0]), int(a.repeat[1]), work / f"repeat{a.repeat[1]}")
+        print(json.dumps({"root": str(root), "prepare": measure(root, "prepare")}))
+        return
     rows = []
     for n in a.stays:
         root = work / f"n{n}"
