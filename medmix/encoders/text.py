@@ -17,17 +17,44 @@ import numpy as np
 import torch
 
 from medmix.config import EncoderSpec
-from medmix.encoders.base import Batch, BatchedEncoder, Plan, offline_error, register_encoder, resolve_local
+from medmix.encoders.base import Batch, BatchedEncoder, Plan, log, offline_error, register_encoder, resolve_local
 from medmix.io import MedmixError
 
 
-def load_tokenizer(name: str, trust_remote_code: bool = False):
+def load_tokenizer(name: str, trust_remote_code: bool = False, config=None):
     from transformers import AutoTokenizer
     path = resolve_local(name)
+    kw = {"config": config} if config is not None else {}
     try:
-        return AutoTokenizer.from_pretrained(str(path) if path else name, trust_remote_code=trust_remote_code)
+        return AutoTokenizer.from_pretrained(str(path) if path else name, trust_remote_code=trust_remote_code, **kw)
     except Exception as e:  # noqa: BLE001 - hub/offline errors come in many types
         raise offline_error(name, e) from None
+
+
+def load_config(cfg: EncoderSpec, default_model_type: str):
+    """The transformers config of a hub id or local directory.
+
+    A config.json without `model_type` (uploads from before transformers added the key, e.g.
+    emilyalsentzer/Bio_ClinicalBERT; transformers 5 no longer guesses the family from the repository
+    name, https://github.com/huggingface/transformers/issues/42381) is read as the encoder kind's
+    family (`bert` for hf_text, `qwen2` for hf_llm), with a warning in the job's log."""
+    from transformers import AutoConfig, PretrainedConfig
+    name = cfg.model
+    path = resolve_local(name)
+    src = str(path) if path else name
+    kw = {"revision": cfg.revision or None, "trust_remote_code": cfg.trust_remote_code}
+    try:
+        return AutoConfig.from_pretrained(src, **kw)
+    except ValueError as e:
+        if "model_type" not in str(e):
+            raise offline_error(name, e) from None
+    except Exception as e:  # noqa: BLE001
+        raise offline_error(name, e) from None
+    d, _ = PretrainedConfig.get_config_dict(src, revision=kw["revision"])
+    log.warning("%s: its config.json has no `model_type`; read as %r, this encoder kind's family",
+                name, default_model_type)
+    d = {k: v for k, v in d.items() if k != "model_type"}
+    return AutoConfig.for_model(default_model_type, **d)
 
 
 def load_pretrained(cfg: EncoderSpec, auto_cls, **kw):
@@ -68,9 +95,10 @@ class _HFTextBase(BatchedEncoder):
             if not name:
                 raise MedmixError(f"{self.kind} encoder needs `model` or `arch`")
             path = resolve_local(name)
-            tok = load_tokenizer(str(path) if path else name, trc)
+            hf = load_config(cfg, self.default_model_type)
+            tok = load_tokenizer(str(path) if path else name, trc, config=hf)
             kw = {"dtype": self._model_dtype()} if self._model_dtype() is not None else {}
-            model = load_pretrained(cfg, AutoModel, **kw)
+            model = load_pretrained(cfg, AutoModel, config=hf, **kw)
         tok.truncation_side = cfg.truncation_side
         tok.padding_side = "right"  # pooling below finds each row's last token from the mask
         if tok.pad_token is None:   # decoder tokenizers often have none
