@@ -38,6 +38,7 @@ soak: $(STAMP)
 
 lint: $(STAMP)
 	$(PYBIN) -m snakemake --lint
+	$(PYBIN) -m snakefmt --check Snakefile workflow
 
 clean:
 	rm -rf results/demo .snakemake

@@ -25,6 +25,9 @@ SCHEMA_PATH = Path(__file__).parent / "schemas" / "config.schema.json"
 # encoder kinds fitted on the train split (their `fitted` attribute): never sharded, and applied
 # with their stored fit on another cohort (cross-cohort, bundles), never refitted
 FITTED_KINDS = ("ehr_tabular", "tfidf_svd")
+# the poolings each kind that pools implements (the schema's enum is their union)
+POOLINGS = {"hf_text": ("auto", "cls", "mean", "last"), "hf_llm": ("auto", "cls", "mean", "last"),
+            "hf_vision": ("auto", "cls", "mean"), "features": ("auto", "mean", "max", "mean_max")}
 
 
 @cache
@@ -139,6 +142,9 @@ def validate(cfg: dict, source: str = "config") -> dict:
                             f"{source}: invalid config at 'datasets/{name}/modalities/{mod}/{role}': "
                             f"unknown encoder '{slug}' (known: {', '.join(sorted(cfg['encoders']))})")
     for slug, enc in cfg["encoders"].items():
+        if enc["pooling"] not in POOLINGS.get(enc["kind"], (enc["pooling"],)):
+            raise MedmixError(f"{source}: invalid config at 'encoders/{slug}/pooling': a {enc['kind']} encoder "
+                              f"pools by {', '.join(POOLINGS[enc['kind']])}, not '{enc['pooling']}'")
         if enc["kind"] in FITTED_KINDS and enc["shards"] > 1:
             raise MedmixError(f"{source}: invalid config at 'encoders/{slug}/shards': a {enc['kind']} encoder is "
                               "fitted on the whole train split and cannot be sharded (set 1)")

@@ -34,7 +34,7 @@ log = logging.getLogger("medmix.embed")
 
 def unique_inputs(values: list, enc) -> tuple[list[str], list[list[int]]]:
     """Distinct inputs (sorted) and, per sample, the indices of its inputs among them."""
-    if enc.input == "image":
+    if enc.input in ("image", "features"):   # a path or a list of paths (e.g. several slides)
         lists = [[] if v is None else ([v] if isinstance(v, str) else list(v)) for v in values]
     else:
         lists = [[] if v is None else [str(v)] for v in values]

@@ -93,3 +93,41 @@ def test_image_workers_give_the_same_embeddings(tiny_raw):
     paths = [str(p) for p in sorted((tiny_raw / "files").rglob("*.jpg"))[:6]]
     enc = create_encoder(_spec("vit_crop"))
     np.testing.assert_array_equal(enc.encode(paths, workers=0).emb, enc.encode(paths, workers=2).emb)
+
+
+def test_features_encoder_reads_every_format_pools_and_counts_bad_files(tmp_path):
+    """Precomputed tile features (TRIDENT/CLAM .h5, .npy, .npz, .pt), pooled over the tiles; every
+    file that cannot give a vector of the common width marks the input missing, counted by reason."""
+    import h5py
+    import torch
+    rng = np.random.default_rng(0)
+    tiles = {k: rng.normal(size=(n, 8)).astype(np.float32) for k, n in (("h5", 5), ("npy", 3), ("npz", 4), ("pt", 2))}
+    with h5py.File(tmp_path / "a.h5", "w") as f:
+        f["features"], f["coords"] = tiles["h5"][None], np.zeros((5, 2))      # [1, tiles, D] as CLAM writes
+    np.save(tmp_path / "b.npy", tiles["npy"])
+    np.savez(tmp_path / "c.npz", features=tiles["npz"])
+    torch.save({"features": torch.from_numpy(tiles["pt"])}, tmp_path / "d.pt")
+    good = [str(tmp_path / n) for n in ("a.h5", "b.npy", "c.npz", "d.pt")]
+    one = rng.normal(size=8).astype(np.float32)                               # already one vector per slide
+    np.save(tmp_path / "e.npy", one)
+    bad = {"wrong_feature_dim": "w.npy", "unreadable_features": "t.h5", "empty_file": "z.pt",
+           "file_not_found": "gone.npy", "no_tiles": "n.npy", "non_finite_features": "nan.npy"}
+    np.save(tmp_path / "w.npy", rng.normal(size=(3, 5)))
+    (tmp_path / "t.h5").write_bytes((tmp_path / "a.h5").read_bytes()[:300])   # truncated
+    (tmp_path / "z.pt").touch()
+    np.save(tmp_path / "n.npy", np.zeros((0, 8), np.float32))
+    np.save(tmp_path / "nan.npy", np.full((2, 8), np.nan, np.float32))
+    values = good + [str(tmp_path / "e.npy"), None] + [str(tmp_path / f) for f in bad.values()]
+    want = {"mean": lambda a: a.mean(0), "max": lambda a: a.max(0),
+            "mean_max": lambda a: np.concatenate([a.mean(0), a.max(0)])}
+    for how, fn in want.items():
+        res = create_encoder({"kind": "features", "pooling": how, "batch_size": 3}).encode(values)
+        for i, k in enumerate(("h5", "npy", "npz", "pt")):
+            np.testing.assert_allclose(res.emb[i], fn(tiles[k]), rtol=1e-6)
+        np.testing.assert_allclose(res.emb[4], fn(one[None]), rtol=1e-6)
+        assert res.present.tolist() == [True] * 5 + [False] * 7
+        assert res.missing == dict(sorted({k: 1 for k in bad}.items()))
+    with pytest.raises(MedmixError, match="encoders/tiles/pooling': a features encoder pools by auto, mean, max, mean_max, not 'cls'"):
+        from medmix import config
+        cfg = {**TINY_CONFIG, "encoders": {**TINY_CONFIG["encoders"], "tiles": {"kind": "features", "pooling": "cls"}}}
+        config.validate(cfg)

@@ -10,7 +10,8 @@ column names both source projects use:
     genomics.csv      one row per patient: case_id + numeric columns (mutations, CNV, expression)
     CT/<case_id>/     a NIfTI file (.nii/.nii.gz) or a DICOM series directory (*.dcm)
     MRI/<case_id>/    same
-    WSI/<case_id>.{h5,pt,npy}   precomputed tile features of the slide(s)
+    WSI/<case_id>*.{h5,pt,npy,...}  precomputed tile features of the slide (the first file by name
+                                    when a case has several; encoder kind `features`)
 
 Tasks: `os12` (binary: death within `horizon_months`; alive past it = 0; censored before it =
 unknown) and `os` (survival: time in months, event = death). Leakage: every outcome or follow-up
@@ -29,6 +30,7 @@ import numpy as np
 import polars as pl
 
 from medmix.data.common import check_unique, count, log, new_report, read_table, source
+from medmix.data.manifest import FEATURE_SUFFIXES
 from medmix.io import MedmixError, atomic_path
 
 TASKS = {"os12": {"type": "binary", "columns": ["os12"]},
@@ -144,7 +146,7 @@ def write_manifest(root: str | Path, out: str | Path, horizon_months: float = 12
             r[table] = str(Path(v).resolve()) if v else ""
     d = source(root / "WSI", "wsi", "ccRCC WSI feature folder", optional, rep)
     for r in rows:
-        hits = sorted(p for p in d.glob(f"{r['sample_id']}*") if p.name.lower().endswith((".h5", ".pt", ".npy"))) if d else []
+        hits = sorted(p for p in d.glob(f"{r['sample_id']}*") if p.name.lower().endswith(FEATURE_SUFFIXES)) if d else []
         r["wsi"] = str(hits[0].resolve()) if hits else ""
     for m in ("genomics", "ct", "mri", "wsi"):
         count(rep, "counts", f"{m}_available", sum(bool(r[m]) for r in rows))
@@ -160,7 +162,7 @@ def write_manifest(root: str | Path, out: str | Path, horizon_months: float = 12
 
 
 # ------------------------------------------------------------------ synthetic fixture
-def _nifti(path: Path, shape=(8, 8, 4)) -> None:
+def _nifti(path: Path, shape=(8, 8, 4), offset: int = 0) -> None:
     """A minimal valid NIfTI-1 (.nii) volume: 348-byte header, 4 bytes extension flag, int16 data."""
     hdr = bytearray(348)
     struct.pack_into("<i", hdr, 0, 348)
@@ -170,16 +172,54 @@ def _nifti(path: Path, shape=(8, 8, 4)) -> None:
     struct.pack_into("<8f", hdr, 76, 1, 1, 1, 1, 1, 1, 1, 1)
     struct.pack_into("<f", hdr, 108, 352)     # vox_offset
     hdr[344:348] = b"n+1\x00"
-    data = np.arange(np.prod(shape), dtype=np.int16).tobytes()
+    data = (np.arange(np.prod(shape)) * (1 + offset) % 997).astype(np.int16).tobytes()
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(bytes(hdr) + b"\x00" * 4 + data)
+
+
+def _dicom_series(folder: Path, pixels: np.ndarray) -> None:
+    """A valid MR DICOM series: one file per slice of `pixels` (S, H, W) uint16, positions along z."""
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+    folder.mkdir(parents=True, exist_ok=True)
+    series = generate_uid(entropy_srcs=[str(folder.parent.name)])
+    for k, sl in enumerate(pixels):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = MRImageStorage
+        meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=[str(folder), str(k)])
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = FileDataset(str(folder / f"{k:03d}.dcm"), {}, file_meta=meta, preamble=b"\0" * 128)
+        ds.SOPClassUID, ds.SOPInstanceUID, ds.SeriesInstanceUID = MRImageStorage, meta.MediaStorageSOPInstanceUID, series
+        ds.Modality, ds.InstanceNumber, ds.ImagePositionPatient = "MR", len(pixels) - k, [0.0, 0.0, float(k)]
+        ds.Rows, ds.Columns = sl.shape
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+        ds.PixelData = sl.astype(np.uint16).tobytes()
+        ds.save_as(folder / f"{k:03d}.dcm", enforce_file_format=True)
+
+
+def _wsi_features(out: Path, pid: str, tiles: np.ndarray, fmt: str) -> None:
+    """Slide tile features as extractors write them: TRIDENT/CLAM-style .h5 (`features`, `coords`), .npy, .pt."""
+    (out / "WSI").mkdir(exist_ok=True)
+    if fmt == "h5":
+        import h5py
+        with h5py.File(out / "WSI" / f"{pid}.h5", "w") as f:
+            f["features"] = tiles
+            f["coords"] = np.arange(2 * len(tiles), dtype=np.int64).reshape(-1, 2) * 256
+    elif fmt == "pt":
+        import torch
+        torch.save(torch.from_numpy(tiles), out / "WSI" / f"{pid}.pt")
+    else:
+        np.save(out / "WSI" / f"{pid}.npy", tiles)
 
 
 def synth(out: str | Path, n: int = 40, seed: int = 0) -> dict:
     """A ccRCC folder of `n` patients (half TCGA-KIRC, half CPTAC-CCRCC ids). Planted: a
     `cause_of_death` and the follow-up columns in clinical.csv (outcome: never an input);
-    every 5th patient without genomics, every 3rd without CT, every 4th without MRI (the
-    other MRIs as DICOM series), every 6th without WSI features."""
+    every 5th patient without genomics, every 3rd without CT (the others a NIfTI volume), every
+    4th without MRI (the others a valid MR DICOM series of 3 slices), every 6th without WSI
+    features (the others [tiles, 16] tile features as .h5, .npy or .pt in turn). The stage, which
+    drives the outcome, also shifts the MRI intensities and the tile features (a signal to learn)."""
     out = Path(out)
     rng = np.random.default_rng(seed)
     out.mkdir(parents=True, exist_ok=True)
@@ -201,15 +241,13 @@ def synth(out: str | Path, n: int = 40, seed: int = 0) -> dict:
             gen.append({"case_id": pid, "VHL_mut": str(int(rng.random() < 0.5)), "PBRM1_mut": str(int(rng.random() < 0.4)),
                         "chr3p_cnv": f"{rng.normal(-0.5, 0.2):.3f}"})
         if i % 3:
-            _nifti(out / "CT" / pid / "ct.nii")
+            _nifti(out / "CT" / pid / "ct.nii", offset=stage)
         if i % 4:
-            d = out / "MRI" / pid / "series1"
-            d.mkdir(parents=True, exist_ok=True)
-            for k in range(3):
-                (d / f"{k:03d}.dcm").write_bytes(b"\x00" * 128 + b"DICM" + rng.bytes(64))
+            _dicom_series(out / "MRI" / pid / "series1",
+                          rng.integers(0, 400, size=(3, 16, 16)) + 150 * stage)
         if i % 6:
-            (out / "WSI").mkdir(exist_ok=True)
-            np.save(out / "WSI" / f"{pid}.npy", rng.normal(size=(int(rng.integers(3, 9)), 16)).astype(np.float32))
+            tiles = (rng.normal(size=(int(rng.integers(3, 9)), 16)) + 0.5 * stage).astype(np.float32)
+            _wsi_features(out, pid, tiles, ("h5", "npy", "pt")[i % 3])
     pl.DataFrame(clin).write_csv(out / "clinical.csv")
     pl.DataFrame(gen).write_csv(out / "genomics.csv")
     return {"patients": n, "genomics": len(gen)}

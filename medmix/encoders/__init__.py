@@ -13,5 +13,6 @@ from medmix.encoders import text as _text  # noqa: F401,E402
 from medmix.encoders import image as _image  # noqa: F401,E402
 from medmix.encoders import tabular as _tabular  # noqa: F401,E402
 from medmix.encoders import tfidf as _tfidf  # noqa: F401,E402
+from medmix.encoders import features as _features  # noqa: F401,E402
 
 __all__ = ["Encoder", "EncodeResult", "register_encoder", "list_encoders", "create_encoder"]

@@ -9,13 +9,13 @@ rule aggregate:
     output:
         metrics=report("results/{dataset}/metrics.json", category="Results", caption="../report/metrics.rst"),
         table=report("results/{dataset}/metrics.md", category="Results", caption="../report/metrics.rst"),
+    log:
+        "results/{dataset}/logs/aggregate.log",
+    conda:
+        "../../envs/medmix.yaml"
     params:
         runs=run_dirs,
         bootstrap=config["train"]["bootstrap"],
-    conda:
-        "../../envs/medmix.yaml"
-    log:
-        "results/{dataset}/logs/aggregate.log",
     shell:
         "python -m medmix aggregate --dataset {wildcards.dataset} --runs {params.runs} --out {output.metrics} "
         "--cohort-json {input.cohort} --bootstrap {params.bootstrap} > {log} 2>&1"
@@ -32,9 +32,9 @@ rule tables:
         md=report("results/tables/main.md", category="Results", caption="../report/main_table.rst"),
         csv="results/tables/main.csv",
         tex="results/tables/main.tex",
-    conda:
-        "../../envs/medmix.yaml"
     log:
         "results/logs/tables.log",
+    conda:
+        "../../envs/medmix.yaml"
     shell:
         "python -m medmix tables --metrics {input.metrics} --out-dir results/tables > {log} 2>&1"

@@ -10,9 +10,11 @@ from pathlib import Path
 from medmix import config as mcfg
 from medmix.methods import method_caches
 
+
 def _uses_conda():
     try:
         from snakemake.settings.types import DeploymentMethod
+
         return DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method
     except (ImportError, AttributeError):
         return False
@@ -22,7 +24,7 @@ def _uses_conda():
 # a cluster node of a shared file system) first on every job's PATH, so a bare `python` elsewhere on
 # PATH never runs a job. Under --software-deployment-method conda the job's environment decides.
 if not _uses_conda():
-    shell.prefix(f"set -euo pipefail; export PATH={shlex.quote(os.path.dirname(sys.executable))}:\"$PATH\"; ")
+    shell.prefix(f'set -euo pipefail; export PATH={shlex.quote(os.path.dirname(sys.executable))}:"$PATH"; ')
 
 # the cache path convention, the one place the workflow spells it (medmix.encoders.cache.cache_path
 # is the library's); stages read exactly the files the rules pass them
@@ -69,8 +71,12 @@ def cross_metrics(wildcards):
 def all_targets(wildcards):
     """`all`: every target's metrics.json (cross-cohort ones included), the main table, the figures,
     and the cross-cohort table when a cross-cohort dataset is a target."""
-    return ([f"results/{ds}/metrics.json" for ds in config["targets"]] + ["results/tables/main.md"] + FIGURES
-            + (["results/tables/cross_cohort.md"] if cross_metrics(wildcards) else []))
+    return (
+        [f"results/{ds}/metrics.json" for ds in config["targets"]]
+        + ["results/tables/main.md"]
+        + FIGURES
+        + (["results/tables/cross_cohort.md"] if cross_metrics(wildcards) else [])
+    )
 
 
 def _js(obj):
@@ -114,8 +120,10 @@ def embed_shard_files(wildcards):
     """The shard files `embed_merge` joins: shards/{encoder}/{i}-of-{n}.h5 for i < n (n from the config)."""
     n = config["encoders"][wildcards.encoder]["shards"]
     shard = CACHE.replace("{encoder}.h5", "shards/{encoder}/{i}-of-{n}.h5")
-    return [shard.format(dataset=wildcards.dataset, modality=wildcards.modality, encoder=wildcards.encoder, i=i, n=n)
-            for i in range(n)]
+    return [
+        shard.format(dataset=wildcards.dataset, modality=wildcards.modality, encoder=wildcards.encoder, i=i, n=n)
+        for i in range(n)
+    ]
 
 
 def embed_resource(wildcards, key):
@@ -183,8 +191,9 @@ def train_embeddings(wildcards):
 
 
 def dataset_runs(wildcards):
-    return [f"results/{wildcards.dataset}/runs/{m}/seed{s}/metrics.json"
-            for m in config["methods"] for s in config["seeds"]]
+    return [
+        f"results/{wildcards.dataset}/runs/{m}/seed{s}/metrics.json" for m in config["methods"] for s in config["seeds"]
+    ]
 
 
 def run_dirs(wildcards, input):
@@ -200,7 +209,9 @@ def _source(wildcards):
 
 
 def crosscohort_runs(wildcards):
-    return [f"results/{_source(wildcards)}/runs/{m}/seed{s}/model.pt" for m in config["methods"] for s in config["seeds"]]
+    return [
+        f"results/{_source(wildcards)}/runs/{m}/seed{s}/model.pt" for m in config["methods"] for s in config["seeds"]
+    ]
 
 
 def crosscohort_run_dirs(wildcards, input):
@@ -247,13 +258,18 @@ wildcard_constraints:
 def _drops(dataset):
     """Train-time drops of the robustness grid: each modality of the dataset in turn, then multi-random."""
     mods = sorted(config["datasets"][dataset]["modalities"])
-    return ([{"modality": m, "rate": r} for m in mods for r in ROB["train_one_rates"]]
-            + [{"modality": MULTI, "rate": r} for r in ROB["train_multi_rates"]])
+    return [{"modality": m, "rate": r} for m in mods for r in ROB["train_one_rates"]] + [
+        {"modality": MULTI, "rate": r} for r in ROB["train_multi_rates"]
+    ]
 
 
 def drop_runs(wildcards):
-    return [f"results/{wildcards.dataset}/runs/{m}/{drop_slug(d)}/seed{s}/metrics.json"
-            for d in _drops(wildcards.dataset) for m in ROB["methods"] for s in ROB["seeds"]]
+    return [
+        f"results/{wildcards.dataset}/runs/{m}/{drop_slug(d)}/seed{s}/metrics.json"
+        for d in _drops(wildcards.dataset)
+        for m in ROB["methods"]
+        for s in ROB["seeds"]
+    ]
 
 
 def base_runs(wildcards):
@@ -271,8 +287,13 @@ def train_drop_job(wildcards):
 def robustness_params(wildcards, input):
     def dirs(files):
         return " ".join(sorted({str(Path(p).parent) for p in files}))
-    return {"runs": dirs(input.runs), "drop": dirs(input.drop_runs), "base": dirs(input.base_runs),
-            "rates": " ".join(str(float(r)) for r in ROB["test_rates"])}
+
+    return {
+        "runs": dirs(input.runs),
+        "drop": dirs(input.drop_runs),
+        "base": dirs(input.base_runs),
+        "rates": " ".join(str(float(r)) for r in ROB["test_rates"]),
+    }
 
 
 def efficiency_runs(wildcards):
@@ -284,19 +305,29 @@ def efficiency_runs(wildcards):
 def efficiency_job(wildcards):
     """Encoder descriptions of the dataset without run-only keys (the rerun trigger of the measurement)."""
     ds = config["datasets"][wildcards.dataset]
-    return _js({s: mcfg.encoder_identity(config["encoders"][s])
-                for m in ds["modalities"].values() for s in m["experts"] + m["teachers"]})
+    return _js(
+        {
+            s: mcfg.encoder_identity(config["encoders"][s])
+            for m in ds["modalities"].values()
+            for s in m["experts"] + m["teachers"]
+        }
+    )
 
 
 def weights_runs(wildcards):
-    return [f"results/{wildcards.dataset}/runs/{config['weights_method']}/seed{s}/predictions.parquet"
-            for s in config["seeds"]]
+    return [
+        f"results/{wildcards.dataset}/runs/{config['weights_method']}/seed{s}/predictions.parquet"
+        for s in config["seeds"]
+    ]
 
 
 def calibration_runs(wildcards):
     """Every method and seed of the dataset: its reliability diagram."""
-    return [f"results/{wildcards.dataset}/runs/{m}/seed{s}/predictions.parquet"
-            for m in config["methods"] for s in config["seeds"]]
+    return [
+        f"results/{wildcards.dataset}/runs/{m}/seed{s}/predictions.parquet"
+        for m in config["methods"]
+        for s in config["seeds"]
+    ]
 
 
 def prediction_dirs(wildcards, input):
@@ -306,14 +337,28 @@ def prediction_dirs(wildcards, input):
 def target_files(pattern):
     def inputs(wildcards):
         return [pattern.format(dataset=ds) for ds in config["targets"] if ds not in CROSS]
+
     return inputs
 
 
-FIGURES = (["results/figures/robustness_test.png", "results/figures/robustness_train_one.png",
-            "results/figures/robustness_train_multi.png", "results/tables/missing_subsets.md",
-            "results/figures/ablation.png", "results/tables/ablation.md",
-            "results/figures/teacher_ablation.png", "results/tables/teacher_ablation.md",
-            "results/figures/efficiency.png", "results/tables/efficiency.csv"]
-           + [f"results/figures/{kind}_{ds}.png" for kind in ("weights", "calibration")
-              for ds in config["targets"] if ds not in CROSS]
-           + [f"results/tables/subgroups_{ds}.md" for ds in config["targets"] if ds not in CROSS])
+FIGURES = (
+    [
+        "results/figures/robustness_test.png",
+        "results/figures/robustness_train_one.png",
+        "results/figures/robustness_train_multi.png",
+        "results/tables/missing_subsets.md",
+        "results/figures/ablation.png",
+        "results/tables/ablation.md",
+        "results/figures/teacher_ablation.png",
+        "results/tables/teacher_ablation.md",
+        "results/figures/efficiency.png",
+        "results/tables/efficiency.csv",
+    ]
+    + [
+        f"results/figures/{kind}_{ds}.png"
+        for kind in ("weights", "calibration")
+        for ds in config["targets"]
+        if ds not in CROSS
+    ]
+    + [f"results/tables/subgroups_{ds}.md" for ds in config["targets"] if ds not in CROSS]
+)

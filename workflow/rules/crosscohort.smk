@@ -18,14 +18,14 @@ rule crosscohort:
         source_embeddings=crosscohort_source_embeddings,
     output:
         metrics=report("results/{dataset}/metrics.json", category="Results", caption="../report/crosscohort.rst"),
-    wildcard_constraints:
-        dataset="|".join(CROSS) or "(?!)",
-    params:
-        runs=crosscohort_run_dirs,
-    conda:
-        "../../envs/medmix.yaml"
     log:
         "results/{dataset}/logs/crosscohort.log",
+    wildcard_constraints:
+        dataset="|".join(CROSS) or "(?!)",
+    conda:
+        "../../envs/medmix.yaml"
+    params:
+        runs=crosscohort_run_dirs,
     shell:
         "python -m medmix crosscohort --target {wildcards.dataset} --runs {params.runs} --cohort {input.cohort} "
         "--embeddings {input.embeddings} --source-embeddings {input.source_embeddings} --out {output.metrics} > {log} 2>&1"
@@ -36,9 +36,9 @@ rule cross_cohort_table:
         metrics=cross_metrics,
     output:
         report("results/tables/cross_cohort.md", category="Results", caption="../report/crosscohort.rst"),
-    conda:
-        "../../envs/medmix.yaml"
     log:
         "results/logs/cross_cohort_table.log",
+    conda:
+        "../../envs/medmix.yaml"
     shell:
         "python -m medmix crosstable --metrics {input.metrics} --out {output} > {log} 2>&1"

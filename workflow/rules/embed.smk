@@ -10,22 +10,22 @@ rule embed:
         weights=embed_weights,
     output:
         CACHE,
+    log:
+        "results/{dataset}/logs/embed/{modality}/{encoder}.log",
+    benchmark:
+        "results/{dataset}/benchmarks/embed/{modality}/{encoder}.tsv"
     wildcard_constraints:
         encoder=UNSHARDED_RE,
-    params:
-        job=embed_job,
+    conda:
+        "../../envs/medmix.yaml"
     threads: 2
     resources:
         mem_mb=embed_mem_mb,
         runtime=embed_runtime,
         gpu=embed_gpu,
         workers=embed_workers,
-    conda:
-        "../../envs/medmix.yaml"
-    log:
-        "results/{dataset}/logs/embed/{modality}/{encoder}.log",
-    benchmark:
-        "results/{dataset}/benchmarks/embed/{modality}/{encoder}.tsv"
+    params:
+        job=embed_job,
     shell:
         "python -m medmix embed --cohort {input.cohort} --modality {wildcards.modality} "
         "--encoder {wildcards.encoder} --out {output} --job {params.job:q} --workers {resources.workers} --quiet > {log} 2>&1"
@@ -37,24 +37,24 @@ rule embed_shard:
         weights=embed_weights,
     output:
         CACHE.replace("{encoder}.h5", "shards/{encoder}/{shard}-of-{nshards}.h5"),
+    log:
+        "results/{dataset}/logs/embed/{modality}/{encoder}.{shard}-of-{nshards}.log",
+    benchmark:
+        "results/{dataset}/benchmarks/embed/{modality}/{encoder}.{shard}-of-{nshards}.tsv"
     wildcard_constraints:
         encoder=SHARDED_RE,
         shard=r"\d+",
         nshards=r"\d+",
-    params:
-        job=embed_job,
+    conda:
+        "../../envs/medmix.yaml"
     threads: 2
     resources:
         mem_mb=embed_mem_mb,
         runtime=embed_runtime,
         gpu=embed_gpu,
         workers=embed_workers,
-    conda:
-        "../../envs/medmix.yaml"
-    log:
-        "results/{dataset}/logs/embed/{modality}/{encoder}.{shard}-of-{nshards}.log",
-    benchmark:
-        "results/{dataset}/benchmarks/embed/{modality}/{encoder}.{shard}-of-{nshards}.tsv"
+    params:
+        job=embed_job,
     shell:
         "python -m medmix embed --cohort {input.cohort} --modality {wildcards.modality} "
         "--encoder {wildcards.encoder} --out {output} --shard {wildcards.shard}/{wildcards.nshards} "
@@ -67,18 +67,18 @@ rule embed_merge:
         shards=embed_shard_files,
     output:
         CACHE,
+    log:
+        "results/{dataset}/logs/embed/{modality}/{encoder}.merge.log",
     wildcard_constraints:
         encoder=SHARDED_RE,
-    params:
-        job=embed_job,
+    conda:
+        "../../envs/medmix.yaml"
     threads: 1
     resources:
         mem_mb=4000,
         runtime=30,
-    conda:
-        "../../envs/medmix.yaml"
-    log:
-        "results/{dataset}/logs/embed/{modality}/{encoder}.merge.log",
+    params:
+        job=embed_job,
     shell:
         "python -m medmix merge --cohort {input.cohort} --modality {wildcards.modality} "
         "--encoder {wildcards.encoder} --shards {input.shards} --out {output} --job {params.job:q} > {log} 2>&1"

@@ -12,21 +12,21 @@ rule train_drop:
         model=seed_files("results/{dataset}/runs/{method}/drop-{drop}", "model.pt", ROB["seeds"]),
         metrics=seed_files("results/{dataset}/runs/{method}/drop-{drop}", "metrics.json", ROB["seeds"]),
         predictions=seed_files("results/{dataset}/runs/{method}/drop-{drop}", "predictions.parquet", ROB["seeds"]),
+    log:
+        "results/{dataset}/logs/train/{method}/drop-{drop}.log",
+    benchmark:
+        "results/{dataset}/benchmarks/train/{method}/drop-{drop}.tsv"
+    conda:
+        "../../envs/medmix.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=train_runtime(ROB["seeds"]),
     params:
         job=train_drop_job,
         tuning=tuning_arg,
         seeds=" ".join(map(str, ROB["seeds"])),
         out="results/{dataset}/runs/{method}/drop-{drop}",
-    threads: 1
-    resources:
-        mem_mb=4000,
-        runtime=train_runtime(ROB["seeds"]),
-    conda:
-        "../../envs/medmix.yaml"
-    log:
-        "results/{dataset}/logs/train/{method}/drop-{drop}.log",
-    benchmark:
-        "results/{dataset}/benchmarks/train/{method}/drop-{drop}.tsv"
     shell:
         "OMP_NUM_THREADS={threads} python -m medmix train --dataset {wildcards.dataset} --method {wildcards.method} "
         "--seeds {params.seeds} --out {params.out} --cohort {input.cohort} --embeddings {input.embeddings} "
@@ -42,19 +42,19 @@ rule robustness:
         drop_runs=drop_runs,
     output:
         "results/{dataset}/robustness.json",
-    params:
-        p=robustness_params,
-        mask_seed=ROB["mask_seed"],
-    threads: 1
-    resources:
-        mem_mb=4000,
-        runtime=30,
-    conda:
-        "../../envs/medmix.yaml"
     log:
         "results/{dataset}/logs/robustness.log",
     benchmark:
         "results/{dataset}/benchmarks/robustness.tsv"
+    conda:
+        "../../envs/medmix.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    params:
+        p=robustness_params,
+        mask_seed=ROB["mask_seed"],
     shell:
         "OMP_NUM_THREADS={threads} python -m medmix robustness --dataset {wildcards.dataset} --runs {params.p[runs]} "
         "--base-runs {params.p[base]} --drop-runs {params.p[drop]} --rates {params.p[rates]} "
@@ -68,21 +68,21 @@ rule efficiency:
         runs=efficiency_runs,
     output:
         "results/{dataset}/efficiency.json",
+    log:
+        "results/{dataset}/logs/efficiency.log",
+    benchmark:
+        "results/{dataset}/benchmarks/efficiency.tsv"
+    conda:
+        "../../envs/medmix.yaml"
+    threads: config["efficiency"]["threads"]
+    resources:
+        mem_mb=8000,
+        runtime=30,
     params:
         job=efficiency_job,
         dirs=run_dirs,
         samples=config["efficiency"]["samples"],
         warmup=config["efficiency"]["warmup"],
-    threads: config["efficiency"]["threads"]
-    resources:
-        mem_mb=8000,
-        runtime=30,
-    conda:
-        "../../envs/medmix.yaml"
-    log:
-        "results/{dataset}/logs/efficiency.log",
-    benchmark:
-        "results/{dataset}/benchmarks/efficiency.tsv"
     shell:
         "OMP_NUM_THREADS={threads} python -m medmix efficiency --runs {params.dirs} --cohort {input.cohort} "
         "--embeddings {input.embeddings} "

@@ -1,6 +1,7 @@
 # Figures and tables of the paper's experiments over the target datasets, marked for
 # `snakemake --report results/report.html` (one self-contained page).
 
+
 localrules:
     figure_robustness,
     figure_ablation,
@@ -15,14 +16,26 @@ rule figure_robustness:
     input:
         target_files("results/{dataset}/robustness.json"),
     output:
-        test=report("results/figures/robustness_test.png", category="Robustness", caption="../report/robustness_test.rst"),
-        one=report("results/figures/robustness_train_one.png", category="Robustness", caption="../report/robustness_train_one.rst"),
-        multi=report("results/figures/robustness_train_multi.png", category="Robustness", caption="../report/robustness_train_multi.rst"),
-        subsets=report("results/tables/missing_subsets.md", category="Robustness", caption="../report/missing_subsets.rst"),
-    conda:
-        "../../envs/medmix.yaml"
+        test=report(
+            "results/figures/robustness_test.png", category="Robustness", caption="../report/robustness_test.rst"
+        ),
+        one=report(
+            "results/figures/robustness_train_one.png",
+            category="Robustness",
+            caption="../report/robustness_train_one.rst",
+        ),
+        multi=report(
+            "results/figures/robustness_train_multi.png",
+            category="Robustness",
+            caption="../report/robustness_train_multi.rst",
+        ),
+        subsets=report(
+            "results/tables/missing_subsets.md", category="Robustness", caption="../report/missing_subsets.rst"
+        ),
     log:
         "results/logs/figure_robustness.log",
+    conda:
+        "../../envs/medmix.yaml"
     shell:
         "python -m medmix figure robustness --inputs {input} --fig-dir results/figures --table-dir results/tables > {log} 2>&1"
 
@@ -33,10 +46,10 @@ rule figure_ablation:
     output:
         fig=report("results/figures/ablation.png", category="Ablation", caption="../report/ablation.rst"),
         table=report("results/tables/ablation.md", category="Ablation", caption="../report/ablation_table.rst"),
-    conda:
-        "../../envs/medmix.yaml"
     log:
         "results/logs/figure_ablation.log",
+    conda:
+        "../../envs/medmix.yaml"
     shell:
         "python -m medmix figure ablation --inputs {input} --fig {output.fig} --table {output.table} > {log} 2>&1"
 
@@ -45,12 +58,16 @@ rule figure_teacher_ablation:
     input:
         all_metrics,
     output:
-        fig=report("results/figures/teacher_ablation.png", category="Ablation", caption="../report/teacher_ablation.rst"),
-        table=report("results/tables/teacher_ablation.md", category="Ablation", caption="../report/teacher_ablation.rst"),
-    conda:
-        "../../envs/medmix.yaml"
+        fig=report(
+            "results/figures/teacher_ablation.png", category="Ablation", caption="../report/teacher_ablation.rst"
+        ),
+        table=report(
+            "results/tables/teacher_ablation.md", category="Ablation", caption="../report/teacher_ablation.rst"
+        ),
     log:
         "results/logs/figure_teacher_ablation.log",
+    conda:
+        "../../envs/medmix.yaml"
     shell:
         "python -m medmix figure teacher_ablation --inputs {input} --fig {output.fig} --table {output.table} > {log} 2>&1"
 
@@ -61,10 +78,10 @@ rule figure_efficiency:
     output:
         fig=report("results/figures/efficiency.png", category="Efficiency", caption="../report/efficiency.rst"),
         table=report("results/tables/efficiency.csv", category="Efficiency", caption="../report/efficiency_table.rst"),
-    conda:
-        "../../envs/medmix.yaml"
     log:
         "results/logs/figure_efficiency.log",
+    conda:
+        "../../envs/medmix.yaml"
     shell:
         "python -m medmix figure efficiency --inputs {input} --fig {output.fig} --table {output.table} > {log} 2>&1"
 
@@ -74,12 +91,12 @@ rule figure_weights:
         weights_runs,
     output:
         report("results/figures/weights_{dataset}.png", category="Interpretability", caption="../report/weights.rst"),
-    params:
-        runs=prediction_dirs,
-    conda:
-        "../../envs/medmix.yaml"
     log:
         "results/{dataset}/logs/figure_weights.log",
+    conda:
+        "../../envs/medmix.yaml"
+    params:
+        runs=prediction_dirs,
     shell:
         "python -m medmix figure weights --dataset {wildcards.dataset} --inputs {params.runs} --fig {output} > {log} 2>&1"
 
@@ -89,12 +106,12 @@ rule figure_calibration:
         calibration_runs,
     output:
         report("results/figures/calibration_{dataset}.png", category="Calibration", caption="../report/calibration.rst"),
-    params:
-        runs=prediction_dirs,
-    conda:
-        "../../envs/medmix.yaml"
     log:
         "results/{dataset}/logs/figure_calibration.log",
+    conda:
+        "../../envs/medmix.yaml"
+    params:
+        runs=prediction_dirs,
     shell:
         "python -m medmix figure calibration --dataset {wildcards.dataset} --inputs {params.runs} --fig {output} > {log} 2>&1"
 
@@ -107,13 +124,13 @@ rule subgroups:
     output:
         json="results/{dataset}/subgroups.json",
         table=report("results/tables/subgroups_{dataset}.md", category="Subgroups", caption="../report/subgroups.rst"),
+    log:
+        "results/{dataset}/logs/subgroups.log",
+    conda:
+        "../../envs/medmix.yaml"
     params:
         runs=run_dirs,
         bootstrap=config["train"]["bootstrap"],
-    conda:
-        "../../envs/medmix.yaml"
-    log:
-        "results/{dataset}/logs/subgroups.log",
     shell:
         "python -m medmix subgroups --dataset {wildcards.dataset} --cohort {input.cohort} --runs {params.runs} "
         "--out {output.json} --table {output.table} --bootstrap {params.bootstrap} > {log} 2>&1"

@@ -4,18 +4,18 @@ rule tune:
         embeddings=train_embeddings,
     output:
         "results/{dataset}/tuning/{method}.json",
-    params:
-        job=tune_job,
-    threads: 1
-    resources:
-        mem_mb=4000,
-        runtime=120,
-    conda:
-        "../../envs/medmix.yaml"
     log:
         "results/{dataset}/logs/tune/{method}.log",
     benchmark:
         "results/{dataset}/benchmarks/tune/{method}.tsv"
+    conda:
+        "../../envs/medmix.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=120,
+    params:
+        job=tune_job,
     shell:
         "OMP_NUM_THREADS={threads} python -m medmix tune --dataset {wildcards.dataset} --method {wildcards.method} "
         "--out {output} --cohort {input.cohort} --embeddings {input.embeddings} --job {params.job:q} --quiet > {log} 2>&1"
@@ -32,21 +32,21 @@ rule train:
         model=seed_files("results/{dataset}/runs/{method}", "model.pt", config["seeds"]),
         metrics=seed_files("results/{dataset}/runs/{method}", "metrics.json", config["seeds"]),
         predictions=seed_files("results/{dataset}/runs/{method}", "predictions.parquet", config["seeds"]),
+    log:
+        "results/{dataset}/logs/train/{method}.log",
+    benchmark:
+        "results/{dataset}/benchmarks/train/{method}.tsv"
+    conda:
+        "../../envs/medmix.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=train_runtime(config["seeds"]),
     params:
         job=train_job,
         tuning=tuning_arg,
         seeds=" ".join(map(str, config["seeds"])),
         out="results/{dataset}/runs/{method}",
-    threads: 1
-    resources:
-        mem_mb=4000,
-        runtime=train_runtime(config["seeds"]),
-    conda:
-        "../../envs/medmix.yaml"
-    log:
-        "results/{dataset}/logs/train/{method}.log",
-    benchmark:
-        "results/{dataset}/benchmarks/train/{method}.tsv"
     shell:
         "OMP_NUM_THREADS={threads} python -m medmix train --dataset {wildcards.dataset} --method {wildcards.method} "
         "--seeds {params.seeds} --out {params.out} --cohort {input.cohort} --embeddings {input.embeddings} "

@@ -1,5 +1,7 @@
-"""The paper's encoder pool rehearsed offline: tiny stand-ins under the real repository ids in a
-temporary Hugging Face cache (tests/hf_standins.py), loaded by the same code as real weights."""
+"""The real user's path through the DAG: the paper's encoder pool rehearsed offline (tiny stand-ins
+under the real repository ids in a temporary Hugging Face cache, tests/hf_standins.py, loaded by the
+same code as real weights) and MMIST-ccRCC on all five of its modalities (the synthetic fixture),
+both as the shipped config.yaml describes them, in one Snakemake run."""
 
 from __future__ import annotations
 
@@ -69,36 +71,44 @@ def test_a_config_without_model_type_loads_its_weights(hf_home):
     np.testing.assert_allclose(got, ref, atol=1e-5)
 
 
-@pytest.mark.integration
-def test_the_paper_pool_runs_the_demo_through_the_dag_offline(hf_home, tmp_path):
-    """`--configfile config.yaml configs/paper_encoders.yaml` on the demo, HF_HUB_OFFLINE=1: every
-    encoder of the pool resolves its real id from the cache and the DAG ends in metrics.json."""
+@pytest.fixture(scope="module")
+def user_dag(hf_home, tmp_path_factory) -> Path:
+    """One Snakemake run of the shipped config.yaml + configs/paper_encoders.yaml, HF_HUB_OFFLINE=1, to
+    results/demo/metrics.json (the paper pool) and results/ccrcc/metrics.json (synthetic ccRCC)."""
     import subprocess
-    home, snaps = hf_home
-    shutil.copy(REPO / "config.yaml", tmp_path / "config.yaml")
+    home, _ = hf_home
+    wd = tmp_path_factory.mktemp("user_dag")
+    shutil.copy(REPO / "config.yaml", wd / "config.yaml")
     pool = {s for spec in PAPER_POOL["datasets"]["demo"]["modalities"].values()
             for s in spec["experts"] + spec.get("teachers", [])}
-    small = {   # a small demo: one seed, two methods, short training, one shard per encoder
-        "targets": ["demo"],
-        "datasets": {"demo": {"synth": {"n": 200, "seed": 0}}},
+    small = {   # small: one seed, short training, one shard per encoder; the encoders and modalities as shipped
+        "targets": ["demo", "ccrcc"],
+        "datasets": {"demo": {"synth": {"n": 200, "seed": 0}}, "ccrcc": {"synth": {"n": 100, "seed": 0}}},
         "methods": ["medmix", "teacher_deployed"], "seeds": [0],
         "train": {"max_epochs": 4, "patience": 2, "bootstrap": 20},
         "encoders": {s: {"shards": 1} for s in pool if ENCODERS[s].get("shards")},
     }
-    (tmp_path / "small.yaml").write_text(yaml.safe_dump(small))
+    (wd / "small.yaml").write_text(yaml.safe_dump(small))
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HOME": str(home), "HF_HUB_OFFLINE": "1",
            "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}", **NO_SLURM}
-    p = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(tmp_path),
-                        "--cores", "2", "results/demo/metrics.json", "--configfile", "config.yaml",
-                        str(REPO / "configs" / "paper_encoders.yaml"), "small.yaml"],
-                       capture_output=True, text=True, env=env, cwd=tmp_path)
+    p = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(wd),
+                        "--cores", "2", "results/demo/metrics.json", "results/ccrcc/metrics.json",
+                        "--configfile", "config.yaml", str(REPO / "configs" / "paper_encoders.yaml"), "small.yaml"],
+                       capture_output=True, text=True, env=env, cwd=wd)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-6000:]
-    metrics = json.loads((tmp_path / "results/demo/metrics.json").read_text())
+    return wd
+
+
+@pytest.mark.integration
+def test_the_paper_pool_runs_the_demo_through_the_dag_offline(hf_home, user_dag):
+    """Every encoder of the pool resolves its real id from the cache and the DAG ends in metrics.json."""
+    _, snaps = hf_home
+    metrics = json.loads((user_dag / "results/demo/metrics.json").read_text())
     assert set(metrics["methods"]) == {"medmix", "teacher_deployed"}
     seen = set()
     for m, spec in PAPER_POOL["datasets"]["demo"]["modalities"].items():
         for slug in spec["experts"] + spec["teachers"]:
-            with h5py.File(tmp_path / f"results/demo/embeddings/{m}/{slug}.h5") as f:
+            with h5py.File(user_dag / f"results/demo/embeddings/{m}/{slug}.h5") as f:
                 model = ENCODERS[slug].get("model", "")
                 assert f.attrs["model_name"] == model or not model
                 repo = model.removeprefix("hf-hub:")
@@ -107,5 +117,20 @@ def test_the_paper_pool_runs_the_demo_through_the_dag_offline(hf_home, tmp_path)
                     seen.add(repo)
                 assert f.attrs["n_present"] > 0
     assert seen == set(snaps) - {"microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract"}
-    log = (tmp_path / "results/demo/logs/embed/notes/bioclinicalbert.log").read_text()
+    log = (user_dag / "results/demo/logs/embed/notes/bioclinicalbert.log").read_text()
     assert "no `model_type`; read as 'bert'" in log
+
+
+@pytest.mark.integration
+def test_ccrcc_trains_on_all_five_modalities(user_dag):
+    """The shipped ccrcc block on the synthetic fixture: clinical, genomics, CT and MRI volumes (slice-wise
+    through image towers) and slide tile features (.h5, .npy, .pt) all reach the model."""
+    five = ["clinical", "ct", "genomics", "mri", "wsi"]
+    counts = json.loads((user_dag / "results/ccrcc/cohort.json").read_text())["counts"]["modality_available"]
+    run = json.loads((user_dag / "results/ccrcc/runs/medmix/seed0/metrics.json").read_text())
+    assert sorted(run["modalities"]) == five
+    for m in five:
+        for slug in yaml.safe_load((REPO / "config.yaml").read_text())["datasets"]["ccrcc"]["modalities"][m]["experts"]:
+            with h5py.File(user_dag / f"results/ccrcc/embeddings/{m}/{slug}.h5") as f:
+                # every file the cohort lists was read (the MRI series are valid DICOM, the slides in 3 formats)
+                assert f.attrs["n_present"] == counts[m] > 0 and json.loads(f.attrs["missing"]) == {}
