@@ -43,6 +43,7 @@ KINDS = {  # one tiny spec per registered kind (the schema fills the defaults)
                        "max_length": 32},
     "tfidf_svd": {"kind": "tfidf_svd", "dim": 4},
     "ehr_tabular": {"kind": "ehr_tabular"},
+    "features": {"kind": "features", "pooling": "mean_max"},
 }
 TEXTS = ["short note", "a much longer note about the chest " * 5, "   ", "mid length note here", "pleural effusion",
          "no acute findings", "small pneumothorax at the apex"]
@@ -73,6 +74,8 @@ def test_every_kind_encodes_marks_missing_and_restores_order(name, tmp_path):
     enc = create_encoder(spec)
     if enc.input == "image":
         values = _images(tmp_path) + [str(tmp_path / "nope.png"), None]
+    elif enc.input == "features":
+        values = _feature_files(tmp_path) + [str(tmp_path / "nope.npy"), None]
     elif spec["kind"] == "ehr_tabular":
         values = ["a: 1; b: 2", "a: 3", "a: 2; b: 0", "   ", "a: 5", "b: 1", None]
     else:
@@ -88,6 +91,15 @@ def test_every_kind_encodes_marks_missing_and_restores_order(name, tmp_path):
         perm = [4, 0, 1, 2, 3]
         again = create_encoder(spec).encode([values[i] for i in perm], split[:5])
         np.testing.assert_allclose(again.emb, res.emb[perm], atol=1e-5)
+
+
+def _feature_files(tmp_path, n=5) -> list[str]:
+    rng = np.random.default_rng(0)
+    out = []
+    for i in range(n):
+        np.save(tmp_path / f"f{i}.npy", rng.normal(size=(i + 1, 6)).astype(np.float32))
+        out.append(str(tmp_path / f"f{i}.npy"))
+    return out
 
 
 def test_llm_pooling_and_instruction_change_the_embedding():

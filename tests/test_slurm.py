@@ -32,7 +32,8 @@ SLURM_CONFIG = {
                           "modalities": {"ehr": {"experts": ["tab"]}, "notes": {"experts": ["bert_head"]}}}},
     # GPU requests come from each encoder's `resources`: the BERT asks for one, the tabular one not
     "encoders": {"tab": TINY_CONFIG["encoders"]["tab"],
-                 "bert_head": {**TINY_CONFIG["encoders"]["bert_head"], "resources": {"gpu": 1}}},
+                 # small batches: the fault test cancels this job after its second batch of ~9
+                 "bert_head": {**TINY_CONFIG["encoders"]["bert_head"], "batch_size": 16, "resources": {"gpu": 1}}},
     "methods": ["early_concat", "logreg_concat"],
     "seeds": [0],
     "train": TINY_CONFIG["train"],
@@ -110,11 +111,40 @@ def test_profile_dry_run_requests_a_gpu_for_gpu_encoders_only(tmp_path):
         assert res["slurm_partition"] == "gpu" and res["slurm_account"] == "lab"   # placeholders from the env
 
 
+def _wait_for(path: Path, proc: subprocess.Popen, log: Path, timeout: float = 300) -> None:
+    t0 = time.monotonic()
+    while not path.exists():
+        if proc.poll() is not None or time.monotonic() > t0 + timeout:
+            raise AssertionError(f"{path.name} never appeared (snakemake rc={proc.poll()}):\n{log.read_text()[-4000:]}")
+        time.sleep(0.5)
+
+
+def _running_job(comment_part: str) -> str:
+    """The SLURM id of the running job whose comment (rule and wildcards) holds `comment_part`."""
+    for _ in range(60):
+        out = subprocess.run(["squeue", "-h", "-t", "RUNNING", "-o", "%i|%k"], capture_output=True, text=True).stdout
+        ids = [line.split("|")[0] for line in out.splitlines() if comment_part in line]
+        if ids:
+            return ids[0]
+        time.sleep(0.5)
+    raise AssertionError(f"no running SLURM job with {comment_part!r} in its comment:\n{out}")
+
+
+def _job_state(slurm_id: str) -> str:
+    info = subprocess.run(["scontrol", "show", "job", "-o", slurm_id], capture_output=True, text=True).stdout
+    return re.search(r"JobState=(\w+)", info).group(1)
+
+
 @pytest.mark.slurm
-def test_workflow_through_slurm_profile_matches_local_run(local_slurm, tmp_path):
+def test_workflow_through_slurm_survives_faults_and_matches_local_run(local_slurm, tmp_path):
+    """The tiny workflow through the profile on a real scheduler, with two faults a cluster deals out:
+    the running embed job of the GPU encoder is cancelled with scancel after it has checkpointed two
+    batches, and a train job hangs until SLURM kills it at its (lowered) time limit. The profile's
+    `retries` resubmits both, the embed job resumes from its checkpoint, and the metrics equal a clean
+    local run's. The sbatch lines carry memory, time and GPUs as the plugin's own options."""
     cfg = yaml.safe_dump(SLURM_CONFIG)
-    local, cluster = tmp_path / "local", tmp_path / "slurm"
-    for wd in (local, cluster):
+    local, cluster, faults = tmp_path / "local", tmp_path / "slurm", tmp_path / "faults"
+    for wd in (local, cluster, faults):
         wd.mkdir()
         (wd / "config.yaml").write_text(cfg)
 
@@ -124,19 +154,50 @@ def test_workflow_through_slurm_profile_matches_local_run(local_slurm, tmp_path)
     local_run = subprocess.Popen([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(local),
                                   "--cores", "1", "results/tiny/metrics.json"], cwd=local, env=_env(),
                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # the cluster run's jobs load tests/slurm_faults/sitecustomize.py (it acts only under MEDMIX_FAULTS)
+    env = _env(MEDMIX_SLURM_PARTITION=local_slurm["partition"], MEDMIX_SLURM_ACCOUNT="ci",
+               MEDMIX_FAULTS=str(faults), PYTHONPATH=f"{REPO / 'tests' / 'slurm_faults'}:{REPO}")
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(cluster),
+           "--profile", str(REPO / "workflow" / "profiles" / "slurm"),
+           # CI override: no slurmdbd here, so poll with squeue (sacct would hang), and poll early
+           "--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "2",
+           "--verbose", "results/tiny/metrics.json"]
+    log_file = tmp_path / "cluster.log"
+    with open(log_file, "w") as out:
+        cluster_run = subprocess.Popen(cmd, cwd=cluster, env=env, stdout=out, stderr=subprocess.STDOUT, text=True)
     try:
-        log = _smk(cluster, "--profile", str(REPO / "workflow" / "profiles" / "slurm"),
-                   # CI override: no slurmdbd here, so poll with squeue (sacct would hang), and poll early
-                   "--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "2",
-                   "results/tiny/metrics.json",
-                   env=_env(MEDMIX_SLURM_PARTITION=local_slurm["partition"], MEDMIX_SLURM_ACCOUNT="ci"), timeout=900)
+        _wait_for(faults / "embed.held", cluster_run, log_file)
+        cancelled = _running_job("encoder=bert_head")
+        subprocess.run(["scancel", cancelled], check=True)
+        _wait_for(faults / "train.held", cluster_run, log_file, timeout=600)
+        timed_out = _running_job("method=early_concat")
+        subprocess.run(["scontrol", "update", f"JobId={timed_out}", "TimeLimit=1"], check=True)   # minutes
+        cluster_run.wait(timeout=900)
         t_slurm = time.monotonic() - t0
         local_out, _ = local_run.communicate(timeout=900)
     finally:
-        if local_run.poll() is None:
-            local_run.kill()
+        for p in (local_run, cluster_run):
+            if p.poll() is None:
+                p.kill()
+    log = log_file.read_text()
+    assert cluster_run.returncode == 0, log[-6000:]
     assert local_run.returncode == 0, f"local reference run failed:\n{local_out[-6000:]}"
-    print(f"SLURM run {t_slurm:.1f} s, local reference run alongside it: {time.monotonic() - t0:.1f} s for both")
+    print(f"SLURM run with faults {t_slurm:.1f} s, local reference run alongside it: "
+          f"{time.monotonic() - t0:.1f} s for both")
+
+    # the faults happened as planned and each job was resubmitted once
+    assert _job_state(cancelled) == "CANCELLED" and _job_state(timed_out) == "TIMEOUT"
+    summary = json.loads((cluster / "results/tiny/logs/embed/notes/bert_head.log").read_text().strip().splitlines()[-1])
+    assert summary["resumed_batches"] >= 2 and summary["batches_this_job"] == summary["batches"] - summary["resumed_batches"]
+
+    # memory, time and GPUs as the plugin's options of every sbatch line (never inside slurm_extra)
+    profile = yaml.safe_load((REPO / "workflow" / "profiles" / "slurm" / "config.yaml").read_text())
+    assert "slurm_extra" not in json.dumps(profile)
+    calls = re.findall(r"sbatch call: (.*)", log)
+    assert len(calls) == sum(SBATCH_RULES.values()) + 2, calls
+    for c in calls:
+        assert re.search(r" -t \d+", c) and re.search(r" --mem \d+", c), c
+        assert ("--gpus=1" in c) == ("encoder=bert_head" in c), c
 
     # every non-local job went through sbatch: a SLURM job id in the log and a log file per job
     submitted = SUBMITTED.findall(log)
@@ -146,17 +207,20 @@ def test_workflow_through_slurm_profile_matches_local_run(local_slurm, tmp_path)
         rule = p.relative_to(cluster / ".snakemake" / "slurm_logs").parts[0].removeprefix("rule_")
         by_rule.setdefault(rule, []).append(slurm_id)
         assert p.name == f"{slurm_id}.log" and p.is_file(), p
-    assert {r: len(ids) for r, ids in by_rule.items()} == SBATCH_RULES, log[-4000:]
-    assert len({i for _, i, _ in submitted}) == sum(SBATCH_RULES.values())
+    retried = {"embed": 1, "train": 1}                     # the cancelled and the timed-out job, once each
+    assert {r: len(ids) for r, ids in by_rule.items()} == {r: n + retried.get(r, 0) for r, n in SBATCH_RULES.items()}, \
+        log[-4000:]
+    assert len({i for _, i, _ in submitted}) == sum(SBATCH_RULES.values()) + 2
     assert not (cluster / ".snakemake" / "slurm_logs" / "rule_aggregate").exists()  # localrule: no sbatch
 
-    # the scheduler knows these jobs: completed, and only the GPU encoder's embed job held the (fake) GPU
+    # the scheduler knows these jobs: completed (but the two broken on purpose), and only the GPU
+    # encoder's embed jobs (both attempts) held the (fake) GPU
     gpu_jobs = {i for (_, i, _), p in zip(submitted, logs) if "bert_head" in str(p) and "rule_embed" in str(p)}
-    assert len(gpu_jobs) == 1, logs
+    assert len(gpu_jobs) == 2 and cancelled in gpu_jobs, logs
     for rule, ids in by_rule.items():
         for i in ids:
             info = subprocess.run(["scontrol", "show", "job", "-o", i], capture_output=True, text=True).stdout
-            assert "JobState=COMPLETED" in info, info
+            assert f"JobState={ {cancelled: 'CANCELLED', timed_out: 'TIMEOUT'}.get(i, 'COMPLETED')}" in info, info
             assert "Partition=debug" in info and "Account=ci" in info, info
             assert ("TresPerJob=gres:gpu:1" in info) == (i in gpu_jobs), (rule, info)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import gzip
 import io
 import logging
@@ -51,6 +52,21 @@ def match_columns(path: Path, header: list[str], columns: list[str], optional: t
     return found
 
 
+def _ragged_line(path: Path) -> str:
+    """Where a CSV first has a row with more or fewer fields than its header (' (row R, line L: ...)'), or ''."""
+    opener = gzip.open if Path(path).suffix == ".gz" else open
+    try:
+        with opener(path, "rt", newline="", encoding="utf-8", errors="replace") as f:
+            rows = csv.reader(f)
+            width = len(next(rows, []))
+            for i, row in enumerate(rows):
+                if len(row) != width:
+                    return f" (row {i + 1}, line {rows.line_num}: {len(row)} fields, the header has {width})"
+    except (OSError, csv.Error):
+        pass
+    return ""
+
+
 def read_table(path: Path, columns: list[str] | None = None, report: dict | None = None,
                optional: tuple[str, ...] = ()) -> pl.DataFrame:
     """A CSV table as strings, its columns named as requested whatever their case in the file
@@ -69,8 +85,11 @@ def read_table(path: Path, columns: list[str] | None = None, report: dict | None
         raise MedmixError(f"{path}: not a readable CSV: {e}") from None
     except pl.exceptions.ComputeError as e:
         if "utf-8" not in str(e).lower():
-            raise MedmixError(f"{path}: not a readable CSV: {e}") from None
-        df = pl.read_csv(path, columns=cols, infer_schema_length=0, encoding="utf8-lossy")
+            raise MedmixError(f"{path}: not a readable CSV{_ragged_line(path)}: {str(e).splitlines()[0]}") from None
+        try:
+            df = pl.read_csv(path, columns=cols, infer_schema_length=0, encoding="utf8-lossy")
+        except pl.exceptions.ComputeError as e2:   # malformed as well (e.g. bytes after a closing quote)
+            raise MedmixError(f"{path}: not a readable CSV{_ragged_line(path)}: {str(e2).splitlines()[0][:200]}") from None
         n = int(df.select(pl.sum_horizontal([pl.col(c).str.contains("\ufffd", literal=True).fill_null(False).sum()
                                               for c in df.columns])).item())
         msg = f"{path}: {n} cell(s) held bytes that are not UTF-8; decoded with replacement characters"
@@ -80,6 +99,35 @@ def read_table(path: Path, columns: list[str] | None = None, report: dict | None
             report.setdefault("warnings", []).append(msg)
     if names is not None:
         df = df.rename({actual: want for want, actual in names.items() if actual != want})
+    return df
+
+
+def typed(df: pl.DataFrame, path: Path, casts: dict[str, pl.DataType], required: tuple[str, ...] = (),
+          unique: tuple[str, ...] = ()) -> pl.DataFrame:
+    """Cast a table's string columns (as read) to their types. A value that is not of its type, an
+    empty cell in a `required` column, or a value repeated in a `unique` column is an error naming
+    the file, its row and line and the field; other empty cells stay null."""
+    def fail(i: int, col: str, why: str):
+        raise MedmixError(f"{path}: row {i + 1} (line {i + 2}): field '{col}' {why}")
+
+    for col, dtype in casts.items():
+        got = pl.col(col).str.strip_chars().cast(dtype, strict=False)
+        empty = pl.col(col).is_null() | (pl.col(col).str.strip_chars() == "")
+        bad = df.select((got.is_null() & ~empty).arg_true()).to_series()
+        if bad.len():
+            what = {pl.Int64: "an integer", pl.Int8: "an integer", pl.Float64: "a number"}.get(dtype, str(dtype))
+            fail(int(bad[0]), col, f"is {df[col][int(bad[0])]!r}, expected {what}")
+        if col in required:
+            none = df.select(empty.arg_true()).to_series()
+            if none.len():
+                fail(int(none[0]), col, "is empty")
+    df = df.with_columns([pl.col(c).str.strip_chars().cast(t, strict=False) for c, t in casts.items()])
+    for col in unique:
+        dup = df.select((~pl.col(col).is_first_distinct() & pl.col(col).is_not_null()).arg_true()).to_series()
+        if dup.len():
+            i = int(dup[0])
+            first = int(df.select((pl.col(col) == df[col][i]).arg_true()).to_series()[0])
+            fail(i, col, f"duplicates '{df[col][i]}' (first at row {first + 1}, line {first + 2})")
     return df
 
 
@@ -165,8 +213,22 @@ def check_unique(values: list, source_name: str, field: str, rows: list | None =
         seen[v] = i
 
 
+def _lossy_chunk(path: Path, data: bytes, cols: list[str], report: dict | None) -> pl.DataFrame:
+    """A chunk that is not valid UTF-8, decoded with replacement characters and counted as read_table does."""
+    df = pl.read_csv(io.BytesIO(data), columns=cols, infer_schema_length=0, encoding="utf8-lossy")
+    n = int(df.select(pl.sum_horizontal([pl.col(c).str.contains("\ufffd", literal=True).fill_null(False).sum()
+                                          for c in df.columns])).item())
+    msg = f"{path}: {n} cell(s) held bytes that are not UTF-8; decoded with replacement characters"
+    log.warning(msg)
+    if report is not None:
+        cells = report["counts"].setdefault("non_utf8_cells", {})
+        cells[Path(path).name] = cells.get(Path(path).name, 0) + n
+        report.setdefault("warnings", []).append(msg)
+    return df
+
+
 def read_events(path: Path, columns: list[str], itemids: set[int], key: str, keys: set[int],
-                optional: tuple[str, ...] = (), per_chunk=None) -> pl.DataFrame:
+                optional: tuple[str, ...] = (), per_chunk=None, report: dict | None = None) -> pl.DataFrame:
     """Stream a large event table (labevents/chartevents: no multi-line fields) in chunks,
     keeping the wanted items of the wanted subjects/stays only: memory stays bounded on the
     full 300M-row MIMIC-IV chartevents. Columns are matched case-insensitively and come back
@@ -175,17 +237,19 @@ def read_events(path: Path, columns: list[str], itemids: set[int], key: str, key
     `per_chunk(df) -> df`, if given, is applied to each chunk's kept rows before they are kept
     (the loaders cut each chunk to its time window there, so only the rows inside a window stay
     in memory, not every row of a wanted stay); with no rows at all it is applied once to the
-    empty table, so what it records (cohort.json cuts) is always there."""
+    empty table, so what it records (cohort.json cuts) is always there. As in `read_table`,
+    bytes that are not UTF-8 are decoded with replacement characters and counted (`report`), and
+    an `itemid` that is not an integer is an error naming the file, row and line."""
     opener = gzip.open if path.suffix == ".gz" else open
     parts = []
     with opener(path, "rb") as f:
         header = f.readline()
-        names = match_columns(path, [c.strip().strip('"') for c in header.decode().strip().split(",")],
+        names = match_columns(path, [c.strip().strip('"') for c in header.decode("utf-8", "replace").strip().split(",")],
                               columns, optional)
         cols = list(names.values())
         lower = {actual: want.lower() for want, actual in names.items()}
         key = key.lower()
-        rest = b""
+        rest, row0 = b"", 0
         while True:
             block = f.read(_CHUNK_BYTES)
             if not block and not rest:
@@ -198,8 +262,22 @@ def read_events(path: Path, columns: list[str], itemids: set[int], key: str, key
                 rest = b""
             if not data.strip():
                 continue
-            df = pl.read_csv(io.BytesIO(header + data), columns=cols, infer_schema_length=0).rename(lower)
-            df = df.with_columns(pl.col("itemid").cast(pl.Int64), pl.col(key).cast(pl.Int64, strict=False))
+            try:
+                df = pl.read_csv(io.BytesIO(header + data), columns=cols, infer_schema_length=0)
+            except pl.exceptions.ComputeError as e:
+                if "utf-8" not in str(e).lower():
+                    raise MedmixError(f"{path}: not a readable CSV after row {row0} (line {row0 + 1}): "
+                                      f"{str(e).splitlines()[0]}") from None
+                df = _lossy_chunk(path, header + data, cols, report)
+            df = df.rename(lower)
+            itemid = pl.col("itemid").str.strip_chars().cast(pl.Int64, strict=False)
+            bad = df.select((itemid.is_null() & pl.col("itemid").is_not_null()).arg_true()).to_series()
+            if bad.len():
+                i = row0 + int(bad[0])
+                raise MedmixError(f"{path}: row {i + 1} (line {i + 2}): field 'itemid' is "
+                                  f"{df['itemid'][int(bad[0])]!r}, expected an integer")
+            row0 += df.height
+            df = df.with_columns(itemid, pl.col(key).str.strip_chars().cast(pl.Int64, strict=False))
             df = df.filter(pl.col("itemid").is_in(list(itemids)) & pl.col(key).is_in(list(keys)))
             parts.append(per_chunk(df) if per_chunk and df.height else df)
     parts = [p for p in parts if p.height]

@@ -22,7 +22,7 @@ import polars as pl
 
 from medmix.data.cohort import age_band, race_group
 from medmix.data.common import (available_before, count, find_table, log, new_report, read_events, read_table,
-                                serialise_ehr, source, summarise_events)
+                                serialise_ehr, source, summarise_events, typed)
 from medmix.data.variables import LAB_STATS, LABS, VITAL_STATS, VITALS
 from medmix.io import MedmixError
 
@@ -51,10 +51,7 @@ def read_itemid_map(path: str | Path | None = None) -> pl.DataFrame:
     path = Path(path) if path else DEFAULT_MAP
     if not path.exists():
         raise MedmixError(f"{path}: itemid map not found (set datasets/<name>/itemid_map)")
-    df = pl.read_csv(path, infer_schema_length=0)
-    for c in ("itemid", "table", "variable", "scale", "offset"):
-        if c not in df.columns:
-            raise MedmixError(f"{path}: missing column '{c}'")
+    df = read_table(path, ["itemid", "table", "variable", "scale", "offset"])
     names = {v[0] for v in VITALS.values()} | {v[0] for v in LABS.values()}
     for i, r in enumerate(df.iter_rows(named=True)):
         if r["variable"] not in names:
@@ -94,16 +91,11 @@ def build_cohort(root: str | Path, prediction_hours: float = 48, min_age: int = 
                  ["admittime", "deathtime"], adm_p)
     icu = _times(_read(icu_p, ["SUBJECT_ID", "HADM_ID", "ICUSTAY_ID", "INTIME", "OUTTIME", "LOS"]),
                  ["intime", "outtime"], icu_p, required=True)
-    for df_, p_, c in ((pat, pat_p, "subject_id"), (icu, icu_p, "icustay_id")):
-        dup = df_[c].is_duplicated()
-        if dup.any():
-            i = int(dup.arg_true()[1])
-            raise MedmixError(f"{p_}: row {i + 1} (line {i + 2}): field '{c.upper()}' duplicates '{df_[c][i]}'")
-    icu = icu.with_columns(pl.col("subject_id").cast(pl.Int64), pl.col("hadm_id").cast(pl.Int64),
-                           pl.col("icustay_id").cast(pl.Int64), pl.col("los").cast(pl.Float64))
-    adm = adm.with_columns(pl.col("subject_id").cast(pl.Int64), pl.col("hadm_id").cast(pl.Int64),
-                           pl.col("hospital_expire_flag").cast(pl.Int8))
-    pat = pat.with_columns(pl.col("subject_id").cast(pl.Int64))
+    icu = typed(icu, icu_p, {"subject_id": pl.Int64, "hadm_id": pl.Int64, "icustay_id": pl.Int64, "los": pl.Float64},
+                required=("subject_id", "hadm_id", "icustay_id"), unique=("icustay_id",))
+    adm = typed(adm, adm_p, {"subject_id": pl.Int64, "hadm_id": pl.Int64, "hospital_expire_flag": pl.Int8},
+                required=("subject_id", "hadm_id"), unique=("hadm_id",))
+    pat = typed(pat, pat_p, {"subject_id": pl.Int64}, required=("subject_id",), unique=("subject_id",))
     count(report, "counts", "icu_stays_raw", icu.height)
 
     icu = icu.sort("intime", "icustay_id").with_columns(pl.col("intime").rank("ordinal").over("hadm_id").alias("_k"))
@@ -142,7 +134,7 @@ def build_cohort(root: str | Path, prediction_hours: float = 48, min_age: int = 
                 stays.select("icustay_id", "sample_id", "intime", "pred_time"), on="icustay_id").rename({"charttime": "t"})
             return available_before(ce, pl.col("intime"), report, "chartevents")
         ce = read_events(ce_p, ["ICUSTAY_ID", "ITEMID", "CHARTTIME", "VALUENUM"], set(cm["itemid"].to_list()),
-                         "ICUSTAY_ID", set(stays["icustay_id"].to_list()), optional=("STORETIME",), per_chunk=ce_window)
+                         "ICUSTAY_ID", set(stays["icustay_id"].to_list()), optional=("STORETIME",), per_chunk=ce_window, report=report)
         summaries.append(summarise_events(_mapped(ce, cm, VITALS), VITALS, VITAL_STATS, counts))
     le_p = source(find_table(root, "LABEVENTS"), "labevents", "MIMIC-III LABEVENTS", optional, report)
     if le_p:
@@ -153,7 +145,7 @@ def build_cohort(root: str | Path, prediction_hours: float = 48, min_age: int = 
             # MIMIC-III LABEVENTS has no STORETIME: the cut is on CHARTTIME (the specimen time; cuts/labevents says so)
             return available_before(le, pl.col("intime") - timedelta(hours=lab_lookback_hours), report, "labevents")
         le = read_events(le_p, ["SUBJECT_ID", "ITEMID", "CHARTTIME", "VALUENUM"], set(lm["itemid"].to_list()),
-                         "SUBJECT_ID", set(stays["subject_id"].to_list()), per_chunk=le_window)
+                         "SUBJECT_ID", set(stays["subject_id"].to_list()), per_chunk=le_window, report=report)
         summaries.append(summarise_events(_mapped(le, lm, LABS), LABS, LAB_STATS, counts))
     report["counts"].update(counts)
     order = {name: i for i, (name, _) in enumerate(list(VITALS.values()) + list(LABS.values()))}
@@ -185,8 +177,7 @@ def build_cohort(root: str | Path, prediction_hours: float = 48, min_age: int = 
         n = ne.height
         ne = ne.filter(pl.col("iserror").is_null() | (pl.col("iserror").str.strip_chars() != "1"))
         count(report, "counts", "radiology_notes_marked_error", n - ne.height)
-        ne = ne.with_columns(
-            pl.col("subject_id").cast(pl.Int64),
+        ne = typed(ne, ne_p, {"subject_id": pl.Int64}).with_columns(
             pl.coalesce(pl.col("charttime").str.strptime(pl.Datetime("us"), _TS, strict=False),
                         pl.col("chartdate").str.strptime(pl.Date, "%Y-%m-%d", strict=False).cast(pl.Datetime("us"))
                         + timedelta(hours=23, minutes=59, seconds=59)).alias("t"),

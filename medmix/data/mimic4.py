@@ -17,7 +17,7 @@ import polars as pl
 
 from medmix.data.cohort import age_band, race_group
 from medmix.data.common import (available_before, find_table, read_events, read_table as _read_table, serialise_ehr,
-                                source, summarise_events)
+                                source, summarise_events, typed)
 from medmix.data.variables import LAB_STATS, LABS, VITAL_STATS, VITALS
 from medmix.io import MedmixError
 
@@ -41,19 +41,20 @@ def _stays(root: Path, prediction_hours: float, min_age: int, report: dict) -> p
     pat_p = _need(find_table(root / "hosp", "patients"), "MIMIC-IV hosp/patients")
     adm_p = _need(find_table(root / "hosp", "admissions"), "MIMIC-IV hosp/admissions")
     icu_p = _need(find_table(root / "icu", "icustays"), "MIMIC-IV icu/icustays")
-    patients = _read_table(pat_p, ["subject_id", "gender", "anchor_age", "anchor_year"])
+    patients = _read_table(pat_p, ["subject_id", "gender", "anchor_age", "anchor_year"], report)
     adm = _read_table(adm_p, ["subject_id", "hadm_id", "admittime", "dischtime", "deathtime", "hospital_expire_flag"],
-                      optional=("race", "ethnicity"))  # MIMIC-IV v2 `race`, v1 `ethnicity`
-    icu = _read_table(icu_p, ["subject_id", "hadm_id", "stay_id", "intime", "outtime", "los"])
+                      report, optional=("race", "ethnicity"))  # MIMIC-IV v2 `race`, v1 `ethnicity`
+    icu = _read_table(icu_p, ["subject_id", "hadm_id", "stay_id", "intime", "outtime", "los"], report)
 
-    icu = _parse_times(icu, ["intime", "outtime"]).with_columns(
-        pl.col("subject_id").cast(pl.Int64), pl.col("hadm_id").cast(pl.Int64), pl.col("stay_id").cast(pl.Int64),
-        pl.col("los").cast(pl.Float64))
-    adm = _parse_times(adm, ["admittime", "dischtime", "deathtime"]).with_columns(
-        pl.col("subject_id").cast(pl.Int64), pl.col("hadm_id").cast(pl.Int64),
-        pl.col("hospital_expire_flag").cast(pl.Int8))
-    patients = patients.with_columns(pl.col("subject_id").cast(pl.Int64), pl.col("anchor_age").cast(pl.Int64),
-                                     pl.col("anchor_year").cast(pl.Int64))
+    ids = ("subject_id", "hadm_id")
+    icu = typed(_parse_times(icu, ["intime", "outtime"]), icu_p,
+                {"subject_id": pl.Int64, "hadm_id": pl.Int64, "stay_id": pl.Int64, "los": pl.Float64},
+                required=(*ids, "stay_id"), unique=("stay_id",))
+    adm = typed(_parse_times(adm, ["admittime", "dischtime", "deathtime"]), adm_p,
+                {"subject_id": pl.Int64, "hadm_id": pl.Int64, "hospital_expire_flag": pl.Int8},
+                required=ids, unique=("hadm_id",))
+    patients = typed(patients, pat_p, {"subject_id": pl.Int64, "anchor_age": pl.Int64, "anchor_year": pl.Int64},
+                     required=("subject_id",), unique=("subject_id",))
     bad = icu.filter(pl.col("intime").is_null() | pl.col("outtime").is_null())
     if bad.height:
         raise MedmixError(f"{icu_p}: row of stay_id {bad['stay_id'][0]}: field intime/outtime is not a "
@@ -101,7 +102,7 @@ def _ehr(root: Path, df: pl.DataFrame, stays: pl.DataFrame, lab_lookback_hours: 
                 stays.select("stay_id", "sample_id", "intime", "pred_time"), on="stay_id").rename({"charttime": "t"})
             return available_before(ce, pl.col("intime"), report, "chartevents")
         ce = read_events(ce_p, ["stay_id", "itemid", "charttime", "valuenum"], set(VITALS), "stay_id",
-                         set(stays["stay_id"].to_list()), optional=("storetime",), per_chunk=ce_window)
+                         set(stays["stay_id"].to_list()), optional=("storetime",), per_chunk=ce_window, report=report)
         summaries.append(summarise_events(ce, VITALS, VITAL_STATS, counts))
     if le_p:
         def le_window(le: pl.DataFrame) -> pl.DataFrame:
@@ -109,7 +110,7 @@ def _ehr(root: Path, df: pl.DataFrame, stays: pl.DataFrame, lab_lookback_hours: 
                 stays.select("subject_id", "sample_id", "intime", "pred_time"), on="subject_id").rename({"charttime": "t"})
             return available_before(le, pl.col("intime") - timedelta(hours=lab_lookback_hours), report, "labevents")
         le = read_events(le_p, ["subject_id", "itemid", "charttime", "valuenum"], set(LABS), "subject_id",
-                         set(stays["subject_id"].to_list()), optional=("storetime",), per_chunk=le_window)
+                         set(stays["subject_id"].to_list()), optional=("storetime",), per_chunk=le_window, report=report)
         summaries.append(summarise_events(le, LABS, LAB_STATS, counts))
     report["counts"].update(counts)
     order = {name: i for i, (name, _) in enumerate(list(VITALS.values()) + list(LABS.values()))}
@@ -138,7 +139,7 @@ def _notes(note_root: Path, stays: pl.DataFrame, optional: set, report: dict) ->
                    report, hint="set the dataset's note_root in the config")
     if rad_p:
         rad = _read_table(rad_p, ["subject_id", "charttime", "text"], report, optional=("storetime",))
-        rad = _parse_times(rad.with_columns(pl.col("subject_id").cast(pl.Int64)),
+        rad = _parse_times(typed(rad, rad_p, {"subject_id": pl.Int64}),
                            [c for c in ("charttime", "storetime") if c in rad.columns])
         rad = rad.join(stays.select("subject_id", "sample_id", "admittime", "pred_time"), on="subject_id")
         rad = available_before(rad, pl.col("admittime"), report, "radiology", when="charttime")  # signed before
@@ -159,8 +160,7 @@ def _cxr(cxr_root: Path, stays: pl.DataFrame, optional: set, report: dict) -> li
                     report, hint="set the dataset's cxr_root in the config")
     if meta_p:
         meta = _read_table(meta_p, ["dicom_id", "subject_id", "study_id", "ViewPosition", "StudyDate", "StudyTime"])
-        meta = meta.with_columns(
-            pl.col("subject_id").cast(pl.Int64),
+        meta = typed(meta, meta_p, {"subject_id": pl.Int64}).with_columns(
             (pl.col("StudyDate") + pl.col("StudyTime").str.split(".").list.first().str.zfill(6))
             .str.strptime(pl.Datetime("us"), "%Y%m%d%H%M%S", strict=False).alias("t"))
         meta = meta.filter(pl.col("ViewPosition").is_in(["PA", "AP"]))

@@ -55,12 +55,8 @@ def _text(v: str | None) -> str | None:
 
 def _read_csv_layout(root: Path, report: dict | None = None) -> tuple[list[dict], Path]:
     path = root / "indiana_reports.csv"
-    df = read_table(path, report=report)
-    need = ["uid", "MeSH", "Problems", "indication", "findings", "impression"]
-    miss = [c for c in need if c not in df.columns]
-    if miss:
-        raise MedmixError(f"{path}: missing column(s) {miss} (expected the indiana_reports.csv header "
-                          "uid,MeSH,Problems,image,indication,comparison,findings,impression)")
+    # header names matched whatever their case (a missing one is an error naming the file and column)
+    df = read_table(path, ["uid", "MeSH", "Problems", "indication", "findings", "impression"], report=report)
     studies = []
     for i, r in enumerate(df.iter_rows(named=True)):
         uid = (r["uid"] or "").strip()
@@ -101,11 +97,8 @@ def _read_xml_layout(folder: Path) -> list[dict]:
     return studies
 
 
-def _read_projections(path: Path) -> dict[tuple[str, str], str]:
-    df = pl.read_csv(path, infer_schema_length=0)
-    miss = [c for c in ("uid", "filename", "projection") if c not in df.columns]
-    if miss:
-        raise MedmixError(f"{path}: missing column(s) {miss} (expected uid,filename,projection)")
+def _read_projections(path: Path, report: dict | None = None) -> dict[tuple[str, str], str]:
+    df = read_table(path, ["uid", "filename", "projection"], report=report)
     out = {}
     for i, r in enumerate(df.iter_rows(named=True)):
         proj = (r["projection"] or "").strip().lower()
@@ -139,7 +132,7 @@ def _read_split_file(path: Path) -> dict[str, str]:
             raise MedmixError(f"{path}: not valid JSON: {e}") from None
         rows = [(s, str(x.get("id", "")), f"{s}[{i}]") for s in d for i, x in enumerate(d[s])]
     else:
-        df = pl.read_csv(path, infer_schema_length=0)
+        df = read_table(path)
         key = "uid" if "uid" in df.columns else "id"
         if key not in df.columns or "split" not in df.columns:
             raise MedmixError(f"{path}: expected columns uid (or id) and split")
@@ -190,7 +183,7 @@ def build_cohort(root: str | Path, images: str | Path | None = None, split_file:
     projections = {}
     if layout == "csv" or proj_path.exists():
         p = source(proj_path, "projections", "indiana_projections.csv", optional, report)
-        projections = _read_projections(p) if p else {}
+        projections = _read_projections(p, report) if p else {}
     if layout == "csv":  # the CSV layout lists the images per study only in the projections table
         by_uid: dict[str, list] = {}
         for (uid, tail) in projections:
