@@ -181,13 +181,17 @@ def test_real_mimic_iv_demo_trains_on_ehr_alone(dag):
 
 
 def test_jobs_run_the_projects_python_whatever_is_on_path(tmp_path):
-    """A user's shell without the venv on PATH (no `make`, a cluster job): the rules still run the
-    Python that runs Snakemake, not the first `python` on PATH."""
+    """A user's shell without the venv on PATH (no `make`, a cluster job): `.venv/bin/snakemake` (the
+    entry point itself, as the issue's user typed it) runs its rules with the Python that runs
+    Snakemake, not the first `python` on PATH: `prepare` (which needs polars) builds the cohort."""
     import subprocess
     import sys
+    from pathlib import Path
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(dag_config()))
-    p = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(tmp_path),
-                        "--cores", "1", "-p", "results/tiny/raw"], capture_output=True, text=True,
+    entry = Path(sys.executable).parent / "snakemake"
+    p = subprocess.run([str(entry), "-s", str(REPO / "Snakefile"), "-d", str(tmp_path),
+                        "--cores", "1", "-p", "results/tiny/cohort.parquet"], capture_output=True, text=True,
                        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "PYTHONPATH": str(REPO), **NO_SLURM})
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
     assert (tmp_path / "results/tiny/raw/hosp/patients.csv.gz").exists()
+    assert (tmp_path / "results/tiny/cohort.parquet").exists()
