@@ -166,7 +166,8 @@ def cmd_robustness(args) -> None:
     from medmix.experiments.robustness import evaluate_run, summarize
     from medmix.io import write_json
     cohort, caches = _cohort(args, args.dataset), _caches(args.embeddings, args.results, args.dataset)
-    evals = [evaluate_run(r, cohort, caches, args.rates, args.mask_seed) for r in args.runs]
+    mechanisms = json.loads(args.mechanisms) if args.mechanisms else []
+    evals = [evaluate_run(r, cohort, caches, args.rates, args.mask_seed, mechanisms) for r in args.runs]
     res = summarize(args.dataset, evals, args.drop_runs, args.base_runs)
     write_json(args.out, res)
     k = res["primary"]
@@ -358,6 +359,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--drop-runs", nargs="*", default=[], help="train-time drop run directories")
     s.add_argument("--rates", nargs="+", type=float, default=[0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7])
     s.add_argument("--mask-seed", type=int, default=0, help="seed of the test-time drop masks (shared by all runs)")
+    s.add_argument("--mechanisms", default="", metavar="JSON",
+                   help="missingness mechanisms beside MCAR (the config's robustness/mechanisms, as JSON)")
     _inputs_args(s)
     s.add_argument("--out", required=True)
     s.set_defaults(func=cmd_robustness)

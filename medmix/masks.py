@@ -145,3 +145,160 @@ def test_masks(avail: np.ndarray, rate: float, seed: int) -> np.ndarray:
     same for every method, since it depends on the cohort's availability and the seed only."""
     import torch
     return keep_at_least_one(torch.from_numpy(avail), rate, torch.Generator().manual_seed(seed)).numpy() | ~avail
+
+
+# ------------------------------------------------------------------ missingness mechanisms (amputation)
+
+MECHANISMS = ("mcar", "mar", "mnar", "block")
+
+
+def block_subsets(spec: dict, mods: list[str]) -> list[tuple[str, ...]]:
+    """The modality subsets a block mechanism removes together: its `modalities`, or every non-empty
+    proper subset of the dataset's modalities (canonical order)."""
+    import itertools
+    if spec.get("modalities"):
+        return [tuple(m for m in mods if m in spec["modalities"])]
+    return [sub for k in range(1, len(mods)) for sub in itertools.combinations(mods, k)]
+
+
+def _calibrated(score: np.ndarray, eligible: np.ndarray, rate: float, strength: float) -> np.ndarray:
+    """Per-entry drop probabilities sigmoid(a + strength * z) with z the standardised `score`, the
+    offset `a` found by bisection so that their mean over the eligible entries is `rate`."""
+    z = np.zeros_like(score, dtype=np.float64)
+    s = score[eligible].astype(np.float64)
+    if s.size and s.std() > 0:
+        z = (score - s.mean()) / s.std()
+    if rate <= 0:
+        return np.zeros_like(z)
+    if rate >= 1:
+        return np.ones_like(z)
+    lo, hi = -50.0, 50.0
+    for _ in range(60):
+        a = (lo + hi) / 2
+        p = 1 / (1 + np.exp(-(a + strength * z)))
+        if p[eligible].mean() > rate:
+            hi = a
+        else:
+            lo = a
+    return 1 / (1 + np.exp(-(((lo + hi) / 2) + strength * z)))
+
+
+def _driver(cohort: pl.DataFrame, spec: dict, avail: np.ndarray, mods: list[str], j: int,
+            outcome: np.ndarray | None = None) -> np.ndarray:
+    """The per-sample score a MAR/MNAR drop probability follows (before the direction's sign)."""
+    col = spec.get("driver")
+    if col == "outcome":
+        if outcome is None:
+            raise MedmixError(f"missingness mechanism '{spec.get('name', spec['kind'])}': driver `outcome` needs the "
+                              "task's labels (ampute(..., outcome=y))")
+        y = np.asarray(outcome, dtype=np.float64)
+        y = y.mean(1) if y.ndim == 2 else y                # multilabel: how many labels are positive
+        return np.where(np.isfinite(y), y, np.nanmean(y) if np.isfinite(y).any() else 0.0)
+    if spec["kind"] == "mar" and not col:            # observed data: how many other modalities the sample has
+        return np.delete(avail, j, axis=1).sum(1).astype(np.float64)
+    if not col:
+        raise MedmixError(f"missingness mechanism '{spec.get('name', spec['kind'])}': mnar needs a `driver` "
+                          "(the outcome column, e.g. y_ihm, or a severity score of the cohort)")
+    if col not in cohort.columns:
+        raise MedmixError(f"missingness mechanism '{spec.get('name', spec['kind'])}': driver column '{col}' is not in "
+                          f"the cohort (columns: {', '.join(c for c in cohort.columns if not c.startswith('_'))})")
+    v = cohort[col]
+    if v.dtype == pl.String:
+        v = v.cast(pl.Float64, strict=False)
+    x = v.cast(pl.Float64, strict=False).to_numpy()
+    return np.where(np.isfinite(x), x, np.nanmean(x) if np.isfinite(x).any() else 0.0)
+
+
+def ampute(cohort: pl.DataFrame, modalities, spec: dict, rate: float, seed: int = 0,
+           outcome: np.ndarray | None = None) -> np.ndarray:
+    """(N, M) keep mask of one missingness mechanism at average rate `rate`, for the cohort's
+    available inputs of `modalities` (canonical order, `dataset_modalities`); False = dropped.
+
+    Like scikit-learn-style amputers, it takes data and returns masks, so the same perturbation can
+    be applied outside the workflow. `spec`:
+
+    - `{"kind": "mcar"}`: each available input dropped with probability `rate`;
+    - `{"kind": "mar", "driver": <cohort column>?, "direction": "up"|"down", "strength": 2.0}`:
+      the drop probability of every modality rises (`up`) or falls with an *observed* quantity: a
+      cohort column (e.g. `group_age`, a lab) or, by default, how many other modalities the sample
+      has (the better documented patients lose more);
+    - `{"kind": "mnar", "driver": <column> | "outcome", ...}`: the same on an *unobserved* one: the
+      outcome (`driver: outcome` with the labels passed as `outcome`, or a label column such as
+      y_ihm) or a severity score (`direction: down` on the outcome: survivors lose more inputs);
+    - `{"kind": "block", "modalities": [...]}`: that subset of modalities missing together, for a
+      fraction `rate` of the samples.
+
+    `modalities` restricts which modalities lose inputs (default: all). In every mechanism a sample
+    keeps at least one available input (one is drawn back at random when all would go), so the
+    realised rate (`realised_rate`) is below `rate` where samples have few modalities. MCAR is
+    today's test-time drop (probability `rate` per input); MAR and MNAR probabilities are logistic
+    in the standardised driver with an offset calibrated so that they drop exactly as many inputs
+    as MCAR does at the same `rate`: the mechanisms compare at equal missingness. Seeded by `seed`
+    only: identical for every method."""
+    kind = spec.get("kind")
+    if kind not in MECHANISMS:
+        raise MedmixError(f"missingness mechanism '{spec.get('name', kind)}': kind must be one of {', '.join(MECHANISMS)}")
+    mods = dataset_modalities(modalities, cohort)
+    avail = cohort_availability(cohort, mods)
+    rng = np.random.default_rng([int(seed), int(round(float(rate) * 1e6))])   # common to the mechanisms
+    target = list(spec.get("modalities") or mods)
+    unknown = [m for m in target if m not in mods]
+    if unknown:
+        raise MedmixError(f"missingness mechanism '{spec.get('name', kind)}': modalities {unknown} are not inputs "
+                          f"of this dataset ({', '.join(mods)})")
+    cols = np.array([m in target for m in mods])
+    if kind in ("mar", "mnar") and spec.get("driver") in (None, "") and kind == "mnar":
+        raise MedmixError(f"missingness mechanism '{spec.get('name', kind)}': mnar needs a `driver` "
+                          "(`outcome`, a label column such as y_ihm, or a severity score of the cohort)")
+    if kind == "block":
+        if cols.all():
+            raise MedmixError(f"missingness mechanism '{spec.get('name', kind)}': a block must leave at least one "
+                              "modality (a proper subset)")
+        hit = rng.random(len(avail)) < rate
+        # a sample whose only inputs are in the block keeps them: nobody is left with nothing
+        hit &= (avail & ~cols).any(1)
+        return ~(hit[:, None] & cols[None, :] & avail) | ~avail
+    u = rng.random(avail.shape)                      # one draw per entry, shared by every calibration step
+    back = np.where(avail, rng.random(avail.shape), -1.0).argmax(1)   # the input drawn back when all would go
+
+    def draw(p: np.ndarray) -> np.ndarray:
+        keep = avail & ~((u < p) & avail)
+        lost = avail.any(1) & ~keep.any(1)
+        keep[lost, back[lost]] = True
+        return keep | ~avail
+
+    mcar = draw(np.where(cols[None, :], float(rate), 0.0) * np.ones(avail.shape))
+    if kind == "mcar":
+        return mcar
+    # MAR/MNAR drop as many inputs as MCAR does at the same rate (keep-one rule included), so curves of
+    # different mechanisms compare at equal missingness: the nominal rate of the logistic
+    # probabilities is found by bisection (the realised rate grows with it, the draws being fixed)
+    sign = -1.0 if spec.get("direction", "up") == "down" else 1.0
+    strength = float(spec.get("strength", 2.0))
+    scores = {j: sign * _driver(cohort, spec, avail, mods, j, outcome) for j in np.flatnonzero(cols)}
+
+    def at(nominal: float) -> np.ndarray:
+        p = np.zeros(avail.shape)
+        for j, score in scores.items():
+            p[:, j] = _calibrated(score, avail[:, j], nominal, strength)
+        return draw(p)
+
+    target = int((avail & ~mcar).sum())
+    lo, hi = 0.0, 1.0
+    best = at(float(rate))
+    for _ in range(25):
+        mid = (lo + hi) / 2
+        keep = at(mid)
+        n = int((avail & ~keep).sum())
+        if abs(n - target) < abs(int((avail & ~best).sum()) - target):
+            best = keep
+        if n == target:
+            break
+        lo, hi = (mid, hi) if n < target else (lo, mid)
+    return best
+
+
+def realised_rate(cohort: pl.DataFrame, modalities, keep: np.ndarray) -> float:
+    """The fraction of the cohort's available inputs that a keep mask drops."""
+    avail = cohort_availability(cohort, dataset_modalities(modalities, cohort))
+    return float((avail & ~keep).sum() / max(int(avail.sum()), 1))

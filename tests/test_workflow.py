@@ -82,14 +82,24 @@ def test_metrics_main_table_and_logs(dag):
 
 def test_paper_experiments_figures_and_tables(dag):
     wd = dag["wd"]
-    for f in ("robustness_test", "robustness_train_one", "robustness_train_multi", "ablation", "teacher_ablation",
-              "efficiency", "weights_tiny", "calibration_tiny"):
+    for f in ("robustness_test", "robustness_train_one", "robustness_train_multi", "robustness_mar",
+              "robustness_mnar", "robustness_block", "ablation", "teacher_ablation", "efficiency", "weights_tiny",
+              "calibration_tiny"):
         assert (wd / f"results/figures/{f}.png").read_bytes()[:4] == b"\x89PNG", f
     teach = (wd / "results/tables/teacher_ablation.md").read_text()   # the teacher variants the config lists
     assert "| medmix | 1 |" in teach and "| teacher_deployed | 1 |" in teach and "val AUROC" in teach
     assert "| early_concat |" not in teach
     subsets = (wd / "results/tables/missing_subsets.md").read_text()
     assert "| paired |" in subsets and "| cxr+ehr+notes |" in subsets
+    # the missingness mechanisms (schema defaults): every method saw the same masks, curves to the last rate
+    rob = json.loads((wd / "results/tiny/robustness.json").read_text())
+    assert set(rob["mechanisms"]) == {"mcar", "mar", "mnar", "block"}
+    assert len(rob["mechanisms"]["block"]) == 6                       # every non-empty proper subset of 3 modalities
+    assert all(len(h) == 1 for h in rob["mechanism_masks"].values()), rob["mechanism_masks"]
+    methods = set(TINY_CONFIG["methods"])
+    assert set(rob["mechanisms"]["mnar"]["all"]) == methods
+    mech = (wd / "results/tables/missing_mechanisms.md").read_text()
+    assert "### tiny: mnar (AUROC)" in mech and "### tiny: block (cxr+notes) (AUROC)" in mech
     eff = pl.read_csv(wd / "results/tables/efficiency.csv").filter(pl.col("dataset") == "tiny")
     called = dict(zip(eff["method"], eff["teacher_encoders_called"].fill_null("")))
     assert called["medmix"] == "" and called["teacher_deployed"] != ""   # measured: medmix calls no teacher
@@ -102,7 +112,8 @@ def test_report_holds_every_table_and_figure(dag):
     for name in ("robustness_test.png", "robustness_train_one.png", "robustness_train_multi.png", "ablation.png",
                  "efficiency.png", "weights_tiny.png", "missing_subsets.md", "ablation.md", "efficiency.csv",
                  "main.md", "cohort.json", "cross_cohort.md", "calibration_tiny.png", "subgroups_tiny.md",
-                 "teacher_ablation.png", "teacher_ablation.md"):
+                 "teacher_ablation.png", "teacher_ablation.md", "robustness_mar.png", "robustness_mnar.png",
+                 "robustness_block.png", "missing_mechanisms.md"):
         assert name in html, name
 
 

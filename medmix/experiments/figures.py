@@ -133,6 +133,62 @@ def robustness(summaries: list[str | Path], fig_dir: str | Path, table_dir: str 
         lines.append("")
     with atomic_path(table_dir / "missing_subsets.md") as tmp:
         tmp.write_text("\n".join(lines))
+    mechanisms(res, fig_dir, table_dir)
+
+
+def mechanisms(res: list[dict], fig_dir: Path, table_dir: Path) -> None:
+    """One figure per missingness mechanism (robustness_<name>.png: a panel per dataset and curve, a
+    line per method; for MAR/MNAR the first method under MCAR at the same missingness dashed) and missing_mechanisms.md (each method's metric
+    and its loss from rate 0, per dataset, mechanism and rate)."""
+    plt = _plt()
+    names = list(dict.fromkeys(n for r in res for n in r.get("mechanisms", {}) if n != "mcar"))
+    for name in names:
+        panels = [(r, key) for r in res for key in r["mechanisms"].get(name, {})]
+        ncol = min(len(panels), 3) or 1
+        nrow = max(1, -(-len(panels) // ncol))
+        fig, axes = plt.subplots(nrow, ncol, figsize=(5.0 * ncol, 3.8 * nrow), squeeze=False)
+        for ax, (r, key) in zip(axes.flat, panels):
+            k = r.get("primary", "auroc")
+            for i, (method, curve) in enumerate(r["mechanisms"][name][key].items()):
+                _curve(ax, curve, method, k)
+                ref = r["mechanisms"].get("mcar", {}).get("all", {}).get(method) if key == "all" else None
+                if ref and i == 0:       # MCAR at the same missingness, first method: the reference
+                    pts = sorted((float(q), e[k]["mean"]) for q, e in ref.items() if e[k]["mean"] is not None)
+                    if pts:
+                        ax.plot(*zip(*pts), ls="--", color="grey", label=f"{method}, MCAR")
+            if key == "all":
+                xlabel, what = "rate (as many inputs dropped as MCAR at this rate)", name
+            else:   # a block: the fraction of samples that lose the whole subset
+                xlabel, what = f"fraction of samples without {key} (together)", f"{name}: {key}"
+            _finish(ax, xlabel, f"{r['dataset']}: {what}", k)
+        for ax in list(axes.flat)[len(panels):]:
+            ax.set_axis_off()
+        if not panels:
+            _empty(axes[0][0], f"no {name} curve (no robustness target)")
+        _save(fig, fig_dir / f"robustness_{name}.png")
+    lines = ["Test metric (the task's primary one), mean over seeds, of the trained models under each test-time "
+             "missingness mechanism (masks shared by every method), and in brackets its change from rate 0. "
+             "MAR and MNAR drop as many inputs as MCAR at the same rate; *realised* is the fraction of available "
+             "inputs dropped (each sample keeps at least one).", ""]
+    for r in res:
+        k = r.get("primary", "auroc")
+        for name, curves in r.get("mechanisms", {}).items():
+            for key, by_method in curves.items():
+                methods = list(by_method)
+                rates = sorted(by_method[methods[0]], key=float)
+                title = f"{name}" + (f" ({key})" if key != "all" else "")
+                lines += [f"### {r['dataset']}: {title} ({_label(k)})", "",
+                          "| rate | realised | " + " | ".join(methods) + " |", "| --- | --- |" + " --- |" * len(methods)]
+                for q in rates:
+                    cells = []
+                    for m in methods:
+                        e, e0 = by_method[m][q][k]["mean"], by_method[m][rates[0]][k]["mean"]
+                        cells.append("–" if e is None else f"{e:.3f} ({e - e0:+.3f})" if e0 is not None else f"{e:.3f}")
+                    lines.append(f"| {float(q):.1f} | {by_method[methods[0]][q]['realised_rate']:.2f} | "
+                                 + " | ".join(cells) + " |")
+                lines.append("")
+    with atomic_path(table_dir / "missing_mechanisms.md") as tmp:
+        tmp.write_text("\n".join(lines))
 
 
 # the teacher ablation's two metrics per task type (ranking and precision at the top)

@@ -19,16 +19,32 @@ import torch
 from medmix.data import cohort as cohort_mod
 from medmix.inputs import Caches
 from medmix.io import stable_hash
-from medmix.masks import MULTI, cohort_availability, dataset_modalities, test_masks
+from medmix.masks import MULTI, ampute, block_subsets, cohort_availability, dataset_modalities, test_masks
 from medmix.metrics import METRICS, PRIMARY, task_metrics
 from medmix.run import Run
 
-_NOT_METRICS = ("n", "dropped", "mask_hash", "excluded", "excluded_no_modality")
+_NOT_METRICS = ("n", "dropped", "mask_hash", "excluded", "excluded_no_modality", "realised_rate")
 
 
-def evaluate_run(run: str | Path, cohort: str | Path, caches: Caches, rates: list[float], mask_seed: int = 0) -> dict:
+def mechanism_curves(mechanisms: list[dict], mods: list[str]) -> list[tuple[str, str, dict]]:
+    """(mechanism name, curve key, ampute spec) of every curve: MCAR first (the reference every other
+    mechanism is calibrated to), then each mechanism; a block without `modalities` gives one curve
+    per non-empty proper subset (key `notes+cxr`), the others one curve (key `all`)."""
+    out = [("mcar", "all", {"kind": "mcar"})] if mechanisms else []
+    for mech in mechanisms:
+        if mech["kind"] == "block":
+            out += [(mech["name"], "+".join(sub), {**mech, "modalities": list(sub)}) for sub in block_subsets(mech, mods)]
+        else:
+            out.append((mech["name"], "all", mech))
+    return out
+
+
+def evaluate_run(run: str | Path, cohort: str | Path, caches: Caches, rates: list[float], mask_seed: int = 0,
+                 mechanisms: list[dict] | None = None) -> dict:
     """Test metrics of one run under each drop rate, on the paired and partial test sets, and for
-    every subset of the dataset's modalities. Masks and sample sets come from the cohort only."""
+    every subset of the dataset's modalities; with `mechanisms`, under each missingness mechanism
+    (medmix.masks.ampute) at each rate too. Masks and sample sets come from the cohort (and, for an
+    MNAR driver `outcome`, its labels) only, so every method sees the same masks."""
     r = Run.load(run)
     co = cohort_mod.read(cohort)
     test = (co["split"] == "test").to_numpy()
@@ -54,6 +70,14 @@ def evaluate_run(run: str | Path, cohort: str | Path, caches: Caches, rates: lis
         keep = test_masks(avail, rate, mask_seed)
         out["rates"][str(float(rate))] = {**predict(keep, everyone), "dropped": int((avail & ~keep).sum()),
                                           "mask_hash": stable_hash(keep.tolist())}
+    out["mechanisms"] = {}
+    for name, key, spec in mechanism_curves(mechanisms or [], dmods):
+        curve = out["mechanisms"].setdefault(name, {}).setdefault(key, {})
+        for rate in rates:
+            keep = ampute(test_cohort, dmods, spec, rate, mask_seed, outcome=y)
+            curve[str(float(rate))] = {**predict(keep, everyone), "dropped": int((avail & ~keep).sum()),
+                                       "realised_rate": float((avail & ~keep).sum() / max(int(avail.sum()), 1)),
+                                       "mask_hash": stable_hash(keep.tolist())}
     full = np.ones_like(avail)
     out["test_sets"]["partial"] = predict(full, everyone)
     out["test_sets"]["paired"] = predict(full, avail.all(1))
@@ -96,11 +120,23 @@ def summarize(dataset: str, evals: list[dict], drop_runs: list[str | Path], base
         for rate, r in e["rates"].items():
             res["masks"].setdefault(rate, set()).add(r["mask_hash"])
     res["masks"] = {k: sorted(v) for k, v in res["masks"].items()}
+    res["mechanisms"], res["mechanism_masks"] = {}, {}
+    for e in evals:
+        for name, curves in e.get("mechanisms", {}).items():
+            for key, curve in curves.items():
+                for rate, r in curve.items():
+                    res["mechanism_masks"].setdefault(f"{name}/{key}/{rate}", set()).add(r["mask_hash"])
+    res["mechanism_masks"] = {k: sorted(v) for k, v in res["mechanism_masks"].items()}
     for method, es in by.items():
         res["test_drop"][method] = {rate: {**_summ([e["rates"][rate] for e in es]),
                                            "dropped": es[0]["rates"][rate]["dropped"]} for rate in es[0]["rates"]}
         res["test_sets"][method] = {k: _summ([e["test_sets"][k] for e in es]) for k in es[0]["test_sets"]}
         res["subsets"][method] = {k: _summ([e["subsets"][k] for e in es]) for k in es[0]["subsets"]}
+        for name, curves in es[0].get("mechanisms", {}).items():
+            for key, curve in curves.items():
+                res["mechanisms"].setdefault(name, {}).setdefault(key, {})[method] = {
+                    rate: {**_summ([e["mechanisms"][name][key][rate] for e in es]),
+                           "realised_rate": curve[rate]["realised_rate"]} for rate in curve}
     runs: dict = {}
     for d in list(map(Path, base_runs)) + list(map(Path, drop_runs)):
         m = json.loads((d / "metrics.json").read_text())

@@ -341,12 +341,19 @@ def target_files(pattern):
     return inputs
 
 
+def mechanism_figures():
+    """One robustness figure per configured missingness mechanism (medmix.experiments.figures.mechanisms)."""
+    return [f"results/figures/robustness_{m['name']}.png" for m in config["robustness"]["mechanisms"]]
+
+
 FIGURES = (
     [
         "results/figures/robustness_test.png",
         "results/figures/robustness_train_one.png",
         "results/figures/robustness_train_multi.png",
         "results/tables/missing_subsets.md",
+        "results/tables/missing_mechanisms.md",
+        *mechanism_figures(),
         "results/figures/ablation.png",
         "results/tables/ablation.md",
         "results/figures/teacher_ablation.png",

@@ -55,10 +55,11 @@ rule robustness:
     params:
         p=robustness_params,
         mask_seed=ROB["mask_seed"],
+        mechanisms=json.dumps(ROB["mechanisms"], sort_keys=True),
     shell:
         "OMP_NUM_THREADS={threads} python -m medmix robustness --dataset {wildcards.dataset} --runs {params.p[runs]} "
         "--base-runs {params.p[base]} --drop-runs {params.p[drop]} --rates {params.p[rates]} "
-        "--mask-seed {params.mask_seed} --cohort {input.cohort} --embeddings {input.embeddings} --out {output} > {log} 2>&1"
+        "--mask-seed {params.mask_seed} --mechanisms {params.mechanisms:q} --cohort {input.cohort} --embeddings {input.embeddings} --out {output} > {log} 2>&1"
 
 
 rule efficiency:

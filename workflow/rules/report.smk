@@ -32,6 +32,12 @@ rule figure_robustness:
         subsets=report(
             "results/tables/missing_subsets.md", category="Robustness", caption="../report/missing_subsets.rst"
         ),
+        mechanisms=report(
+            "results/tables/missing_mechanisms.md", category="Robustness", caption="../report/missing_mechanisms.rst"
+        ),
+        mechanism_figures=[
+            report(f, category="Robustness", caption="../report/robustness_mechanism.rst") for f in mechanism_figures()
+        ],
     log:
         "results/logs/figure_robustness.log",
     conda:
