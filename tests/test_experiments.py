@@ -189,4 +189,4 @@ def test_drop_parsing_paths_and_config_checks():
     cfg["robustness"] = {"test_rates": [1.5]}
     with pytest.raises(MedmixError, match="robustness/test_rates/0"):
         config.validate(cfg)
-    assert config.validate(TINY_CONFIG)["robustness"]["test_rates"][-1] == 0.7
+    assert config.validate(TINY_CONFIG)["robustness"]["test_rates"][-1] == 0.9
