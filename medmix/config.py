@@ -297,6 +297,9 @@ class TrainParams:
     teacher_schedule: str = _default("train", "teacher_schedule")
     kd_warmup: int = _default("train", "kd_warmup")
     kd_weight: str = _default("train", "kd_weight")
+    impute_k: int = _default("train", "impute_k")
+    impute_bank: int = _default("train", "impute_bank")
+    lambda_balance: float = _default("train", "lambda_balance")
     pos_weight: bool = _default("train", "pos_weight")
     bootstrap: int = _default("train", "bootstrap")
     calibrate: str = _default("train", "calibrate")
@@ -327,25 +330,36 @@ class TrainJob:
         return from_dict_strict(cls, {**d, "train": TrainParams.from_dict(d.get("train", {}))}, "train job")
 
     def to_dict(self) -> dict:
+        """The job as train_job writes it: without the train settings its method does not read."""
         d = dataclasses.asdict(self)
         if d["drop"] is None:
             del d["drop"]
+        unread = unread_settings(self.method)
+        d["train"] = {k: v for k, v in d["train"].items() if k not in unread}
         return d
 
 
-# train settings that only a teacher branch reads: a method without one does not depend on them,
-# so changing them reruns no baseline
+# train settings that only some methods read: a method that does not read one does not depend on
+# it (it keeps the default), so changing it reruns no other method
 TEACHER_KEYS = ("lambda_align", "lambda_kd", "tau", "align", "align_on", "teacher_schedule", "kd_warmup", "kd_weight")
+IMPUTE_KEYS = ("impute_k", "impute_bank")    # the impute_knn architecture
+MOE_KEYS = ("lambda_balance",)               # the sparse mixture of experts (inter: moe)
+
+
+def unread_settings(method: str) -> tuple[str, ...]:
+    """The train settings a method does not read (left at their defaults, out of its jobs)."""
+    spec = method_spec(method)
+    return (TEACHER_KEYS * (not spec.teacher) + IMPUTE_KEYS * (spec.arch != "impute_knn")
+            + MOE_KEYS * (spec.inter != "moe"))
 
 
 def train_settings(cfg: dict, name: str, method: str) -> dict:
     """The train settings of (dataset, method): the dataset's own `train` over the shared block, a
-    variant's fixed settings over both; without a teacher branch, no teacher setting (its default)."""
+    variant's fixed settings over both, less the settings the method does not read."""
     spec = method_spec(method)
     train = {**cfg["train"], **dataset(cfg, name).get("train", {}), **dict(spec.train)}
-    if not spec.teacher:
-        train = {k: v for k, v in train.items() if k not in TEACHER_KEYS}
-    return train
+    unread = unread_settings(method)
+    return {k: v for k, v in train.items() if k not in unread}
 
 
 def train_job(cfg: dict, name: str, method: str) -> dict:

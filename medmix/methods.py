@@ -16,7 +16,7 @@ from medmix.io import from_dict_strict
 @dataclass(frozen=True)
 class MethodSpec:
     """What a method name means. Unknown keys are an error (`from_dict`)."""
-    arch: str                       # a model registered in medmix.model (medmix, early_concat, late_fusion, logreg)
+    arch: str                       # a model registered in medmix.model (medmix, early_concat, late_fusion, logreg, impute_*)
     intra: str = "gated"            # intra-modality fusion (medmix arch)
     inter: str = "gated"            # inter-modality fusion (medmix arch)
     teacher: bool = False           # trains with the teacher branch (teacher embeddings, training only)
@@ -64,6 +64,14 @@ METHODS: dict[str, MethodSpec] = {
     "logreg_concat": MethodSpec("logreg"),
     "teacher_deployed": MethodSpec("medmix", inputs="teachers"),
     "late_fusion": MethodSpec("late_fusion"),
+    # imputation baselines (medmix.model.imputation): absent inputs filled in, then early fusion
+    "impute_zero": MethodSpec("impute_zero"),
+    "impute_mean": MethodSpec("impute_mean"),
+    "impute_token": MethodSpec("impute_token"),
+    "impute_knn": MethodSpec("impute_knn"),
+    # the field's missing-modality fusions on MedMIX's per-modality tokens, no teacher (medmix.model.fusion)
+    "medfuse": MethodSpec("medmix", inter="lstm"),
+    "sparse_moe": MethodSpec("medmix", inter="moe"),
 }
 
 

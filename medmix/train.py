@@ -39,9 +39,10 @@ log = logging.getLogger("medmix.train")
 
 
 def make_batch(X, M, idx, TX=None, TM=None, pre=None) -> dict:
-    """A batch of rows `idx`: expert inputs, teacher inputs (TX, TM) and per-row tensors `pre`
-    (a frozen teacher's outputs), all index gathers."""
-    b = {"x": {m: [x[idx] for x in xs] for m, xs in X.items()}, "mask": {m: v[idx] for m, v in M.items()}}
+    """A batch of rows `idx` (kept as `row`): expert inputs, teacher inputs (TX, TM) and per-row
+    tensors `pre` (a frozen teacher's outputs), all index gathers."""
+    b = {"x": {m: [x[idx] for x in xs] for m, xs in X.items()}, "mask": {m: v[idx] for m, v in M.items()},
+         "row": idx}
     if TX:
         b["tx"] = {m: [x[idx] for x in xs] for m, xs in TX.items()}
         b["tmask"] = {m: v[idx] for m, v in TM.items()}
@@ -430,6 +431,8 @@ def _fit_neural(job: TrainJob, method: MethodSpec, cfg, tcfg: TrainParams, task:
     torch.manual_seed(seed)
     gen = torch.Generator(device=device).manual_seed(seed)
     model = create_model(method, exp.dims, cfg, teacher_dims=tdims, n_out=task.n_out).to(device)
+    if hasattr(model, "fit_inputs"):  # an imputer (medmix.model.imputation): fitted on the train split only
+        model.fit_inputs(X, M, torch.from_numpy(np.flatnonzero(split == "train")).to(device), exp.norm)
     yt = torch.from_numpy(y.astype(np.float32)).to(device)
     tr_rows = (split == "train") & task.labelled(y)
     tr = torch.from_numpy(np.flatnonzero(tr_rows)).to(device)

@@ -5,12 +5,13 @@ seeded Optuna TPE search runs `trials` fits (TPE samples its first 10 trials at 
 budget of 10 or fewer is a seeded random search), each scored by the task's primary metric on the
 validation split (mean over `seeds`). Test labels are never read: a fit uses the train rows and
 early-stops on validation rows, and the objective reads validation rows only. The search space of
-a method is the union of the config's `tuning.spaces` groups that apply to it:
+a method is the union of the config's `tuning.spaces` groups that apply to it, less the fusion
+settings its architecture does not read (a model class's `reads`, e.g. the imputers have no `d`):
 
 | group     | applies to                                    | typical parameters                      |
 | --------- | --------------------------------------------- | --------------------------------------- |
 | `neural`  | every network (not the closed-form logreg)    | hidden, dropout, lr, weight_decay       |
-| `medmix`  | architecture medmix                           | d, modality_dropout, expert_dropout     |
+| `medmix`  | architecture medmix, and the imputers         | d, modality_dropout, expert_dropout     |
 | `teacher` | methods with a training-only teacher branch   | lambda_align, lambda_kd, tau, schedule  |
 | `linear`  | closed-form linear models (logreg_concat)     | C                                       |
 
@@ -31,6 +32,8 @@ from medmix.inputs import Caches
 from medmix.io import MedmixError, write_json
 from medmix.methods import MethodSpec, method_spec
 from medmix.metrics import PRIMARY, primary_score
+from medmix.model import TRAINER_KEYS
+from medmix.model.registry import model_class
 from medmix.train import _fitted, apply_tuning, fit, prepare
 
 GROUPS = ("neural", "medmix", "teacher", "linear")
@@ -40,7 +43,9 @@ def method_space(method: MethodSpec, spaces: dict) -> dict:
     """The search space of a method: the `spaces` groups that apply to it, merged in GROUPS order,
     less the settings the method fixes (an ablation variant's `train`)."""
     linear = _fitted(method)
-    applies = {"neural": not linear, "medmix": method.arch == "medmix" and not linear,
+    reads = getattr(model_class(method.arch), "reads", None)  # the fusion settings it reads (None: all)
+    applies = {"neural": not linear,
+               "medmix": not linear and (method.arch == "medmix" or "modality_dropout" in (reads or ())),
                "teacher": method.teacher and not linear, "linear": linear}
     unknown = sorted(set(spaces) - set(GROUPS))
     if unknown:
@@ -50,7 +55,7 @@ def method_space(method: MethodSpec, spaces: dict) -> dict:
         if applies[g]:
             out.update(spaces.get(g) or {})
     fixed = dict(method.train)
-    return {k: v for k, v in out.items() if k not in fixed}
+    return {k: v for k, v in out.items() if k not in fixed and (reads is None or k in reads or k in TRAINER_KEYS)}
 
 
 def _suggest(trial, name: str, spec: dict):

@@ -108,6 +108,10 @@ def _models() -> dict:
         if getattr(model, "fitted", False):  # a closed-form model: give it non-zero weights
             for p in model.parameters():
                 p.data.normal_()
+        if hasattr(model, "fit_inputs"):     # an imputer: fitted on other (training) rows
+            fit = _batch(b=40, seed=3)
+            norm = {m: [(torch.randn(d), torch.rand(d) + 0.5) for d in ds] for m, ds in DIMS.items()}
+            model.fit_inputs(fit["x"], fit["mask"], torch.arange(40), norm)
         return model
     return {name: (lambda spec=spec: build(spec)) for name, (spec, _) in out.items()}
 

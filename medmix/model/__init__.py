@@ -10,11 +10,13 @@ import torch.nn as nn
 from medmix.io import MedmixError
 from medmix.methods import MethodSpec
 from medmix.model.baselines import EarlyConcat, LateFusion, Linear
+from medmix.model.imputation import ImputeKNN, ImputeMean, ImputeToken, ImputeZero
 from medmix.model.fusion import create_fusion, list_fusions, register_fusion
 from medmix.model.medmix import FusionConfig, MedMIX
 from medmix.model.registry import list_models, model_class, register_model
 
-__all__ = ["FusionConfig", "MedMIX", "EarlyConcat", "LateFusion", "Linear", "create_model", "fusion_config",
+__all__ = ["FusionConfig", "MedMIX", "EarlyConcat", "LateFusion", "Linear", "ImputeZero", "ImputeMean",
+           "ImputeToken", "ImputeKNN", "create_model", "fusion_config",
            "create_fusion", "list_fusions", "register_fusion", "register_model", "list_models", "TRAINER_KEYS", "weight_columns"]
 
 # keys of the config's `train` block that the trainer reads; every other key is a FusionConfig field

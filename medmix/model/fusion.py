@@ -187,3 +187,76 @@ class InterTransformer(nn.Module):
         tokens = torch.cat([self.cls.expand(b, -1, -1), z + self.emb], 1)
         pad = torch.cat([torch.zeros(b, 1, dtype=torch.bool, device=z.device), ~avail], 1)
         return self.layer(tokens, src_key_padding_mask=pad)[:, 0], _uniform(avail)
+
+
+@register_fusion("inter", "lstm")
+class InterLSTM(nn.Module):
+    """An LSTM over the available modality tokens, in the dataset's modality order; u = its last
+    hidden state. A missing modality is skipped: the sequence is shorter.
+
+    MedFuse (Hayat et al., MLHC 2022) fuses EHR and CXR features with an LSTM and, for a sample
+    without a CXR, feeds the EHR token alone. Kept: the LSTM over per-modality tokens with missing
+    ones left out of the sequence. Adapted: the tokens are each modality's fused frozen-expert
+    embedding plus a learned modality embedding (MedFuse fine-tunes one encoder per modality), over
+    every modality of the dataset, not only EHR and CXR. β is uniform over the available modalities
+    (an LSTM has no per-modality weight)."""
+
+    def __init__(self, d, m):
+        super().__init__()
+        self.emb = nn.Parameter(torch.zeros(m, d))
+        self.lstm = nn.LSTM(d, d, batch_first=True)
+
+    def forward(self, z, avail):
+        b, m, d = z.shape
+        pos = torch.arange(m, device=z.device)
+        order = torch.argsort((~avail).long() * m + pos, dim=1)             # available first, in order
+        tok = (z.masked_fill(~avail.unsqueeze(-1), 0.0) + self.emb).gather(1, order.unsqueeze(-1).expand(-1, -1, d))
+        n = avail.sum(1)
+        packed = nn.utils.rnn.pack_padded_sequence(tok, n.clamp(min=1).cpu(), batch_first=True, enforce_sorted=False)
+        _, (h, _) = self.lstm(packed)
+        return h[-1] * (n > 0).unsqueeze(-1).to(h.dtype), _uniform(avail)
+
+
+@register_fusion("inter", "moe")
+class InterMoE(nn.Module):
+    """A sparse mixture of experts over the available modality tokens: a router scores E = 4
+    feed-forward experts per token, the top 2 process it (their router probabilities renormalised),
+    a residual adds the token back, and u is the mean over the available modalities. Missing
+    modalities are never routed. `balance` (after each forward) is the Switch-Transformer
+    load-balancing loss E·Σ_e f_e P_e over the available tokens, added by MedMIX's loss with
+    weight `lambda_balance`.
+
+    Flex-MoE (Yun et al., NeurIPS 2024) and FuseMoE (Han et al., NeurIPS 2024) route modality
+    tokens through sparse experts and handle missing modalities by what they route. Kept: per-token
+    top-k routing over FFN experts, missing modalities excluded, a load-balancing loss. Adapted:
+    the tokens are each modality's fused frozen-expert embedding; Flex-MoE's missing-modality bank
+    and its generalised/specialised expert training, and FuseMoE's per-modality routers and Laplace
+    gating are not kept. Every expert is computed densely and weighted by the sparse gate (E is
+    small): the same output as sparse dispatch."""
+    n_experts, top_k = 4, 2
+
+    def __init__(self, d, m):
+        super().__init__()
+        self.emb = nn.Parameter(torch.zeros(m, d))
+        self.router = nn.Linear(d, self.n_experts)
+        self.experts = nn.ModuleList(nn.Sequential(nn.Linear(d, 2 * d), nn.GELU(), nn.Linear(2 * d, d))
+                                     for _ in range(self.n_experts))
+        self.balance = None
+
+    def route(self, t):
+        """(gate (B, M, E): the top-k experts' renormalised weights, 0 elsewhere; router
+        probabilities (B, M, E); the chosen experts (B, M, k))."""
+        probs = torch.softmax(self.router(t), -1)
+        top, idx = probs.topk(self.top_k, -1)
+        return torch.zeros_like(probs).scatter(-1, idx, top / top.sum(-1, keepdim=True)), probs, idx
+
+    def forward(self, z, avail):
+        t = z.masked_fill(~avail.unsqueeze(-1), 0.0) + self.emb                  # (B, M, d)
+        gate, probs, idx = self.route(t)
+        out = t + sum(gate[..., e:e + 1] * f(t) for e, f in enumerate(self.experts))
+        beta = _uniform(avail)
+        a = avail.unsqueeze(-1).to(probs.dtype)
+        n = a.sum().clamp(min=1)
+        frac = (nn.functional.one_hot(idx[..., 0], self.n_experts).to(probs.dtype) * a).sum((0, 1)) / n
+        self.balance = self.n_experts * (frac * (probs * a).sum((0, 1)) / n).sum()
+        return (beta.unsqueeze(-1) * out).sum(1), beta

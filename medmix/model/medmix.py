@@ -44,7 +44,20 @@ class FusionConfig:
     align: str = _train("align")                          # cosine (stop-gradient on the teacher) | infonce | relational
     align_on: str = _train("align_on")                    # modality | fused | both
     kd_weight: str = _train("kd_weight")                  # none | confidence (the teacher's probability of the label)
+    impute_k: int = _train("impute_k")                    # impute_knn: neighbours averaged
+    impute_bank: int = _train("impute_bank")              # impute_knn: training patients kept as neighbours
+    lambda_balance: float = _train("lambda_balance")      # inter moe: the router's load-balancing loss
     task: str = "binary"                                  # binary | multilabel | multiclass | survival (medmix.tasks)
+
+
+def train_mask(mask: dict, mods: list[str], cfg: FusionConfig, gen: torch.Generator | None) -> dict:
+    """The train-time expert and modality dropout (`expert_dropout`, `modality_dropout`): each
+    present expert, then each available modality, dropped with its probability; a modality keeps
+    one expert and a sample one modality. Every model that trains under dropout draws it here."""
+    mask = {m: keep_at_least_one(mask[m], cfg.expert_dropout, gen) for m in mods}
+    avail = torch.stack([mask[m].any(1) for m in mods], 1)
+    keep = keep_at_least_one(avail, cfg.modality_dropout, gen)
+    return {m: mask[m] & keep[:, i:i + 1] for i, m in enumerate(mods)}
 
 
 def mlp(d_in: int, hidden: int, d_out: int, dropout: float) -> nn.Module:
@@ -108,13 +121,7 @@ class MedMIX(nn.Module):
                 self.align["_fused"] = nn.Linear(cfg.d, cfg.d)  # '_' : never a modality name (config slugs)
 
     def forward(self, batch: dict, train: bool = False, gen: torch.Generator | None = None) -> dict:
-        mask = batch["mask"]
-        if train:
-            mods = self.student.mods
-            mask = {m: keep_at_least_one(mask[m], self.cfg.expert_dropout, gen) for m in mods}
-            avail = torch.stack([mask[m].any(1) for m in mods], 1)
-            keep = keep_at_least_one(avail, self.cfg.modality_dropout, gen)
-            mask = {m: mask[m] & keep[:, i:i + 1] for i, m in enumerate(mods)}
+        mask = train_mask(batch["mask"], self.student.mods, self.cfg, gen) if train else batch["mask"]
         u, z, avail, alphas, beta = self.student(batch["x"], mask)
         out = {"logit": self.head(u), "u": u, "z": z, "avail": avail, "alpha": alphas, "beta": beta}
         if train and self.teacher is not None:
@@ -136,7 +143,8 @@ class MedMIX(nn.Module):
 
     def loss(self, out: dict, y: torch.Tensor) -> tuple[torch.Tensor, dict]:
         """L = L_task(student) + L_task(teacher) + w (λ_align L_align + λ_kd L_kd) (rows with a label;
-        w = `teacher_weight`; no teacher task term once the teacher is frozen)."""
+        w = `teacher_weight`; no teacher task term once the teacher is frozen); plus the reliability
+        fusion's terms, and λ_balance × the router's load balance of a mixture of experts."""
         kind = self.cfg.task
         task = task_loss(kind, out["logit"], y, pos_weight=self.pos_weight)
         parts = {"task": task.item()}
@@ -145,6 +153,10 @@ class MedMIX(nn.Module):
             rel = reliability_loss(kind, self.head, self.student.inter, out["z"], out["avail"], y, self.pos_weight)
             total = total + rel
             parts["reliability"] = rel.item()
+        balance = getattr(self.student.inter, "balance", None)   # a sparse mixture of experts' router
+        if balance is not None and self.cfg.lambda_balance > 0:
+            total = total + self.cfg.lambda_balance * balance
+            parts["balance"] = balance.item()
         if "t_logit" in out:
             has_t = out["tavail"].any(1)
             if not self.teacher_frozen:
