@@ -299,7 +299,7 @@ class TrainParams:
     kd_weight: str = _default("train", "kd_weight")
     impute_k: int = _default("train", "impute_k")
     impute_bank: int = _default("train", "impute_bank")
-    lambda_balance: float = _default("train", "lambda_balance")
+    lambda_aux: float = _default("train", "lambda_aux")
     pos_weight: bool = _default("train", "pos_weight")
     bootstrap: int = _default("train", "bootstrap")
     calibrate: str = _default("train", "calibrate")
@@ -343,14 +343,15 @@ class TrainJob:
 # it (it keeps the default), so changing it reruns no other method
 TEACHER_KEYS = ("lambda_align", "lambda_kd", "tau", "align", "align_on", "teacher_schedule", "kd_warmup", "kd_weight")
 IMPUTE_KEYS = ("impute_k", "impute_bank")    # the impute_knn architecture
-MOE_KEYS = ("lambda_balance",)               # the sparse mixture of experts (inter: moe)
+AUX_KEYS = ("lambda_aux",)                   # inter fusions with an auxiliary loss (AUX_FUSIONS)
+AUX_FUSIONS = ("moe", "shaspec", "drfuse")
 
 
 def unread_settings(method: str) -> tuple[str, ...]:
     """The train settings a method does not read (left at their defaults, out of its jobs)."""
     spec = method_spec(method)
     return (TEACHER_KEYS * (not spec.teacher) + IMPUTE_KEYS * (spec.arch != "impute_knn")
-            + MOE_KEYS * (spec.inter != "moe"))
+            + AUX_KEYS * (spec.inter not in AUX_FUSIONS))
 
 
 def train_settings(cfg: dict, name: str, method: str) -> dict:

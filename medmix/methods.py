@@ -72,6 +72,8 @@ METHODS: dict[str, MethodSpec] = {
     # the field's missing-modality fusions on MedMIX's per-modality tokens, no teacher (medmix.model.fusion)
     "medfuse": MethodSpec("medmix", inter="lstm"),
     "sparse_moe": MethodSpec("medmix", inter="moe"),
+    "shaspec": MethodSpec("medmix", inter="shaspec"),
+    "drfuse": MethodSpec("medmix", inter="drfuse"),
 }
 
 

@@ -10,7 +10,7 @@ import torch
 from medmix import config
 from medmix.methods import method_spec
 from medmix.model import FusionConfig, create_model, fusion_config
-from medmix.model.fusion import InterLSTM, InterMoE
+from medmix.model.fusion import InterDrFuse, InterLSTM, InterMoE, InterShaSpec
 from medmix.model.imputation import ImputeKNN, ImputeToken, ImputeZero
 from medmix.train import train_run
 from medmix.tune import method_space
@@ -119,8 +119,9 @@ def test_settings_and_search_spaces_follow_what_each_method_reads():
     cfg = config.validate(TINY_CONFIG)
     assert "impute_k" in config.train_job(cfg, "tiny", "impute_knn")["train"]
     for m in ("early_concat", "medmix", "impute_mean"):
-        assert not {"impute_k", "impute_bank", "lambda_balance"} & set(config.train_job(cfg, "tiny", m)["train"])
-    assert "lambda_balance" in config.train_job(cfg, "tiny", "sparse_moe")["train"]
+        assert not {"impute_k", "impute_bank", "lambda_aux"} & set(config.train_job(cfg, "tiny", m)["train"])
+    for m in ("sparse_moe", "shaspec", "drfuse"):
+        assert "lambda_aux" in config.train_job(cfg, "tiny", m)["train"]
     spaces = cfg["tuning"]["spaces"] if cfg.get("tuning") else config.validate(
         {**TINY_CONFIG, "tuning": {"trials": 2}})["tuning"]["spaces"]
     imp = set(method_space(method_spec("impute_token"), spaces))
@@ -143,12 +144,12 @@ def test_lstm_fusion_reads_only_the_available_tokens_in_order():
 def test_moe_routes_each_token_to_two_experts_and_its_balance_loss_trains_the_router():
     torch.manual_seed(0)
     model = create_model(method_spec("sparse_moe"), {"a": [3], "b": [2]},
-                         fusion_config(method_spec("sparse_moe"), {"d": 8, "hidden": 8, "lambda_balance": 0.5}))
+                         fusion_config(method_spec("sparse_moe"), {"d": 8, "hidden": 8, "lambda_aux": 0.5}))
     X, M = {"a": [torch.randn(16, 3)], "b": [torch.randn(16, 2)]}, {"a": torch.ones(16, 1, dtype=torch.bool),
                                                                      "b": torch.rand(16, 1) > 0.5}
     out = model({"x": X, "mask": M}, train=True, gen=torch.Generator().manual_seed(0))
     loss, parts = model.loss(out, torch.rand(16).round())
-    assert "balance" in parts and parts["balance"] >= 1.0 - 1e-6   # E·Σ f P ≥ 1, equality when balanced
+    assert "aux" in parts and parts["aux"] >= 1.0 - 1e-6   # E·Σ f P ≥ 1, equality when balanced
     loss.backward()
     assert model.student.inter.router.weight.grad.abs().sum() > 0
     inter = InterMoE(8, 3)
@@ -163,7 +164,37 @@ def test_moe_routes_each_token_to_two_experts_and_its_balance_loss_trains_the_ro
     assert torch.allclose(u, want, atol=1e-5)
 
 
-@pytest.mark.parametrize("method", ["impute_zero", "impute_mean", "impute_token", "impute_knn", "medfuse", "sparse_moe"])
+def test_shaspec_gives_a_missing_modality_the_mean_shared_feature_and_classifies_the_specific_ones():
+    torch.manual_seed(0)
+    f = InterShaSpec(6, 3)
+    z, avail = torch.randn(4, 3, 6), torch.tensor([[1, 0, 1], [1, 1, 1], [0, 1, 0], [1, 1, 0]], dtype=torch.bool)
+    feat, s, p = f.features(z, avail)
+    assert torch.allclose(feat[0, 1], (s[0, 0] + s[0, 2]) / 2, atol=1e-6)
+    assert torch.allclose(feat[2, 0], s[2, 1], atol=1e-6) and torch.allclose(feat[2, 2], s[2, 1], atol=1e-6)
+    assert torch.allclose(feat[1, 1], s[1, 1] + f.compose(torch.cat([s[1, 1], p[1, 1]])), atol=1e-6)
+    f(z, avail)
+    rows, mods = avail.nonzero(as_tuple=True)
+    want = torch.nn.functional.cross_entropy(f.domain(p[rows, mods]), mods)
+    assert torch.allclose(f.aux, want, atol=1e-6)
+
+
+def test_drfuse_aux_is_pairwise_shared_alignment_plus_shared_distinct_orthogonality():
+    torch.manual_seed(0)
+    f = InterDrFuse(5, 3)
+    z, avail = torch.randn(3, 3, 5), torch.tensor([[1, 1, 0], [1, 1, 1], [0, 0, 1]], dtype=torch.bool)
+    _, beta = f(z, avail)
+    s = torch.stack([f.shared[i](z[:, i]) for i in range(3)], 1)
+    p = torch.stack([f.distinct[i](z[:, i]) for i in range(3)], 1)
+    cos = torch.nn.functional.cosine_similarity
+    ortho = [cos(s[b, i], p[b, i], dim=0) ** 2 for b in range(3) for i in range(3) if avail[b, i]]
+    align = [1 - cos(s[b, i], s[b, j], dim=0) for b in range(3) for i in range(3) for j in range(3)
+             if i != j and avail[b, i] and avail[b, j]]
+    assert torch.allclose(f.aux, torch.stack(ortho).mean() + torch.stack(align).mean(), atol=1e-5)
+    assert torch.allclose(beta[2], torch.tensor([0.0, 0.0, 1.0]))   # one modality: all its weight
+
+
+@pytest.mark.parametrize("method", ["impute_zero", "impute_mean", "impute_token", "impute_knn", "medfuse", "sparse_moe",
+                                    "shaspec", "drfuse"])
 def test_new_methods_train_with_a_train_time_drop(tiny_results, tmp_path, method):
     job = config.train_job(config.validate(TINY_CONFIG), "tiny", method)
     job["train"]["max_epochs"] = 2

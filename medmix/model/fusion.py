@@ -222,9 +222,9 @@ class InterMoE(nn.Module):
     """A sparse mixture of experts over the available modality tokens: a router scores E = 4
     feed-forward experts per token, the top 2 process it (their router probabilities renormalised),
     a residual adds the token back, and u is the mean over the available modalities. Missing
-    modalities are never routed. `balance` (after each forward) is the Switch-Transformer
-    load-balancing loss E·Σ_e f_e P_e over the available tokens, added by MedMIX's loss with
-    weight `lambda_balance`.
+    modalities are never routed. `aux` (after each forward) is the Switch-Transformer
+    load-balancing loss E·Σ_e f_e P_e over the available tokens (≥ 1, 1 when balanced), added by
+    MedMIX's loss with weight `lambda_aux`.
 
     Flex-MoE (Yun et al., NeurIPS 2024) and FuseMoE (Han et al., NeurIPS 2024) route modality
     tokens through sparse experts and handle missing modalities by what they route. Kept: per-token
@@ -241,7 +241,7 @@ class InterMoE(nn.Module):
         self.router = nn.Linear(d, self.n_experts)
         self.experts = nn.ModuleList(nn.Sequential(nn.Linear(d, 2 * d), nn.GELU(), nn.Linear(2 * d, d))
                                      for _ in range(self.n_experts))
-        self.balance = None
+        self.aux = None
 
     def route(self, t):
         """(gate (B, M, E): the top-k experts' renormalised weights, 0 elsewhere; router
@@ -258,5 +258,104 @@ class InterMoE(nn.Module):
         a = avail.unsqueeze(-1).to(probs.dtype)
         n = a.sum().clamp(min=1)
         frac = (nn.functional.one_hot(idx[..., 0], self.n_experts).to(probs.dtype) * a).sum((0, 1)) / n
-        self.balance = self.n_experts * (frac * (probs * a).sum((0, 1)) / n).sum()
+        self.aux = self.n_experts * (frac * (probs * a).sum((0, 1)) / n).sum()
         return (beta.unsqueeze(-1) * out).sum(1), beta
+
+
+def _ffn(d: int) -> nn.Module:
+    return nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, d))
+
+
+@register_fusion("inter", "shaspec")
+class InterShaSpec(nn.Module):
+    """Shared and specific features per modality; a missing modality's feature is the mean of the
+    available modalities' shared features; u = a projection of every modality's feature.
+
+    ShaSpec (Wang et al., CVPR 2023): one shared encoder for all modalities and one specific encoder
+    per modality; an available modality's feature is its shared feature plus a residual composed
+    from [shared; specific] (one composition layer for all modalities); a missing modality's
+    feature is generated from the available ones' shared features; a modality classifier on the
+    specific features (the domain classification objective) keeps them modality-specific. Kept:
+    all of that, with the averaging variant for the missing feature; `aux` is the classifier's
+    cross-entropy over the available tokens. Adapted: the encoders are MLPs on each modality's
+    fused frozen-expert embedding; the shared features' distribution alignment is not kept."""
+
+    def __init__(self, d, m):
+        super().__init__()
+        self.shared = _ffn(d)
+        self.specific = nn.ModuleList(_ffn(d) for _ in range(m))
+        self.compose = nn.Linear(2 * d, d)
+        self.domain = nn.Linear(d, m)
+        self.out = nn.Linear(m * d, d)
+        self.aux = None
+
+    def features(self, z, avail):
+        """(feature (B, M, d), shared (B, M, d), specific (B, M, d)) of masked tokens z."""
+        z = z.masked_fill(~avail.unsqueeze(-1), 0.0)
+        s = self.shared(z)
+        p = torch.stack([f(z[:, i]) for i, f in enumerate(self.specific)], 1)
+        a = avail.unsqueeze(-1).to(s.dtype)
+        s_mean = (s * a).sum(1, keepdim=True) / a.sum(1, keepdim=True).clamp(min=1)
+        f = torch.where(avail.unsqueeze(-1), s + self.compose(torch.cat([s, p], -1)), s_mean.expand_as(s))
+        return f, s, p
+
+    def forward(self, z, avail):
+        f, _, p = self.features(z, avail)
+        b, m, _ = p.shape
+        if avail.any():
+            target = torch.arange(m, device=z.device).expand(b, m)[avail]
+            self.aux = nn.functional.cross_entropy(self.domain(p[avail]), target)
+        else:
+            self.aux = p.sum() * 0.0
+        return self.out(f.flatten(1)) * avail.any(1, keepdim=True).to(f.dtype), _uniform(avail)
+
+
+@register_fusion("inter", "drfuse")
+class InterDrFuse(nn.Module):
+    """A shared and a distinct representation per modality; the shared ones of the available
+    modalities are averaged into one token; an attention over [shared, distinct of each available
+    modality] gives u. β: the attention's weight on each modality's distinct token plus its share
+    of the shared token, over the available modalities.
+
+    DrFuse (Yao et al., AAAI 2024) disentangles shared and modality-distinct representations of EHR
+    and CXR: the shared ones of the two modalities are aligned, the distinct ones kept apart from
+    the shared, a missing modality's shared representation comes from the other, and a
+    disease-aware attention fuses them. Kept: shared/distinct encoders per modality, the shared
+    token from the available modalities only, an alignment term (1 − cosine between every pair of
+    available modalities' shared representations; DrFuse uses a Jensen-Shannon divergence) and an
+    orthogonality term (squared cosine of each modality's shared and distinct representation),
+    their sum as `aux`, and a masked attention over the tokens. Adapted: every modality, not only
+    EHR and CXR; one attention query for the task (DrFuse has one per disease label) and no
+    disease-wise rank loss."""
+
+    def __init__(self, d, m):
+        super().__init__()
+        self.shared = nn.ModuleList(_ffn(d) for _ in range(m))
+        self.distinct = nn.ModuleList(_ffn(d) for _ in range(m))
+        self.key = nn.Linear(d, d)
+        self.query = nn.Parameter(torch.zeros(d))
+        self.aux = None
+
+    def forward(self, z, avail):
+        z = z.masked_fill(~avail.unsqueeze(-1), 0.0)
+        s = torch.stack([f(z[:, i]) for i, f in enumerate(self.shared)], 1)      # (B, M, d)
+        p = torch.stack([f(z[:, i]) for i, f in enumerate(self.distinct)], 1)
+        a = avail.unsqueeze(-1).to(s.dtype)
+        s_common = (s * a).sum(1) / a.sum(1).clamp(min=1)                           # (B, d)
+        tokens = torch.cat([s_common.unsqueeze(1), p], 1)                           # (B, 1 + M, d)
+        mask = torch.cat([avail.any(1, keepdim=True), avail], 1)
+        w = masked_softmax(torch.tanh(self.key(tokens)) @ self.query, mask)         # (B, 1 + M)
+        u = (w.unsqueeze(-1) * tokens).sum(1)
+        beta = w[:, 1:] + w[:, :1] * _uniform(avail)
+        self.aux = self._aux(s, p, avail)
+        return u, beta
+
+    @staticmethod
+    def _aux(s, p, avail):
+        sn, pn = nn.functional.normalize(s, dim=-1), nn.functional.normalize(p, dim=-1)
+        ortho = ((sn * pn).sum(-1) ** 2)[avail]
+        pair = avail.unsqueeze(2) & avail.unsqueeze(1) & ~torch.eye(avail.shape[1], dtype=torch.bool,
+                                                                   device=avail.device)  # (B, M, M)
+        align = (1 - sn @ sn.transpose(1, 2))[pair]
+        zero = s.sum() * 0.0
+        return (ortho.mean() if ortho.numel() else zero) + (align.mean() if align.numel() else zero)

@@ -46,7 +46,7 @@ class FusionConfig:
     kd_weight: str = _train("kd_weight")                  # none | confidence (the teacher's probability of the label)
     impute_k: int = _train("impute_k")                    # impute_knn: neighbours averaged
     impute_bank: int = _train("impute_bank")              # impute_knn: training patients kept as neighbours
-    lambda_balance: float = _train("lambda_balance")      # inter moe: the router's load-balancing loss
+    lambda_aux: float = _train("lambda_aux")              # an inter fusion's auxiliary loss (moe, shaspec, drfuse)
     task: str = "binary"                                  # binary | multilabel | multiclass | survival (medmix.tasks)
 
 
@@ -144,7 +144,7 @@ class MedMIX(nn.Module):
     def loss(self, out: dict, y: torch.Tensor) -> tuple[torch.Tensor, dict]:
         """L = L_task(student) + L_task(teacher) + w (λ_align L_align + λ_kd L_kd) (rows with a label;
         w = `teacher_weight`; no teacher task term once the teacher is frozen); plus the reliability
-        fusion's terms, and λ_balance × the router's load balance of a mixture of experts."""
+        fusion's terms, and λ_aux × an inter fusion's own auxiliary loss (its `aux` after the forward)."""
         kind = self.cfg.task
         task = task_loss(kind, out["logit"], y, pos_weight=self.pos_weight)
         parts = {"task": task.item()}
@@ -153,10 +153,10 @@ class MedMIX(nn.Module):
             rel = reliability_loss(kind, self.head, self.student.inter, out["z"], out["avail"], y, self.pos_weight)
             total = total + rel
             parts["reliability"] = rel.item()
-        balance = getattr(self.student.inter, "balance", None)   # a sparse mixture of experts' router
-        if balance is not None and self.cfg.lambda_balance > 0:
-            total = total + self.cfg.lambda_balance * balance
-            parts["balance"] = balance.item()
+        aux = getattr(self.student.inter, "aux", None)   # moe, shaspec, drfuse (medmix.model.fusion)
+        if aux is not None and self.cfg.lambda_aux > 0:
+            total = total + self.cfg.lambda_aux * aux
+            parts["aux"] = aux.item()
         if "t_logit" in out:
             has_t = out["tavail"].any(1)
             if not self.teacher_frozen:
