@@ -170,6 +170,17 @@ def validate(cfg: dict, source: str = "config") -> dict:
         except KeyError:
             where = f"robustness/methods/{i}" if i < len(cfg["robustness"]["methods"]) else "weights_method"
             raise MedmixError(f"{source}: invalid config at '{where}': unknown method '{m}'") from None
+    rob = cfg["robustness"]
+    specs = {m["name"]: m for m in rob["mechanisms"]}
+    mods = {m for ds in cfg["datasets"].values() for m in ds["modalities"]}
+    for i, name in enumerate(rob["train_mechanisms"]):
+        where = f"{source}: invalid config at 'robustness/train_mechanisms/{i}'"
+        if name not in specs:
+            raise MedmixError(f"{where}: '{name}' is not a name of robustness.mechanisms ({', '.join(specs) or 'none'})")
+        if name in mods or name == "multi":
+            raise MedmixError(f"{where}: '{name}' is also a modality name (the run paths drop-<name>-<rate> would clash)")
+        if specs[name]["kind"] == "block" and not specs[name].get("modalities"):
+            raise MedmixError(f"{where}: a block at train time needs its `modalities` (one subset per mechanism)")
     if cfg["tuning"] is not None:
         types = {f.name: f.type for f in dataclasses.fields(TrainParams)}
         for group, space in cfg["tuning"]["spaces"].items():
@@ -323,7 +334,7 @@ class TrainJob:
     modalities: dict                  # modality -> {"experts": [slug], "teachers": [slug]}
     encoders: dict                    # slug -> stable hash of its identity (the caches' spec_hash)
     train: TrainParams
-    drop: dict | None = None          # {"modality", "rate", "seed"} (medmix.masks)
+    drop: dict | None = None          # {"modality", "rate", "seed"[, "mechanism"]} (medmix.masks.TrainDrop)
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainJob":

@@ -98,21 +98,40 @@ def train_keep(drop: dict, avail: np.ndarray, mods: list[str], is_train: np.ndar
 
 def _sole(drop: dict, avail: np.ndarray, mods: list[str], is_train: np.ndarray) -> int:
     """Training samples whose only input is the dropped modality (one-modality drops keep it)."""
-    if drop["modality"] == MULTI:
+    if drop["modality"] == MULTI or "mechanism" in drop:
         return 0
     j = mods.index(drop["modality"])
     return int((is_train & avail[:, j] & ~np.delete(avail, j, axis=1).any(1)).sum())
 
 
-class TrainDrop:
-    """A train-time drop applied to a run's inputs (experts and, with the same mask, teachers)."""
+def train_mechanism_keep(drop: dict, cohort: pl.DataFrame, mods: list[str], is_train: np.ndarray, seed: int,
+                         outcome: np.ndarray | None = None) -> np.ndarray:
+    """(N, M) keep mask of a train-time missingness mechanism (`drop["mechanism"]`, an `ampute`
+    spec) at `drop["rate"]`: the mechanism's masks on the training rows, calibrated to MCAR's
+    missingness among them, nothing dropped elsewhere. Seeded like train_keep."""
+    keep = np.ones((len(cohort), len(mods)), dtype=bool)
+    rows = np.flatnonzero(is_train)
+    if len(rows):
+        keep[rows] = ampute(cohort.filter(pl.Series(is_train)), mods, drop["mechanism"], float(drop["rate"]),
+                            seed=int(drop.get("seed", 0)) * 1_000_003 + int(seed),
+                            outcome=None if outcome is None else outcome[rows])
+    return keep
 
-    def __init__(self, drop: dict, modalities, cohort: pl.DataFrame, seed: int):
+
+class TrainDrop:
+    """A train-time drop applied to a run's inputs (experts and, with the same mask, teachers): a
+    modality removed, each modality at random (MULTI), or a missingness mechanism (`mechanism`).
+    `outcome`: the cohort's labels, for a mechanism driven by the outcome."""
+
+    def __init__(self, drop: dict, modalities, cohort: pl.DataFrame, seed: int, outcome: np.ndarray | None = None):
         self.drop = drop
         self.mods = dataset_modalities(modalities, cohort)
         split = cohort["split"].to_numpy()
         avail = cohort_availability(cohort, self.mods)
-        self.keep = train_keep(self.drop, avail, self.mods, split == "train", seed)
+        if "mechanism" in drop:
+            self.keep = train_mechanism_keep(drop, cohort, self.mods, split == "train", seed, outcome)
+        else:
+            self.keep = train_keep(self.drop, avail, self.mods, split == "train", seed)
         removed = avail & ~self.keep
         self.summary = {**self.drop, "removed": {m: int(removed[:, j].sum()) for j, m in enumerate(self.mods)},
                         "kept_sole_input": _sole(self.drop, avail, self.mods, split == "train"),

@@ -239,7 +239,7 @@ def prepare(job: TrainJob, seed: int, cohort: Path, caches: Caches, shared: Shar
     exp = sh.exp.copy()
     drop = None
     if job.drop:  # robustness sweeps: modalities removed from training samples (medmix/masks.py)
-        drop = TrainDrop(job.drop, job.modalities, co, seed)
+        drop = TrainDrop(job.drop, job.modalities, co, seed, outcome=y)
         split = drop.apply(exp, split)
     dropped = list(exp.dropped)
     info: dict = {"train_drop": drop.summary} if drop else {}

@@ -173,7 +173,7 @@ def dag_config(raw: Path | None = None) -> dict:
                            "cxr": {"experts": ["vit_low"]}}}
     # the paper's experiments on a small grid: 2 methods × (3 one-modality + 1 multi drop) × 1 seed
     cfg["robustness"] = {"methods": ["medmix", "early_concat"], "seeds": [0], "train_one_rates": [1.0],
-                         "train_multi_rates": [0.5], "test_rates": [0.0, 0.5]}
+                         "train_multi_rates": [0.5], "test_rates": [0.0, 0.5], "train_mechanisms": ["mnar"]}
     cfg["efficiency"] = {"samples": 2, "warmup": 1}
     cfg["tuning"] = {"trials": 2}                      # the tune stage, every method, two trials
     return cfg

@@ -85,3 +85,38 @@ def test_bad_specs_name_the_problem():
         ampute(co, MODS, {"kind": "weird"}, 0.3)
     with pytest.raises(MedmixError, match="not inputs of this dataset"):
         ampute(co, MODS, {"kind": "mcar", "modalities": ["ct"]}, 0.3)
+
+
+def test_a_train_time_mechanism_drops_training_inputs_only_as_mcar_would_and_follows_its_driver():
+    from medmix.masks import TrainDrop, train_keep
+    co = _cohort(n=3000)
+    split = np.where(np.arange(3000) % 5 == 0, "test", np.where(np.arange(3000) % 5 == 1, "val", "train"))
+    co = co.with_columns(pl.Series("split", split))
+    mods = {m: {} for m in MODS}
+    y = co["y_ihm"].to_numpy().astype(float)
+    spec = {"name": "mnar", "kind": "mnar", "driver": "outcome", "direction": "down"}
+    drop = TrainDrop({"modality": "mnar", "rate": 0.5, "seed": 0, "mechanism": spec}, mods, co, seed=1, outcome=y)
+    avail = cohort_availability(co, MODS)
+    lost = avail & ~drop.keep
+    train = split == "train"
+    assert not lost[~train].any()                                       # validation and test untouched
+    mcar = train_keep({"modality": "multi", "rate": 0.5, "seed": 0}, avail, MODS, train, seed=1)
+    assert abs(int(lost.sum()) - int((avail & ~mcar).sum())) <= 0.01 * avail[train].sum()   # MCAR's missingness
+    per_sample = lost.sum(1)
+    assert per_sample[train & (y == 0)].mean() > 1.3 * per_sample[train & (y == 1)].mean()  # survivors lose more
+    again = TrainDrop({"modality": "mnar", "rate": 0.5, "seed": 0, "mechanism": spec}, mods, co, seed=1, outcome=y)
+    assert np.array_equal(again.keep, drop.keep) and drop.summary["mask_hash"] == again.summary["mask_hash"]
+
+
+def test_train_mechanisms_must_name_a_usable_mechanism():
+    from medmix import config
+    from conftest import TINY_CONFIG
+    base = {**TINY_CONFIG, "robustness": {"mechanisms": [{"name": "mnar", "kind": "mnar", "driver": "outcome"},
+                                                         {"name": "blk", "kind": "block"},
+                                                         {"name": "notes", "kind": "mar"}]}}
+    for names, msg in ((["mar"], "not a name of robustness.mechanisms"), (["blk"], "needs its `modalities`"),
+                       (["notes"], "also a modality name")):
+        cfg = {**base, "robustness": {**base["robustness"], "train_mechanisms": names}}
+        with pytest.raises(MedmixError, match=msg):
+            config.validate(cfg)
+    config.validate({**base, "robustness": {**base["robustness"], "train_mechanisms": ["mnar"]}})

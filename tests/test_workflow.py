@@ -100,6 +100,12 @@ def test_paper_experiments_figures_and_tables(dag):
     assert set(rob["mechanisms"]["mnar"]["all"]) == methods
     mech = (wd / "results/tables/missing_mechanisms.md").read_text()
     assert "### tiny: mnar (AUROC)" in mech and "### tiny: block (cxr+notes) (AUROC)" in mech
+    # MNAR in training too (robustness.train_mechanisms): the swept methods retrained under its masks
+    assert set(rob["train_mechanisms"]["mnar"]) == {"medmix", "early_concat"}
+    assert set(rob["train_mechanisms"]["mnar"]["medmix"]) == {"0.0", "0.5"}
+    mnar = json.loads((wd / "results/tiny/runs/medmix/drop-mnar-0.5/seed0/metrics.json").read_text())
+    assert mnar["train_drop"]["mechanism"]["kind"] == "mnar" and sum(mnar["train_drop"]["removed"].values()) > 0
+    assert "### tiny: mnar at train time, full test set (AUROC)" in mech
     eff = pl.read_csv(wd / "results/tables/efficiency.csv").filter(pl.col("dataset") == "tiny")
     called = dict(zip(eff["method"], eff["teacher_encoders_called"].fill_null("")))
     assert called["medmix"] == "" and called["teacher_deployed"] != ""   # measured: medmix calls no teacher

@@ -138,25 +138,32 @@ def robustness(summaries: list[str | Path], fig_dir: str | Path, table_dir: str 
 
 def mechanisms(res: list[dict], fig_dir: Path, table_dir: Path) -> None:
     """One figure per missingness mechanism (robustness_<name>.png: a panel per dataset and curve, a
-    line per method; for MAR/MNAR the first method under MCAR at the same missingness dashed) and missing_mechanisms.md (each method's metric
-    and its loss from rate 0, per dataset, mechanism and rate)."""
+    line per method; for MAR/MNAR the first method under MCAR at the same missingness dashed; a
+    train-time panel where the mechanism was also applied in training) and missing_mechanisms.md
+    (each method's metric and its loss from rate 0, per dataset, mechanism and rate)."""
     plt = _plt()
-    names = list(dict.fromkeys(n for r in res for n in r.get("mechanisms", {}) if n != "mcar"))
+    names = list(dict.fromkeys([n for r in res for n in r.get("mechanisms", {}) if n != "mcar"]
+                               + [n for r in res for n in r.get("train_mechanisms", {})]))
     for name in names:
-        panels = [(r, key) for r in res for key in r["mechanisms"].get(name, {})]
+        panels = ([(r, key, "test") for r in res for key in r.get("mechanisms", {}).get(name, {})]
+                  + [(r, "all", "train") for r in res if r.get("train_mechanisms", {}).get(name)])
         ncol = min(len(panels), 3) or 1
         nrow = max(1, -(-len(panels) // ncol))
         fig, axes = plt.subplots(nrow, ncol, figsize=(5.0 * ncol, 3.8 * nrow), squeeze=False)
-        for ax, (r, key) in zip(axes.flat, panels):
+        for ax, (r, key, when) in zip(axes.flat, panels):
             k = r.get("primary", "auroc")
-            for i, (method, curve) in enumerate(r["mechanisms"][name][key].items()):
+            curves = r["mechanisms"][name][key] if when == "test" else r["train_mechanisms"][name]
+            mcar = r["mechanisms"].get("mcar", {}).get("all", {}) if when == "test" else r.get("train_multi", {})
+            for i, (method, curve) in enumerate(curves.items()):
                 _curve(ax, curve, method, k)
-                ref = r["mechanisms"].get("mcar", {}).get("all", {}).get(method) if key == "all" else None
+                ref = mcar.get(method) if key == "all" else None
                 if ref and i == 0:       # MCAR at the same missingness, first method: the reference
                     pts = sorted((float(q), e[k]["mean"]) for q, e in ref.items() if e[k]["mean"] is not None)
                     if pts:
                         ax.plot(*zip(*pts), ls="--", color="grey", label=f"{method}, MCAR")
-            if key == "all":
+            if when == "train":
+                xlabel, what = "train-time rate (as many training inputs dropped as MCAR)", f"{name} in training"
+            elif key == "all":
                 xlabel, what = "rate (as many inputs dropped as MCAR at this rate)", name
             else:   # a block: the fraction of samples that lose the whole subset
                 xlabel, what = f"fraction of samples without {key} (together)", f"{name}: {key}"
@@ -169,7 +176,8 @@ def mechanisms(res: list[dict], fig_dir: Path, table_dir: Path) -> None:
     lines = ["Test metric (the task's primary one), mean over seeds, of the trained models under each test-time "
              "missingness mechanism (masks shared by every method), and in brackets its change from rate 0. "
              "MAR and MNAR drop as many inputs as MCAR at the same rate; *realised* is the fraction of available "
-             "inputs dropped (each sample keeps at least one).", ""]
+             "inputs dropped (each sample keeps at least one). *At train time*: the methods retrained with the "
+             "mechanism's masks on their training samples (rate 0: the main runs), tested on the full test set.", ""]
     for r in res:
         k = r.get("primary", "auroc")
         for name, curves in r.get("mechanisms", {}).items():
@@ -187,6 +195,18 @@ def mechanisms(res: list[dict], fig_dir: Path, table_dir: Path) -> None:
                     lines.append(f"| {float(q):.1f} | {by_method[methods[0]][q]['realised_rate']:.2f} | "
                                  + " | ".join(cells) + " |")
                 lines.append("")
+        for name, by_method in r.get("train_mechanisms", {}).items():
+            methods = list(by_method)
+            rates = sorted({q for m in methods for q in by_method[m]}, key=float)
+            lines += [f"### {r['dataset']}: {name} at train time, full test set ({_label(k)})", "",
+                      "| train rate | " + " | ".join(methods) + " |", "| --- |" + " --- |" * len(methods)]
+            for q in rates:
+                cells = []
+                for m in methods:
+                    e, e0 = (by_method[m].get(x, {}).get(k, {}).get("mean") for x in (q, rates[0]))
+                    cells.append("–" if e is None else f"{e:.3f} ({e - e0:+.3f})" if e0 is not None else f"{e:.3f}")
+                lines.append(f"| {float(q):.2f} | " + " | ".join(cells) + " |")
+            lines.append("")
     with atomic_path(table_dir / "missing_mechanisms.md") as tmp:
         tmp.write_text("\n".join(lines))
 

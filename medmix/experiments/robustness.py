@@ -109,11 +109,13 @@ def summarize(dataset: str, evals: list[dict], drop_runs: list[str | Path], base
     """robustness.json of a dataset: mean ± sd over seeds, per method, of every curve and table.
 
     `evals`: evaluate_run outputs of the main runs; `drop_runs`: train-time drop run directories;
-    `base_runs`: the main runs of the swept methods (the rate-0 point of both train-time curves).
+    `base_runs`: the main runs of the swept methods (the rate-0 point of every train-time curve);
+    `train_mechanisms`: name -> method -> rate -> the runs retrained under that mechanism.
     """
     kind = evals[0].get("task_type", "binary") if evals else "binary"
     res: dict = {"dataset": dataset, "task_type": kind, "metrics": list(METRICS[kind]), "primary": PRIMARY[kind],
-                 "test_drop": {}, "test_sets": {}, "subsets": {}, "train_one": {}, "train_multi": {}, "masks": {}}
+                 "test_drop": {}, "test_sets": {}, "subsets": {}, "train_one": {}, "train_multi": {},
+                 "train_mechanisms": {}, "masks": {}}
     by: dict = {}
     for e in evals:
         by.setdefault(e["method"], []).append(e)
@@ -141,14 +143,16 @@ def summarize(dataset: str, evals: list[dict], drop_runs: list[str | Path], base
     for d in list(map(Path, base_runs)) + list(map(Path, drop_runs)):
         m = json.loads((d / "metrics.json").read_text())
         drop = m.get("train_drop") or {"modality": None, "rate": 0.0}
-        runs.setdefault((drop["modality"], float(drop["rate"]), m["method"]), []).append(
+        mech = "mechanism" in drop      # a train-time mechanism: `modality` is its name
+        runs.setdefault((drop["modality"], float(drop["rate"]), m["method"], mech), []).append(
             {**{k: m["test"][k]["value"] for k in METRICS[m.get("task_type", "binary")]}, "n": m["test"]["n"],
              "excluded": drop.get("excluded_no_modality", 0)})
     base = {k[2]: v for k, v in runs.items() if k[0] is None}
-    for (mod, rate, method), es in sorted(runs.items(), key=lambda kv: (str(kv[0][0]), kv[0][1], kv[0][2])):
+    for (mod, rate, method, mech), es in sorted(runs.items(), key=lambda kv: (str(kv[0][0]), kv[0][1], kv[0][2])):
         if mod is None:
             continue
-        target = res["train_multi"] if mod == MULTI else res["train_one"].setdefault(mod, {})
+        target = (res["train_mechanisms"].setdefault(mod, {}) if mech else res["train_multi"] if mod == MULTI
+                  else res["train_one"].setdefault(mod, {}))
         curve = target.setdefault(method, {})
         if method in base:
             curve["0.0"] = _summ(base[method])

@@ -249,18 +249,23 @@ def efficiency_embeddings(wildcards):
 from medmix.masks import MULTI, drop_slug
 
 ROB = config["robustness"]
+# train-time mechanisms (robustness.train_mechanisms): their runs are drop-<mechanism>-<rate>
+TRAIN_MECHANISMS = {m["name"]: m for m in ROB["mechanisms"] if m["name"] in ROB["train_mechanisms"]}
 
 
 wildcard_constraints:
-    drop="(" + "|".join([MULTI] + MODALITIES) + r")-[0-9.]+",
+    drop="(" + "|".join([MULTI] + MODALITIES + list(TRAIN_MECHANISMS)) + r")-[0-9.]+",
 
 
 def _drops(dataset):
-    """Train-time drops of the robustness grid: each modality of the dataset in turn, then multi-random."""
+    """Train-time drops of the robustness grid: each modality of the dataset in turn, multi-random,
+    then each train-time mechanism (at the multi rates)."""
     mods = sorted(config["datasets"][dataset]["modalities"])
-    return [{"modality": m, "rate": r} for m in mods for r in ROB["train_one_rates"]] + [
-        {"modality": MULTI, "rate": r} for r in ROB["train_multi_rates"]
-    ]
+    return (
+        [{"modality": m, "rate": r} for m in mods for r in ROB["train_one_rates"]]
+        + [{"modality": MULTI, "rate": r} for r in ROB["train_multi_rates"]]
+        + [{"modality": n, "rate": r} for n in TRAIN_MECHANISMS for r in ROB["train_multi_rates"]]
+    )
 
 
 def drop_runs(wildcards):
@@ -281,6 +286,8 @@ def train_drop_job(wildcards):
     mod, _, rate = wildcards.drop.rpartition("-")
     spec = mcfg.train_job(config, wildcards.dataset, wildcards.method)
     spec["drop"] = {"modality": mod, "rate": float(rate), "seed": ROB["mask_seed"]}
+    if mod in TRAIN_MECHANISMS:
+        spec["drop"]["mechanism"] = TRAIN_MECHANISMS[mod]
     return _js(spec)
 
 
