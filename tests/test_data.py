@@ -175,3 +175,58 @@ def test_synth_density_adds_rows_the_loader_does_not_read(tmp_path):
     assert b["chartevents"] == round(3 * a["chartevents"]) and b["labevents"] == a["labevents"]
     (ca, ra), (cb, rb) = build_cohort(tmp_path / "a"), build_cohort(tmp_path / "b")
     assert ca.drop("cxr").equals(cb.drop("cxr")) and ra == rb    # image paths differ by folder only
+
+
+def test_carry_forward_fills_a_missing_note_or_cxr_from_before_the_admission_and_counts_it(tiny_raw, tmp_path):
+    """`carry_forward`: a stay without a note (CXR) in its admission gets the patient's last one from
+    before the admission; nothing else changes, and cohort.json counts what was carried."""
+    raw = tmp_path / "raw"
+    shutil.copytree(tiny_raw, raw)
+    base, rep0 = build_cohort(tiny_raw)
+    stays = pl.read_csv(raw / "hosp" / "admissions.csv.gz", infer_schema_length=0)
+    no_note = base.filter(pl.col("notes").is_null())["patient_id"].to_list()[:5]
+    rad_f = raw / "note" / "radiology.csv.gz"
+    rad = pl.read_csv(rad_f, infer_schema_length=0)
+    admit = dict(stays.select("subject_id", "admittime").iter_rows())
+    from datetime import datetime, timedelta
+    rows = []
+    for i, sid in enumerate(no_note):
+        t = datetime.fromisoformat(admit[sid]) - timedelta(days=30)
+        for k, (text, dt, signed) in enumerate([(f"OLDER PRIOR {i}", 60, 1), (f"LATEST PRIOR {i}", 0, 1),
+                                                (f"SIGNED TOO LATE {i}", -1, 10_000)]):
+            when = t - timedelta(days=dt) if dt >= 0 else t + timedelta(days=1)
+            rows.append({c: None for c in rad.columns} | {
+                "note_id": f"{sid}-RR-old{k}", "subject_id": sid, "hadm_id": "1", "note_type": "RR",
+                "note_seq": str(90 + k), "charttime": str(when), "storetime": str(when + timedelta(hours=signed)),
+                "text": text})
+    pl.concat([rad, pl.DataFrame(rows, schema={c: pl.String for c in rad.columns})]).write_csv(rad_f.with_suffix(""))
+    rad_f.unlink()
+    plain, _ = build_cohort(raw)
+    assert plain["notes"].equals(base["notes"])                       # off by default: the old notes stay out
+    carried, rep = build_cohort(raw, carry_forward=("notes", "cxr"))
+    got = dict(carried.select("patient_id", "notes").iter_rows())
+    for i, sid in enumerate(no_note):
+        assert got[sid] == f"LATEST PRIOR {i}"                      # the last one, not all, not a late-signed one
+    assert rep["carried_forward"]["notes"] == len(no_note)
+    assert rep["missing"]["notes"]["no_note_before_prediction_time"] == \
+        rep0["missing"]["notes"]["no_note_before_prediction_time"] - len(no_note)
+    same = carried.filter(~pl.col("patient_id").is_in(no_note))
+    assert same["notes"].equals(base.filter(~pl.col("patient_id").is_in(no_note))["notes"])
+    # a CXR study from before the admission, for a stay without one in its window
+    meta_f = raw / "mimic-cxr-2.0.0-metadata.csv.gz"
+    meta = pl.read_csv(meta_f, infer_schema_length=0)
+    sid = base.filter(pl.col("cxr").is_null())["patient_id"].to_list()[0]
+    t = datetime.fromisoformat(admit[sid]) - timedelta(days=3)
+    src = next(raw.joinpath("files").rglob("*.jpg"))
+    dest = raw / "files" / f"p{sid[:2]}" / f"p{sid}" / "s99" / "olddicom.jpg"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(src, dest)
+    row = {c: None for c in meta.columns} | {"dicom_id": "olddicom", "subject_id": sid, "study_id": "99",
+                                            "ViewPosition": "PA", "StudyDate": t.strftime("%Y%m%d"),
+                                            "StudyTime": t.strftime("%H%M%S")}
+    pl.concat([meta, pl.DataFrame([row], schema={c: pl.String for c in meta.columns})]).write_csv(meta_f.with_suffix(""))
+    meta_f.unlink()
+    carried, rep = build_cohort(raw, carry_forward=("cxr",))
+    assert rep["carried_forward"] == {"cxr": 1}
+    assert dict(carried.select("patient_id", "cxr").iter_rows())[sid] == [str(dest.resolve())]
+    assert build_cohort(raw)[0].filter(pl.col("patient_id") == sid)["cxr"].to_list() == [None]

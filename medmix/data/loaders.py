@@ -68,7 +68,8 @@ def _mimic4(spec, root, optional, work):
     from medmix.data.mimic4 import build_cohort
     cohort, report = build_cohort(root, note_root=spec["note_root"] or None, cxr_root=spec["cxr_root"] or None,
                                   prediction_hours=spec["prediction_hours"], min_age=spec["min_age"],
-                                  lab_lookback_hours=spec["lab_lookback_hours"], optional_tables=optional)
+                                  lab_lookback_hours=spec["lab_lookback_hours"], optional_tables=optional,
+                                  carry_forward=spec["carry_forward"])
     return _patient_split(cohort, spec), report
 
 

@@ -133,19 +133,28 @@ def _ehr(root: Path, df: pl.DataFrame, stays: pl.DataFrame, lab_lookback_hours: 
     return [ehr_text(s) for s in stays["sample_id"].to_list()]
 
 
-def _notes(note_root: Path, stays: pl.DataFrame, optional: set, report: dict) -> list[str | None]:
-    """Radiology notes of the admission charted before the prediction time, per stay."""
+def _notes(note_root: Path, stays: pl.DataFrame, optional: set, report: dict,
+           carry: bool = False) -> list[str | None]:
+    """Radiology notes of the admission charted before the prediction time, per stay; `carry`: a
+    stay without one gets the patient's last note from before the admission (signed by then)."""
     rad_p = source(find_table(note_root / "note", "radiology"), "radiology", "MIMIC-IV-Note note/radiology", optional,
                    report, hint="set the dataset's note_root in the config")
     if rad_p:
         rad = _read_table(rad_p, ["subject_id", "charttime", "text"], report, optional=("storetime",))
         rad = _parse_times(typed(rad, rad_p, {"subject_id": pl.Int64}),
                            [c for c in ("charttime", "storetime") if c in rad.columns])
-        rad = rad.join(stays.select("subject_id", "sample_id", "admittime", "pred_time"), on="subject_id")
-        rad = available_before(rad, pl.col("admittime"), report, "radiology", when="charttime")  # signed before
-        rad = rad.filter(pl.col("text").str.strip_chars().str.len_chars() > 0)
+        joined = rad.join(stays.select("subject_id", "sample_id", "admittime", "pred_time"), on="subject_id")
+        joined = joined.filter(pl.col("text").str.strip_chars().str.len_chars() > 0)
+        rad = available_before(joined, pl.col("admittime"), report, "radiology", when="charttime")  # signed before
         notes_by = dict(rad.sort("charttime").group_by("sample_id", maintain_order=True)
                         .agg(pl.col("text").str.join("\n\n")).iter_rows())
+        if carry:
+            signed = (pl.coalesce("storetime", "charttime") if "storetime" in joined.columns else pl.col("charttime"))
+            prior = joined.filter((pl.col("charttime") < pl.col("admittime")) & (signed < pl.col("pred_time")))
+            last = prior.sort("charttime").group_by("sample_id").agg(pl.col("text").last())
+            extra = {sid: text for sid, text in last.iter_rows() if sid not in notes_by}
+            report.setdefault("carried_forward", {})["notes"] = len(extra)
+            notes_by.update(extra)
         notes = [notes_by.get(s) for s in stays["sample_id"].to_list()]
         report["missing"]["notes"] = {"no_note_before_prediction_time": sum(x is None for x in notes)}
     else:
@@ -154,8 +163,10 @@ def _notes(note_root: Path, stays: pl.DataFrame, optional: set, report: dict) ->
     return notes
 
 
-def _cxr(cxr_root: Path, stays: pl.DataFrame, optional: set, report: dict) -> list[list[str] | None]:
-    """The last frontal image of the last CXR study before the prediction time, per stay."""
+def _cxr(cxr_root: Path, stays: pl.DataFrame, optional: set, report: dict,
+         carry: bool = False) -> list[list[str] | None]:
+    """The last frontal image of the last CXR study of the admission before the prediction time, per
+    stay; `carry`: a stay without one gets the patient's last frontal image from before the admission."""
     meta_p = source(find_table(cxr_root, "mimic-cxr-2.0.0-metadata"), "cxr_metadata", "MIMIC-CXR-JPG metadata", optional,
                     report, hint="set the dataset's cxr_root in the config")
     if meta_p:
@@ -164,10 +175,16 @@ def _cxr(cxr_root: Path, stays: pl.DataFrame, optional: set, report: dict) -> li
             (pl.col("StudyDate") + pl.col("StudyTime").str.split(".").list.first().str.zfill(6))
             .str.strptime(pl.Datetime("us"), "%Y%m%d%H%M%S", strict=False).alias("t"))
         meta = meta.filter(pl.col("ViewPosition").is_in(["PA", "AP"]))
-        meta = meta.join(stays.select("subject_id", "sample_id", "admittime", "pred_time"), on="subject_id")
+        joined = meta.join(stays.select("subject_id", "sample_id", "admittime", "pred_time"), on="subject_id")
         # a study exists from its acquisition (StudyDate/StudyTime): MIMIC-CXR has no later "stored" time
-        meta = meta.filter((pl.col("t") >= pl.col("admittime")) & (pl.col("t") < pl.col("pred_time")))
+        meta = joined.filter((pl.col("t") >= pl.col("admittime")) & (pl.col("t") < pl.col("pred_time")))
         last = meta.sort("t", "dicom_id").group_by("sample_id").agg(pl.all().last())
+        in_window = last.height
+        if carry:
+            prior = joined.filter(pl.col("t") < pl.col("admittime")).sort("t", "dicom_id")
+            prior = prior.group_by("sample_id").agg(pl.all().last())
+            prior = prior.filter(~pl.col("sample_id").is_in(last["sample_id"].implode()))
+            last = pl.concat([last, prior.select(last.columns)])
         paths = {}
         absent = 0
         for r in last.iter_rows(named=True):
@@ -177,6 +194,8 @@ def _cxr(cxr_root: Path, stays: pl.DataFrame, optional: set, report: dict) -> li
                 paths[r["sample_id"]] = [str(p.resolve())]
             else:
                 absent += 1
+        if carry:
+            report.setdefault("carried_forward", {})["cxr"] = sum(s in paths for s in last["sample_id"][in_window:])
         cxr = [paths.get(s) for s in stays["sample_id"].to_list()]
         report["missing"]["cxr"] = {"no_frontal_study_before_prediction_time": stays.height - last.height,
                                     "image_file_absent": absent}
@@ -188,13 +207,15 @@ def _cxr(cxr_root: Path, stays: pl.DataFrame, optional: set, report: dict) -> li
 
 def build_cohort(root: str | Path, note_root: str | Path | None = None, cxr_root: str | Path | None = None,
                  prediction_hours: float = 48, min_age: int = 18, lab_lookback_hours: float = 24,
-                 optional_tables=("radiology", "cxr_metadata")) -> tuple[pl.DataFrame, dict]:
+                 optional_tables=("radiology", "cxr_metadata"), carry_forward=()) -> tuple[pl.DataFrame, dict]:
     """Return (cohort without split, report) for a MIMIC-IV-layout root.
 
     The cohort has sample_id, patient_id, hadm_id, stay_id, intime, pred_time, y_ihm, y_los7 and the
     inputs ehr (serialised text), notes (text) and cxr (list of image paths); null = missing.
     `optional_tables` (chartevents, labevents, radiology, cxr_metadata): sources whose absence is a
-    warning (the inputs they feed are missing) rather than an error.
+    warning (the inputs they feed are missing) rather than an error. `carry_forward` (notes, cxr):
+    a stay without that input in its admission gets the patient's last one from before the
+    admission (last observation carried forward), counted in the report's `carried_forward`.
     """
     optional = set(optional_tables or ())
     root = Path(root)
@@ -207,8 +228,9 @@ def build_cohort(root: str | Path, note_root: str | Path | None = None, cxr_root
     df = _stays(root, prediction_hours, min_age, report)
     stays = df.select("sample_id", "subject_id", "stay_id", "hadm_id", "admittime", "intime", "pred_time")
     ehr = _ehr(root, df, stays, lab_lookback_hours, optional, report)
-    notes = _notes(note_root, stays, optional, report)
-    cxr = _cxr(cxr_root, stays, optional, report)
+    carry = set(carry_forward or ())
+    notes = _notes(note_root, stays, optional, report, carry="notes" in carry)
+    cxr = _cxr(cxr_root, stays, optional, report, carry="cxr" in carry)
     report["missing"]["ehr"] = {"no_vital_or_lab_in_window": sum(x is None for x in ehr)}
 
     race = "race" if "race" in df.columns else "ethnicity" if "ethnicity" in df.columns else None
