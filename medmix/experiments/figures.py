@@ -29,6 +29,9 @@ def _plt():
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from cycler import cycler
+    # up to 30 methods distinct in one panel: ten colours, then the same colours with other markers
+    plt.rcParams["axes.prop_cycle"] = cycler(marker=["o", "s", "^"]) * cycler(color=plt.get_cmap("tab10").colors)
     return plt
 
 
@@ -48,7 +51,7 @@ def _curve(ax, curve: dict, label: str, metric: str = "auroc") -> None:
     if not pts:
         return
     x, y, sd = map(np.array, zip(*pts))
-    ax.errorbar(x, y, yerr=sd, marker="o", capsize=3, label=label)
+    ax.errorbar(x, y, yerr=sd, capsize=3, label=label)
 
 
 def _empty(ax, text: str) -> None:
@@ -138,7 +141,7 @@ def robustness(summaries: list[str | Path], fig_dir: str | Path, table_dir: str 
 
 def mechanisms(res: list[dict], fig_dir: Path, table_dir: Path) -> None:
     """One figure per missingness mechanism (robustness_<name>.png: a panel per dataset and curve, a
-    line per method; for MAR/MNAR the first method under MCAR at the same missingness dashed; a
+    line per method; for MAR/MNAR medmix (else the first method) under MCAR at the same missingness dashed; a
     train-time panel where the mechanism was also applied in training) and missing_mechanisms.md
     (each method's metric and its loss from rate 0, per dataset, mechanism and rate)."""
     plt = _plt()
@@ -154,13 +157,14 @@ def mechanisms(res: list[dict], fig_dir: Path, table_dir: Path) -> None:
             k = r.get("primary", "auroc")
             curves = r["mechanisms"][name][key] if when == "test" else r["train_mechanisms"][name]
             mcar = r["mechanisms"].get("mcar", {}).get("all", {}) if when == "test" else r.get("train_multi", {})
-            for i, (method, curve) in enumerate(curves.items()):
+            first = "medmix" if "medmix" in curves else next(iter(curves), None)
+            for method, curve in curves.items():
                 _curve(ax, curve, method, k)
                 ref = mcar.get(method) if key == "all" else None
-                if ref and i == 0:       # MCAR at the same missingness, first method: the reference
+                if ref and method == first:   # MCAR at the same missingness, medmix (else the first): the reference
                     pts = sorted((float(q), e[k]["mean"]) for q, e in ref.items() if e[k]["mean"] is not None)
                     if pts:
-                        ax.plot(*zip(*pts), ls="--", color="grey", label=f"{method}, MCAR")
+                        ax.plot(*zip(*pts), ls="--", color="grey", marker="none", label=f"{method}, MCAR")
             if when == "train":
                 xlabel, what = "train-time rate (as many training inputs dropped as MCAR)", f"{name} in training"
             elif key == "all":
