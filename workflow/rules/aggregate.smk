@@ -17,7 +17,7 @@ rule aggregate:
         runs=run_dirs,
         bootstrap=config["train"]["bootstrap"],
     shell:
-        "python -m medmix aggregate --dataset {wildcards.dataset} --runs {params.runs} --out {output.metrics} "
+        "$MEDMIX_PY -m medmix aggregate --dataset {wildcards.dataset} --runs {params.runs} --out {output.metrics} "
         "--cohort-json {input.cohort} --bootstrap {params.bootstrap} > {log} 2>&1"
 
 
@@ -37,4 +37,4 @@ rule tables:
     conda:
         "../../envs/medmix.yaml"
     shell:
-        "python -m medmix tables --metrics {input.metrics} --out-dir results/tables > {log} 2>&1"
+        "$MEDMIX_PY -m medmix tables --metrics {input.metrics} --out-dir results/tables > {log} 2>&1"

@@ -2,7 +2,6 @@
 # on, passed as --job and used as the rule's params, so a change reruns exactly the jobs it affects).
 
 import json
-import os
 import shlex
 import sys
 from pathlib import Path
@@ -20,11 +19,12 @@ def _uses_conda():
         return False
 
 
-# Rules call `python -m medmix`: put the Python that runs this Snakefile (the project's venv, also on
-# a cluster node of a shared file system) first on every job's PATH, so a bare `python` elsewhere on
-# PATH never runs a job. Under --software-deployment-method conda the job's environment decides.
-if not _uses_conda():
-    shell.prefix(f'set -euo pipefail; export PATH={shlex.quote(os.path.dirname(sys.executable))}:"$PATH"; ')
+# The jobs run `$MEDMIX_PY -m medmix`, with the Python that runs this Snakefile (the project's venv,
+# also on a cluster node of a shared file system), never whichever `python` is first on PATH; under
+# --software-deployment-method conda, the job environment's `python`. Set in the shell prefix, so
+# the rules' commands (and their rerun triggers) do not depend on where the venv lives.
+MEDMIX_PY = "python" if _uses_conda() else shlex.quote(sys.executable)
+shell.prefix(f"set -euo pipefail; export MEDMIX_PY={MEDMIX_PY}; ")
 
 # the cache path convention, the one place the workflow spells it (medmix.encoders.cache.cache_path
 # is the library's); stages read exactly the files the rules pass them

@@ -27,7 +27,7 @@ rule crosscohort:
     params:
         runs=crosscohort_run_dirs,
     shell:
-        "python -m medmix crosscohort --target {wildcards.dataset} --runs {params.runs} --cohort {input.cohort} "
+        "$MEDMIX_PY -m medmix crosscohort --target {wildcards.dataset} --runs {params.runs} --cohort {input.cohort} "
         "--embeddings {input.embeddings} --source-embeddings {input.source_embeddings} --out {output.metrics} > {log} 2>&1"
 
 
@@ -41,4 +41,4 @@ rule cross_cohort_table:
     conda:
         "../../envs/medmix.yaml"
     shell:
-        "python -m medmix crosstable --metrics {input.metrics} --out {output} > {log} 2>&1"
+        "$MEDMIX_PY -m medmix crosstable --metrics {input.metrics} --out {output} > {log} 2>&1"

@@ -27,7 +27,7 @@ rule embed:
     params:
         job=embed_job,
     shell:
-        "python -m medmix embed --cohort {input.cohort} --modality {wildcards.modality} "
+        "$MEDMIX_PY -m medmix embed --cohort {input.cohort} --modality {wildcards.modality} "
         "--encoder {wildcards.encoder} --out {output} --job {params.job:q} --workers {resources.workers} --quiet > {log} 2>&1"
 
 
@@ -56,7 +56,7 @@ rule embed_shard:
     params:
         job=embed_job,
     shell:
-        "python -m medmix embed --cohort {input.cohort} --modality {wildcards.modality} "
+        "$MEDMIX_PY -m medmix embed --cohort {input.cohort} --modality {wildcards.modality} "
         "--encoder {wildcards.encoder} --out {output} --shard {wildcards.shard}/{wildcards.nshards} "
         "--job {params.job:q} --workers {resources.workers} --quiet > {log} 2>&1"
 
@@ -80,5 +80,5 @@ rule embed_merge:
     params:
         job=embed_job,
     shell:
-        "python -m medmix merge --cohort {input.cohort} --modality {wildcards.modality} "
+        "$MEDMIX_PY -m medmix merge --cohort {input.cohort} --modality {wildcards.modality} "
         "--encoder {wildcards.encoder} --shards {input.shards} --out {output} --job {params.job:q} > {log} 2>&1"

@@ -28,7 +28,7 @@ rule train_drop:
         seeds=" ".join(map(str, ROB["seeds"])),
         out="results/{dataset}/runs/{method}/drop-{drop}",
     shell:
-        "OMP_NUM_THREADS={threads} python -m medmix train --dataset {wildcards.dataset} --method {wildcards.method} "
+        "OMP_NUM_THREADS={threads} $MEDMIX_PY -m medmix train --dataset {wildcards.dataset} --method {wildcards.method} "
         "--seeds {params.seeds} --out {params.out} --cohort {input.cohort} --embeddings {input.embeddings} "
         "{params.tuning} --job {params.job:q} --quiet > {log} 2>&1"
 
@@ -57,7 +57,7 @@ rule robustness:
         mask_seed=ROB["mask_seed"],
         mechanisms=json.dumps(ROB["mechanisms"], sort_keys=True),
     shell:
-        "OMP_NUM_THREADS={threads} python -m medmix robustness --dataset {wildcards.dataset} --runs {params.p[runs]} "
+        "OMP_NUM_THREADS={threads} $MEDMIX_PY -m medmix robustness --dataset {wildcards.dataset} --runs {params.p[runs]} "
         "--base-runs {params.p[base]} --drop-runs {params.p[drop]} --rates {params.p[rates]} "
         "--mask-seed {params.mask_seed} --mechanisms {params.mechanisms:q} --cohort {input.cohort} --embeddings {input.embeddings} --out {output} > {log} 2>&1"
 
@@ -85,7 +85,7 @@ rule efficiency:
         samples=config["efficiency"]["samples"],
         warmup=config["efficiency"]["warmup"],
     shell:
-        "OMP_NUM_THREADS={threads} python -m medmix efficiency --runs {params.dirs} --cohort {input.cohort} "
+        "OMP_NUM_THREADS={threads} $MEDMIX_PY -m medmix efficiency --runs {params.dirs} --cohort {input.cohort} "
         "--embeddings {input.embeddings} "
         "--samples {params.samples} --warmup {params.warmup} --threads {threads} --job {params.job:q} "
         "--out {output} > {log} 2>&1"

@@ -10,7 +10,7 @@ rule synth:
         n=synth_n,
         seed=synth_seed,
     shell:
-        "python -m medmix synth --kind {params.kind} --out {output} --n {params.n} --seed {params.seed} > {log} 2>&1"
+        "$MEDMIX_PY -m medmix synth --kind {params.kind} --out {output} --n {params.n} --seed {params.seed} > {log} 2>&1"
 
 
 rule prepare:
@@ -27,5 +27,5 @@ rule prepare:
         root=raw_root,
         job=prepare_job,
     shell:
-        "python -m medmix prepare {wildcards.dataset} --root {params.root:q} --out {output.cohort} "
+        "$MEDMIX_PY -m medmix prepare {wildcards.dataset} --root {params.root:q} --out {output.cohort} "
         "--job {params.job:q} > {log} 2>&1"

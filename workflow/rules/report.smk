@@ -43,7 +43,7 @@ rule figure_robustness:
     conda:
         "../../envs/medmix.yaml"
     shell:
-        "python -m medmix figure robustness --inputs {input} --fig-dir results/figures --table-dir results/tables > {log} 2>&1"
+        "$MEDMIX_PY -m medmix figure robustness --inputs {input} --fig-dir results/figures --table-dir results/tables > {log} 2>&1"
 
 
 rule figure_ablation:
@@ -57,7 +57,7 @@ rule figure_ablation:
     conda:
         "../../envs/medmix.yaml"
     shell:
-        "python -m medmix figure ablation --inputs {input} --fig {output.fig} --table {output.table} > {log} 2>&1"
+        "$MEDMIX_PY -m medmix figure ablation --inputs {input} --fig {output.fig} --table {output.table} > {log} 2>&1"
 
 
 rule figure_teacher_ablation:
@@ -75,7 +75,7 @@ rule figure_teacher_ablation:
     conda:
         "../../envs/medmix.yaml"
     shell:
-        "python -m medmix figure teacher_ablation --inputs {input} --fig {output.fig} --table {output.table} > {log} 2>&1"
+        "$MEDMIX_PY -m medmix figure teacher_ablation --inputs {input} --fig {output.fig} --table {output.table} > {log} 2>&1"
 
 
 rule figure_efficiency:
@@ -89,7 +89,7 @@ rule figure_efficiency:
     conda:
         "../../envs/medmix.yaml"
     shell:
-        "python -m medmix figure efficiency --inputs {input} --fig {output.fig} --table {output.table} > {log} 2>&1"
+        "$MEDMIX_PY -m medmix figure efficiency --inputs {input} --fig {output.fig} --table {output.table} > {log} 2>&1"
 
 
 rule figure_weights:
@@ -104,7 +104,7 @@ rule figure_weights:
     params:
         runs=prediction_dirs,
     shell:
-        "python -m medmix figure weights --dataset {wildcards.dataset} --inputs {params.runs} --fig {output} > {log} 2>&1"
+        "$MEDMIX_PY -m medmix figure weights --dataset {wildcards.dataset} --inputs {params.runs} --fig {output} > {log} 2>&1"
 
 
 rule figure_calibration:
@@ -119,7 +119,7 @@ rule figure_calibration:
     params:
         runs=prediction_dirs,
     shell:
-        "python -m medmix figure calibration --dataset {wildcards.dataset} --inputs {params.runs} --fig {output} > {log} 2>&1"
+        "$MEDMIX_PY -m medmix figure calibration --dataset {wildcards.dataset} --inputs {params.runs} --fig {output} > {log} 2>&1"
 
 
 rule subgroups:
@@ -138,5 +138,5 @@ rule subgroups:
         runs=run_dirs,
         bootstrap=config["train"]["bootstrap"],
     shell:
-        "python -m medmix subgroups --dataset {wildcards.dataset} --cohort {input.cohort} --runs {params.runs} "
+        "$MEDMIX_PY -m medmix subgroups --dataset {wildcards.dataset} --cohort {input.cohort} --runs {params.runs} "
         "--out {output.json} --table {output.table} --bootstrap {params.bootstrap} > {log} 2>&1"

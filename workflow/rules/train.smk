@@ -17,7 +17,7 @@ rule tune:
     params:
         job=tune_job,
     shell:
-        "OMP_NUM_THREADS={threads} python -m medmix tune --dataset {wildcards.dataset} --method {wildcards.method} "
+        "OMP_NUM_THREADS={threads} $MEDMIX_PY -m medmix tune --dataset {wildcards.dataset} --method {wildcards.method} "
         "--out {output} --cohort {input.cohort} --embeddings {input.embeddings} --job {params.job:q} --quiet > {log} 2>&1"
 
 
@@ -48,6 +48,6 @@ rule train:
         seeds=" ".join(map(str, config["seeds"])),
         out="results/{dataset}/runs/{method}",
     shell:
-        "OMP_NUM_THREADS={threads} python -m medmix train --dataset {wildcards.dataset} --method {wildcards.method} "
+        "OMP_NUM_THREADS={threads} $MEDMIX_PY -m medmix train --dataset {wildcards.dataset} --method {wildcards.method} "
         "--seeds {params.seeds} --out {params.out} --cohort {input.cohort} --embeddings {input.embeddings} "
         "{params.tuning} --job {params.job:q} > {log} 2>&1"
