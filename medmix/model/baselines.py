@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from medmix.model.imputation import ImputeMean
 from medmix.model.losses import combine_late, task_loss
 from medmix.model.medmix import FusionConfig, mlp
 from medmix.model.registry import register_model
@@ -17,24 +18,11 @@ def _zero_fill(x: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
 
 
 @register_model("early_concat")
-class EarlyConcat(nn.Module):
-    """All expert embeddings concatenated (missing zero-filled, i.e. the train mean) → MLP."""
-
-    def __init__(self, dims: dict[str, list[int]], cfg: FusionConfig, n_out: int = 1, teacher_dims=None):
-        super().__init__()
-        self.mods = list(dims)
-        self.kind = cfg.task
-        self.pos_weight = None
-        self.net = mlp(sum(sum(v) for v in dims.values()), cfg.hidden, n_out, cfg.dropout)
-
-    def forward(self, batch: dict, train: bool = False, gen=None) -> dict:
-        x = torch.cat([_zero_fill(e, batch["mask"][m][:, k]) for m in self.mods
-                       for k, e in enumerate(batch["x"][m])], 1)  # (B, Σ d_mk)
-        return {"logit": self.net(x)}
-
-    def loss(self, out, y):
-        task = task_loss(self.kind, out["logit"], y, pos_weight=self.pos_weight)
-        return task, {"task": task.item()}
+class EarlyConcat(ImputeMean):
+    """All expert embeddings concatenated (missing zero-filled, i.e. the train mean) → MLP: mean
+    imputation without the imputers' train-time dropout (medmix.model.imputation)."""
+    train_dropout = False
+    reads = frozenset({"hidden", "dropout"})
 
 
 @register_model("late_fusion")

@@ -34,6 +34,7 @@ class _Imputer(nn.Module):
     and, if they fit anything, `fit_inputs`."""
     # the fusion settings an imputer reads (medmix.tune searches only these; the trainer's always)
     reads = frozenset({"hidden", "dropout", "modality_dropout", "expert_dropout"})
+    train_dropout = True    # MedMIX's expert and modality dropout in training (early_concat: none)
 
     def __init__(self, dims: dict[str, list[int]], cfg: FusionConfig, n_out: int = 1, teacher_dims=None):
         super().__init__()
@@ -53,7 +54,7 @@ class _Imputer(nn.Module):
         raise NotImplementedError
 
     def forward(self, batch: dict, train: bool = False, gen=None) -> dict:
-        mask = train_mask(batch["mask"], self.mods, self.cfg, gen) if train else batch["mask"]
+        mask = train_mask(batch["mask"], self.mods, self.cfg, gen) if train and self.train_dropout else batch["mask"]
         present = torch.cat([mask[m] for m in self.mods], 1)                      # (B, J)
         # an absent input's (garbage) value never takes part: neither in the fill nor in the MLP
         x = [batch["x"][m][k].masked_fill(~present[:, j:j + 1], 0.0) for j, (m, k, _) in enumerate(self.flat)]
