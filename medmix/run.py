@@ -57,8 +57,13 @@ def predict_student(method: MethodSpec, dims: dict, fcfg: FusionConfig, state: d
     """Predictions (probabilities; risk for survival) and the model's outputs (α/β where it has
     them) of a trained student on standardised inputs X, M; `temperature`: the post-hoc
     calibration fitted on validation (`train.calibrate`), dividing the logits."""
+    return predict_with(student_model(method, dims, fcfg, state, task), X, M, task, temperature)
+
+
+def predict_with(model: torch.nn.Module, X: dict, M: dict, task: Task, temperature: float = 1.0) -> tuple[np.ndarray, dict]:
+    """predict_student with the student network already built (student_model)."""
     with torch.no_grad():
-        o = student_model(method, dims, fcfg, state, task)({"x": X, "mask": M}, train=False)
+        o = model({"x": X, "mask": M}, train=False)
     logits = o["logit"].numpy()
     return task.predictions(logits if temperature == 1.0 else logits / temperature), o
 
@@ -169,6 +174,11 @@ class Run:
     def model(self) -> torch.nn.Module:
         return student_model(self.method, self.dims, self.fusion, self.ckpt["state_dict"], self.task)
 
+    @cached_property
+    def _student(self) -> torch.nn.Module:
+        return self.model()
+
     def predict(self, X: dict, M: dict) -> tuple[np.ndarray, dict]:
-        return predict_student(self.method, self.dims, self.fusion, self.ckpt["state_dict"], X, M, self.task,
-                               float(self.ckpt.get("temperature", 1.0)))
+        """Predictions on standardised inputs; the network is built once per Run (the robustness
+        sweep predicts ~100 masks per run)."""
+        return predict_with(self._student, X, M, self.task, float(self.ckpt.get("temperature", 1.0)))
