@@ -167,7 +167,8 @@ def cmd_robustness(args) -> None:
     from medmix.io import write_json
     cohort, caches = _cohort(args, args.dataset), _caches(args.embeddings, args.results, args.dataset)
     mechanisms = json.loads(args.mechanisms) if args.mechanisms else []
-    evals = [evaluate_run(r, cohort, caches, args.rates, args.mask_seed, mechanisms) for r in args.runs]
+    memo: dict = {}  # every run re-predicts under the same masks: draw each once
+    evals = [evaluate_run(r, cohort, caches, args.rates, args.mask_seed, mechanisms, memo) for r in args.runs]
     res = summarize(args.dataset, evals, args.drop_runs, args.base_runs)
     write_json(args.out, res)
     k = res["primary"]

@@ -58,11 +58,30 @@ def ece_rows(y: np.ndarray, p: np.ndarray, bins: int = ECE_BINS) -> np.ndarray:
     return out
 
 
+def average_ranks(p: np.ndarray) -> np.ndarray:
+    """1-based ranks along the last axis, ties given their average rank, NaN rows NaN: the values of
+    scipy.stats.rankdata(p, axis=-1) (exactly: every rank is a whole or half number), without
+    importing scipy.stats (2–3 s in each train process)."""
+    p = np.asarray(p, dtype=np.float64)
+    n = p.shape[-1]
+    order = np.argsort(p, axis=-1, kind="stable")
+    s = np.take_along_axis(p, order, -1)
+    pos = np.broadcast_to(np.arange(n), s.shape)
+    first = np.ones(s.shape, dtype=bool)
+    first[..., 1:] = s[..., 1:] != s[..., :-1]
+    last = np.ones(s.shape, dtype=bool)
+    last[..., :-1] = first[..., 1:]
+    start = np.maximum.accumulate(np.where(first, pos, 0), axis=-1)                        # tie group's first index
+    end = np.flip(np.minimum.accumulate(np.flip(np.where(last, pos, n), -1), axis=-1), -1)  # ... and last
+    r = np.empty_like(s)
+    np.put_along_axis(r, order, (start + end) / 2 + 1, -1)
+    return np.where(np.isnan(p).any(-1, keepdims=True), np.nan, r)
+
+
 def auroc_rows(y: np.ndarray, p: np.ndarray) -> np.ndarray:
     """AUROC of every row of (B, n) labels/scores at once (rank formula, ties averaged, as sklearn);
     NaN where a row has a single class."""
-    from scipy.stats import rankdata
-    r = rankdata(p, axis=-1)
+    r = average_ranks(p)
     npos = y.sum(-1)
     nneg = y.shape[-1] - npos
     with np.errstate(divide="ignore", invalid="ignore"):

@@ -21,6 +21,7 @@ time carry the outcome ("patient expired"); a correct loader never reads them.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import io
 from datetime import datetime, timedelta
@@ -88,17 +89,27 @@ def _write_csv_gz(df: pl.DataFrame, path: Path) -> None:
         f.write(buf.getvalue())
 
 
-def _chest_image(rng: np.random.Generator, r_diff: float, r_nod: float, size: int = 128,
-                blurred: bool = False) -> np.ndarray:
-    """A crude frontal chest radiograph: dark lungs on a bright mediastinum, plus planted findings."""
+@functools.lru_cache(maxsize=4)
+def _chest_template(size: int) -> tuple[np.ndarray, ...]:
+    """The grid, the empty chest (dark lungs on a bright mediastinum) and the basal-zone profile
+    every image of a size shares (read-only)."""
     yy, xx = np.mgrid[0:size, 0:size] / size
     img = 0.75 - 0.15 * yy
     for cx in (0.3, 0.7):  # lungs
         lung = ((xx - cx) / 0.17) ** 2 + ((yy - 0.5) / 0.33) ** 2 < 1
         img = np.where(lung, 0.25, img)
+    basal = np.exp(-((yy - 0.75) / 0.12) ** 2) * (np.abs(xx - 0.5) > 0.08)
+    for a in (yy, xx, img, basal):
+        a.flags.writeable = False
+    return yy, xx, img, basal
+
+
+def _chest_image(rng: np.random.Generator, r_diff: float, r_nod: float, size: int = 128,
+                blurred: bool = False) -> np.ndarray:
+    """A crude frontal chest radiograph: dark lungs on a bright mediastinum, plus planted findings."""
+    yy, xx, img, basal = _chest_template(size)
     # diffuse basal opacity: a broad, smooth brightening of both lower zones (low frequency)
     sev = 1 / (1 + np.exp(-2.0 * r_diff))
-    basal = np.exp(-((yy - 0.75) / 0.12) ** 2) * (np.abs(xx - 0.5) > 0.08)
     img = img + 0.45 * sev * basal
     # nodules: small bright dots in the central region (high frequency, needs full resolution)
     n_nod = rng.poisson(4.0 * max(r_nod + 0.6, 0.0))
@@ -127,31 +138,45 @@ def _events(rng, n, r, subj, hadm, stay, intime, icu_hours):
         "bicarbonate": (24, 2.5, -2.5, 1),
     }
     level = {k: m + 0.5 * s * rng.normal(size=n) + e * r[:, 0] for k, (m, s, e, _) in base.items()}
-    ce, le = [], []
+    ce = {k: [] for k in ("subject_id", "hadm_id", "stay_id", "time", "itemid", "vals", "valueuom")}
+    le = []
     lab_id = 1
     for i in range(n):
         hours = np.arange(0, icu_hours[i], 2.0)
+        stamps = np.array([_ts(intime[i] + timedelta(hours=float(h))) for h in hours], dtype=object)
         for itemid, (name, unit) in VITALS.items():
             keep = rng.random(len(hours)) < 0.85
             vals = level[name][i] + base[name][3] * rng.normal(size=len(hours))
             if name == "spo2":
                 vals = np.minimum(vals, 100)
-            for h, v in zip(hours[keep], vals[keep]):
-                t = intime[i] + timedelta(hours=float(h))
-                ce.append((int(subj[i]), int(hadm[i]), int(stay[i]), None, _ts(t), _ts(t), itemid,
-                           f"{v:.1f}", round(float(v), 1), unit, 0))
+            k = int(keep.sum())
+            for col, v in (("subject_id", subj[i]), ("hadm_id", hadm[i]), ("stay_id", stay[i]), ("itemid", itemid),
+                           ("valueuom", unit)):
+                ce[col].append(np.full(k, v, dtype=object if col == "valueuom" else np.int64))
+            ce["time"].append(stamps[keep])
+            ce["vals"].append(vals[keep])
         for h in np.arange(-6, icu_hours[i], 12.0):  # labs twice a day, one draw before the ICU
             t = intime[i] + timedelta(hours=float(h) + float(rng.uniform(0, 2)))
+            t_chart, t_store = _ts(t), _ts(t + timedelta(hours=1))
             spec = int(rng.integers(1_000_000, 99_999_999))
             for itemid, (name, unit) in LABS.items():
                 if rng.random() < 0.1:
                     continue
                 v = max(level[name][i] + base[name][3] * rng.normal(), 0.1)
-                le.append((lab_id, int(subj[i]), int(hadm[i]), spec, itemid, None, _ts(t),
-                           _ts(t + timedelta(hours=1)), f"{v:.2f}", round(float(v), 2), unit,
+                le.append((lab_id, int(subj[i]), int(hadm[i]), spec, itemid, None, t_chart,
+                           t_store, f"{v:.2f}", round(float(v), 2), unit,
                            None, None, None, "ROUTINE", None))
                 lab_id += 1
-    chartevents = pl.DataFrame(ce, orient="row", schema={
+    vals = np.concatenate(ce["vals"]).tolist()
+    value = [f"{v:.1f}" for v in vals]
+    times = np.concatenate(ce["time"]).tolist()
+    chartevents = pl.DataFrame({
+        "subject_id": np.concatenate(ce["subject_id"]), "hadm_id": np.concatenate(ce["hadm_id"]),
+        "stay_id": np.concatenate(ce["stay_id"]), "caregiver_id": pl.Series([None] * len(vals), dtype=pl.Int64),
+        "charttime": times, "storetime": times, "itemid": np.concatenate(ce["itemid"]), "value": value,
+        "valuenum": [float(v) for v in value],  # = round(v, 1): CPython rounds through the same decimal string
+        "valueuom": np.concatenate(ce["valueuom"]).tolist(), "warning": np.zeros(len(vals), dtype=np.int64),
+    }, schema={
         "subject_id": pl.Int64, "hadm_id": pl.Int64, "stay_id": pl.Int64, "caregiver_id": pl.Int64,
         "charttime": pl.String, "storetime": pl.String, "itemid": pl.Int64, "value": pl.String,
         "valuenum": pl.Float64, "valueuom": pl.String, "warning": pl.Int64})

@@ -53,3 +53,18 @@ def test_brier_and_ece_equal_their_definitions():
     assert m["macro_ece"]["value"] == pytest.approx(np.mean([e["ece"]["value"] for e in per]))
     perfect = task_metrics("binary", np.array([0., 1., 0., 1.]), np.array([0., 1., 0., 1.]), n_boot=20)
     assert perfect["brier"]["value"] == 0 and perfect["ece"]["value"] == 0 and perfect["ece"]["ci_high"] == 0
+
+
+def test_average_ranks_equal_scipy_rankdata():
+    """The AUROC's ranks (numpy, batched) are scipy's average ranks exactly, ties and NaN rows included."""
+    from scipy.stats import rankdata
+
+    from medmix.metrics import average_ranks
+    rng = np.random.default_rng(0)
+    for shape in [(1,), (6,), (3, 7), (4, 2, 50)]:
+        for levels in (2, 5, 10_000):
+            p = rng.integers(0, levels, shape).astype(float)
+            assert np.array_equal(average_ranks(p), rankdata(p, axis=-1))
+    p = rng.normal(size=(3, 9))
+    p[1, 3] = np.nan
+    assert np.array_equal(average_ranks(p), rankdata(p, axis=-1), equal_nan=True)

@@ -126,3 +126,33 @@ def test_two_stage_fits_the_teacher_first_then_freezes_it(tiny_results, tmp_path
     joint = train_run(_spec("medmix", max_epochs=8), 0, tmp_path / "j", results=tiny_results, progress=False)
     jh = torch.load(tmp_path / "j" / "model.pt", weights_only=True)["history"]
     assert all("teacher_val_score" in h and "loss_teacher" in h for h in jh) and joint["test"] != a["test"]
+
+
+def test_fused_adamw_is_torch_adamw_bit_for_bit_without_dynamo():
+    """The trainer's direct call of the fused AdamW kernel updates exactly as torch.optim.AdamW
+    (fused) does, skipping parameters without a gradient (a frozen teacher) as it does, and never
+    imports torch._dynamo (checked in a fresh interpreter)."""
+    import subprocess
+    import sys
+
+    from medmix.train import FusedAdamW
+
+    def fit(make):
+        torch.manual_seed(0)
+        net = torch.nn.Sequential(torch.nn.Linear(7, 16), torch.nn.LayerNorm(16), torch.nn.GELU(), torch.nn.Linear(16, 1))
+        frozen = torch.nn.Linear(3, 3)
+        opt = make(list(net.parameters()) + list(frozen.parameters()))
+        for _ in range(30):
+            loss = net(torch.randn(32, 7)).pow(2).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        return torch.cat([p.detach().flatten() for p in net.parameters()]), frozen.weight.detach().clone()
+
+    mine, f1 = fit(lambda ps: FusedAdamW(ps, 1e-2, 0.01))
+    ref, f2 = fit(lambda ps: torch.optim.AdamW(ps, lr=1e-2, weight_decay=0.01, fused=True))
+    assert torch.equal(mine, ref) and torch.equal(f1, f2)
+    code = ("import sys, torch; from medmix.train import adamw; p = torch.nn.Parameter(torch.ones(2)); "
+            "o = adamw([p], 0.1, 0.0); p.sum().backward(); o.step(); print('torch._dynamo' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -40,11 +40,12 @@ def mechanism_curves(mechanisms: list[dict], mods: list[str]) -> list[tuple[str,
 
 
 def evaluate_run(run: str | Path, cohort: str | Path, caches: Caches, rates: list[float], mask_seed: int = 0,
-                 mechanisms: list[dict] | None = None) -> dict:
+                 mechanisms: list[dict] | None = None, memo: dict | None = None) -> dict:
     """Test metrics of one run under each drop rate, on the paired and partial test sets, and for
     every subset of the dataset's modalities; with `mechanisms`, under each missingness mechanism
     (medmix.masks.ampute) at each rate too. Masks and sample sets come from the cohort (and, for an
-    MNAR driver `outcome`, its labels) only, so every method sees the same masks."""
+    MNAR driver `outcome`, its labels) only, so every method sees the same masks: pass one `memo`
+    dict to the calls of a job and each mask is drawn once, not once per run."""
     r = Run.load(run)
     co = cohort_mod.read(cohort)
     test = (co["split"] == "test").to_numpy()
@@ -65,16 +66,26 @@ def evaluate_run(run: str | Path, cohort: str | Path, caches: Caches, rates: lis
         res = task_metrics(r.task.kind, y[rows], np.asarray(p, dtype=np.float64)[rows], thr=r.thresholds)
         return {**{k: res[k]["value"] for k in METRICS[r.task.kind]}, "n": int(rows.sum())}
 
+    memo = {} if memo is None else memo
+
+    def mask(spec: dict | None, rate: float) -> np.ndarray:
+        key = (tuple(dmods), avail.tobytes(), json.dumps(spec, sort_keys=True), float(rate), mask_seed, y.dtype.str,
+               y.tobytes())
+        if key not in memo:
+            memo[key] = (test_masks(avail, rate, mask_seed) if spec is None
+                         else ampute(test_cohort, dmods, spec, rate, mask_seed, outcome=y))
+        return memo[key]
+
     everyone = np.ones(len(y), dtype=bool)
     for rate in rates:
-        keep = test_masks(avail, rate, mask_seed)
+        keep = mask(None, rate)
         out["rates"][str(float(rate))] = {**predict(keep, everyone), "dropped": int((avail & ~keep).sum()),
                                           "mask_hash": stable_hash(keep.tolist())}
     out["mechanisms"] = {}
     for name, key, spec in mechanism_curves(mechanisms or [], dmods):
         curve = out["mechanisms"].setdefault(name, {}).setdefault(key, {})
         for rate in rates:
-            keep = ampute(test_cohort, dmods, spec, rate, mask_seed, outcome=y)
+            keep = mask(spec, rate)
             curve[str(float(rate))] = {**predict(keep, everyone), "dropped": int((avail & ~keep).sum()),
                                        "realised_rate": float((avail & ~keep).sum() / max(int(avail.sum()), 1)),
                                        "mask_hash": stable_hash(keep.tolist())}

@@ -160,25 +160,30 @@ class ImputeKNN(_Imputer):
         bmask = self.bank_mask
         if len(bmask) == 0:
             return [torch.zeros_like(e) for e in x]
-        a, ab = present.float(), bmask.float()
-        num = x[0].new_zeros(len(a), len(ab))
-        den = x[0].new_zeros(len(a), len(ab))
-        for j, (q, b) in enumerate(zip(x, banks)):
-            both = a[:, j:j + 1] * ab[:, j]                                     # (B, N)
-            # ‖q − b‖² over the pairs that both have expert j (q, b are 0 where absent)
-            num += both * ((q * q).sum(1, keepdim=True) + (b * b).sum(1)) - 2 * (q @ b.T)
-            den += both * q.shape[1]
+        a, ab = present.float(), bmask.float()                                 # (B, J), (N, J)
+        dims = torch.tensor([q.shape[1] for q in x], dtype=a.dtype, device=a.device)
+        qq = torch.stack([(q * q).sum(1) for q in x], 1)                        # (B, J)
+        bb = torch.stack([(b * b).sum(1) for b in banks], 1)                    # (N, J)
+        # Σ_j over the experts both have of ‖q_j − b_j‖² (q, b are 0 where absent, so the cross
+        # terms need no mask) and of the dimensions compared: a few matmuls, not J passes over (B, N)
+        num = (a * qq) @ ab.T + a @ (ab * bb).T
+        for q, b in zip(x, banks):
+            num.addmm_(q, b.T, alpha=-2.0)
+        den = (a * dims) @ ab.T
         dist = torch.where(den > 0, num.clamp_min(0) / den.clamp_min(1), torch.full_like(num, float("inf")))
         if own is not None:
             dist = dist.masked_fill(own[:, None] == self.bank_rows[None, :], float("inf"))
-        out = []
+        out, nearest = [], {}
         for j, b in enumerate(banks):
             cand = bmask[:, j]
             k = min(self.cfg.impute_k, int(cand.sum()))
             if k == 0:
                 out.append(torch.zeros_like(x[j]))
                 continue
-            near, idx = dist.masked_fill(~cand[None, :], float("inf")).topk(k, dim=1, largest=False)
+            key = next((c for c in nearest if torch.equal(nearest[c][0], cand)), j)  # experts of a modality
+            if key not in nearest:                                                  # share one search
+                nearest[key] = (cand, dist.masked_fill(~cand[None, :], float("inf")).topk(k, dim=1, largest=False))
+            near, idx = nearest[key][1]
             w = torch.isfinite(near).to(b.dtype)                                # (B, k)
             out.append((w.unsqueeze(-1) * b[idx]).sum(1) / w.sum(1, keepdim=True).clamp_min(1))
         return out

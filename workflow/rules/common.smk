@@ -149,6 +149,15 @@ def embed_gpu(wildcards):
     return embed_resource(wildcards, "gpu")
 
 
+def embed_threads(wildcards):
+    return embed_resource(wildcards, "threads")
+
+
+# Every cache before any training: a train job waits on all of its method's caches, so a late
+# cache (the demo's teacher ViT, 13 s) otherwise holds up the longest train jobs at the end.
+EMBED_PRIORITY = 10
+
+
 def seed_files(run_dir, name, seeds):
     """One output file per seed of a train job: {run_dir}/seed{s}/{name}."""
     return [f"{run_dir}/seed{s}/{name}" for s in seeds]

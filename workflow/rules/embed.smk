@@ -16,9 +16,10 @@ rule embed:
         "results/{dataset}/benchmarks/embed/{modality}/{encoder}.tsv"
     wildcard_constraints:
         encoder=UNSHARDED_RE,
+    priority: EMBED_PRIORITY
     conda:
         "../../envs/medmix.yaml"
-    threads: 2
+    threads: embed_threads
     resources:
         mem_mb=embed_mem_mb,
         runtime=embed_runtime,
@@ -27,7 +28,7 @@ rule embed:
     params:
         job=embed_job,
     shell:
-        "$MEDMIX_PY -m medmix embed --cohort {input.cohort} --modality {wildcards.modality} "
+        "OMP_NUM_THREADS={threads} $MEDMIX_PY -m medmix embed --cohort {input.cohort} --modality {wildcards.modality} "
         "--encoder {wildcards.encoder} --out {output} --job {params.job:q} --workers {resources.workers} --quiet > {log} 2>&1"
 
 
@@ -45,9 +46,10 @@ rule embed_shard:
         encoder=SHARDED_RE,
         shard=r"\d+",
         nshards=r"\d+",
+    priority: EMBED_PRIORITY
     conda:
         "../../envs/medmix.yaml"
-    threads: 2
+    threads: embed_threads
     resources:
         mem_mb=embed_mem_mb,
         runtime=embed_runtime,
@@ -56,7 +58,7 @@ rule embed_shard:
     params:
         job=embed_job,
     shell:
-        "$MEDMIX_PY -m medmix embed --cohort {input.cohort} --modality {wildcards.modality} "
+        "OMP_NUM_THREADS={threads} $MEDMIX_PY -m medmix embed --cohort {input.cohort} --modality {wildcards.modality} "
         "--encoder {wildcards.encoder} --out {output} --shard {wildcards.shard}/{wildcards.nshards} "
         "--job {params.job:q} --workers {resources.workers} --quiet > {log} 2>&1"
 
@@ -71,6 +73,7 @@ rule embed_merge:
         "results/{dataset}/logs/embed/{modality}/{encoder}.merge.log",
     wildcard_constraints:
         encoder=SHARDED_RE,
+    priority: EMBED_PRIORITY
     conda:
         "../../envs/medmix.yaml"
     threads: 1
