@@ -36,6 +36,27 @@ def test_truncation_side_chooses_the_visible_end():
     assert not np.allclose(tail[0], tail[1], atol=1e-3)    # the left-truncating one sees the end
 
 
+def test_int8_is_opt_in_quantised_close_to_fp32_and_its_own_cache_identity():
+    """`precision: int8` quantises the text model's linear layers (PyTorch dynamic quantisation),
+    stays close to fp32, hashes as a different spec (an int8 cache is never read as an fp32 one),
+    and is refused where it does not apply (image encoders, a GPU)."""
+    from medmix.io import stable_hash
+    texts = ["no acute cardiopulmonary abnormality", "a much longer note about the lungs " * 4, "mid length note"]
+    fp32 = create_encoder(_spec("minilm"))
+    int8 = create_encoder({**_spec("minilm"), "precision": "int8"})
+    a, b = fp32.encode(texts).emb, int8.encode(texts).emb
+    _, model = int8.load()
+    assert any(type(m).__name__ == "DynamicQuantizedLinear" for m in model.modules())
+    assert not any(type(m).__name__ == "DynamicQuantizedLinear" for m in fp32.load()[1].modules())
+    cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert cos.min() > 0.8 and not np.allclose(a, b)
+    assert stable_hash(fp32.spec) != stable_hash(int8.spec)
+    with pytest.raises(MedmixError, match="int8 applies to hf_text and hf_llm"):
+        create_encoder({**_spec("vit_low"), "precision": "int8"}).load()
+    with pytest.raises(MedmixError, match="int8 is a CPU path"):
+        create_encoder({**_spec("minilm"), "precision": "int8"}, device="cuda").load()
+
+
 def test_image_encoder_counts_bad_files(tmp_path, tiny_raw):
     good = sorted((tiny_raw / "files").rglob("*.jpg"))[0]
     (tmp_path / "empty.jpg").write_bytes(b"")

@@ -121,9 +121,17 @@ class BatchedEncoder(Encoder):
 
     _loaded = None
 
+    supports_int8 = False  # `precision: int8` (dynamic quantisation of the linear layers) applies
+
     def load(self):
         """Load the model once per encoder object (subclasses implement `_load`)."""
         if self._loaded is None:
+            if self.cfg.precision == "int8":
+                if not self.supports_int8:
+                    raise MedmixError(f"precision int8 applies to hf_text and hf_llm encoders, not {self.cfg.kind}")
+                if self.device.startswith("cuda"):
+                    raise MedmixError("precision int8 is a CPU path (PyTorch dynamic quantisation); "
+                                      "on a GPU use bf16 (precision: auto)")
             self._loaded = self._load()
         return self._loaded
 

@@ -68,8 +68,22 @@ def load_pretrained(cfg: EncoderSpec, auto_cls, **kw):
         raise offline_error(name, e) from None
 
 
+def quantize_linear_int8(model):
+    """The model with every nn.Linear dynamically quantised to int8 (weights per output channel,
+    activations per batch): PyTorch's own CPU path, no new dependency (`precision: int8`). Per
+    channel, not per tensor: on MiniLM report sentences the cosine to fp32 is 0.96–0.98 against
+    0.89–0.95 (docs/encoders.md)."""
+    import warnings
+
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+    with warnings.catch_warnings():  # torch marks its quantized tensors deprecated; the path still runs
+        warnings.simplefilter("ignore")
+        return quantize_dynamic(model, {torch.nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8)
+
+
 class _HFTextBase(BatchedEncoder):
     input = "text"
+    supports_int8 = True
     preprocessing_keys = ("max_length", "truncation_side", "pooling", "tokenizer", "instruction")
     default_pooling = "mean"
     default_model_type = "bert"
@@ -99,6 +113,9 @@ class _HFTextBase(BatchedEncoder):
             tok = load_tokenizer(str(path) if path else name, trc, config=hf)
             kw = {"dtype": self._model_dtype()} if self._model_dtype() is not None else {}
             model = load_pretrained(cfg, AutoModel, config=hf, **kw)
+        model = model.eval()
+        if cfg.precision == "int8":
+            model = quantize_linear_int8(model)
         tok.truncation_side = cfg.truncation_side
         tok.padding_side = "right"  # pooling below finds each row's last token from the mask
         if tok.pad_token is None:   # decoder tokenizers often have none
