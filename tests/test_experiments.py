@@ -190,3 +190,17 @@ def test_drop_parsing_paths_and_config_checks():
     with pytest.raises(MedmixError, match="robustness/test_rates/0"):
         config.validate(cfg)
     assert config.validate(TINY_CONFIG)["robustness"]["test_rates"][-1] == 0.9
+
+
+def test_a_shared_mask_memo_draws_each_mask_once_and_changes_no_result(runs, tiny_results):
+    """The robustness job passes one memo to every run's evaluation: the second method re-uses the
+    first's masks (no new draw) and gets exactly what a fresh evaluation gives."""
+    mechs = [{"name": "mar", "kind": "mar"}, {"name": "mnar", "kind": "mnar", "driver": "outcome", "direction": "down"}]
+    cohort, caches = tiny_results / "tiny" / "cohort.parquet", Caches.under(tiny_results, "tiny")
+    memo: dict = {}
+    first = _evaluate_run(runs["medmix"], cohort, caches, [0.0, 0.5], 0, mechs, memo)
+    drawn = len(memo)
+    second = _evaluate_run(runs["early_concat"], cohort, caches, [0.0, 0.5], 0, mechs, memo)
+    assert drawn == 4 * 2 and len(memo) == drawn  # (the MCAR drop curve, the mechanisms' MCAR, MAR, MNAR) x 2 rates
+    assert second == _evaluate_run(runs["early_concat"], cohort, caches, [0.0, 0.5], 0, mechs)
+    assert first["mechanisms"]["mnar"]["all"]["0.5"]["mask_hash"] == second["mechanisms"]["mnar"]["all"]["0.5"]["mask_hash"]
