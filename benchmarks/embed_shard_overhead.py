@@ -4,21 +4,44 @@
 (encoder settings from config.yaml; outputs under /tmp/bench_shard). Times: a warm-up run, an
 unsharded run, the same with a checkpoint after every batch, 4 shards one after the other, the merge.
 """
-import time, sys, numpy as np, h5py
-sys.path.insert(0, '.')
-from medmix.embed import run_embed, merge_shards
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import h5py
+import numpy as np
+
 from medmix import config
-cfg = config.load('config.yaml')
-co = sys.argv[1]; mod, slug = sys.argv[2], sys.argv[3]
-spec = config.embed_job(cfg, 'demo', mod, slug)['spec']
-d = '/tmp/bench_shard'
-import os; os.makedirs(d, exist_ok=True)
-run_embed(co, mod, slug, spec, f'{d}/warm.h5', device='cpu', progress=False)
-t = time.perf_counter(); s = run_embed(co, mod, slug, spec, f'{d}/full.h5', device='cpu', progress=False, checkpoint_every=10**6, checkpoint_seconds=1e9); a = time.perf_counter() - t
-t = time.perf_counter(); run_embed(co, mod, slug, spec, f'{d}/ck.h5', device='cpu', progress=False, checkpoint_every=1); c = time.perf_counter() - t
-ts = []
-for i in range(4):
-    t = time.perf_counter(); run_embed(co, mod, slug, spec, f'{d}/s{i}.h5', device='cpu', progress=False, shard=(i, 4)); ts.append(time.perf_counter() - t)
-t = time.perf_counter(); merge_shards(co, mod, slug, spec, [f'{d}/s{i}.h5' for i in range(4)], f'{d}/m.h5'); m = time.perf_counter() - t
-eq = np.array_equal(h5py.File(f'{d}/full.h5')['emb'][:], h5py.File(f'{d}/m.h5')['emb'][:])
-print(dict(samples=s['samples'], inputs=s['inputs'], unique=s['unique_inputs'], batches=s['batches'], unsharded_s=round(a,1), checkpoint_every_batch_s=round(c,1), shards_s=[round(x,1) for x in ts], merge_s=round(m,2), identical=eq))
+from medmix.embed import merge_shards, run_embed
+
+
+def timed(fn, *args, **kw):
+    t = time.perf_counter()
+    out = fn(*args, **kw)
+    return out, time.perf_counter() - t
+
+
+def main() -> None:
+    co, mod, slug = sys.argv[1], sys.argv[2], sys.argv[3]
+    spec = config.embed_job(config.load("config.yaml"), "demo", mod, slug)["spec"]
+    d = "/tmp/bench_shard"
+    os.makedirs(d, exist_ok=True)
+    kw = {"device": "cpu", "progress": False}
+    run_embed(co, mod, slug, spec, f"{d}/warm.h5", **kw)
+    s, unsharded = timed(run_embed, co, mod, slug, spec, f"{d}/full.h5", checkpoint_every=10**6,
+                         checkpoint_seconds=1e9, **kw)
+    _, every_batch = timed(run_embed, co, mod, slug, spec, f"{d}/ck.h5", checkpoint_every=1, **kw)
+    shards = [timed(run_embed, co, mod, slug, spec, f"{d}/s{i}.h5", shard=(i, 4), **kw)[1] for i in range(4)]
+    _, merge = timed(merge_shards, co, mod, slug, spec, [f"{d}/s{i}.h5" for i in range(4)], f"{d}/m.h5")
+    with h5py.File(f"{d}/full.h5") as a, h5py.File(f"{d}/m.h5") as b:
+        same = np.array_equal(a["emb"][:], b["emb"][:])
+    print(dict(samples=s["samples"], inputs=s["inputs"], unique=s["unique_inputs"], batches=s["batches"],
+               unsharded_s=round(unsharded, 1), checkpoint_every_batch_s=round(every_batch, 1),
+               shards_s=[round(x, 1) for x in shards], merge_s=round(merge, 2), identical=same))
+
+
+if __name__ == "__main__":
+    main()
