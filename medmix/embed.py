@@ -154,7 +154,8 @@ def run_embed(cohort_path: str | Path, modality: str, slug: str, spec: dict, out
 def _run_embed(cohort_path, modality, slug, spec, out, device, workers, shard, checkpoint_every,
                checkpoint_seconds, progress) -> dict:
     import torch
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    int8 = spec.get("precision") == "int8"  # a CPU path: never the default GPU
+    device = device or ("cuda" if torch.cuda.is_available() and not int8 else "cpu")
     spec = encoder_identity(spec)
     out = Path(out)
     ids, split, values = _read_cohort(cohort_path, modality)

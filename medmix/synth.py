@@ -167,6 +167,9 @@ def _events(rng, n, r, subj, hadm, stay, intime, icu_hours):
                            t_store, f"{v:.2f}", round(float(v), 2), unit,
                            None, None, None, "ROUTINE", None))
                 lab_id += 1
+    if not ce["vals"]:  # no stay: empty columns of the right type
+        ce = {k: [np.zeros(0, dtype=object if k in ("time", "valueuom") else np.float64 if k == "vals" else np.int64)]
+              for k in ce}
     vals = np.concatenate(ce["vals"]).tolist()
     value = [f"{v:.1f}" for v in vals]
     times = np.concatenate(ce["time"]).tolist()

@@ -55,7 +55,8 @@ class FusedAdamW:
     """torch.optim.AdamW(fused=True), called directly: the same kernel (`torch._fused_adamw_`: one
     op updates every parameter tensor) on the same state, so the same numbers bit for bit (tested
     against torch.optim.AdamW), without the 2.5 s import of torch._dynamo that every torch.optim
-    optimizer pays in its first process (once per train job; measured in the README)."""
+    optimizer pays in its first process (once per train job; measured in the README). What the
+    trainer needs only: `step()` without a closure, `zero_grad()` always to None."""
 
     def __init__(self, params, lr: float, weight_decay: float, betas=(0.9, 0.999), eps: float = 1e-8):
         self.params = list(params)

@@ -58,6 +58,16 @@ def test_int8_is_opt_in_quantised_close_to_fp32_and_its_own_cache_identity():
         create_encoder({**_spec("minilm"), "precision": "int8"}, device="cuda").load()
 
 
+def test_an_int8_embed_job_runs_on_the_cpu_even_where_a_gpu_is_visible(tiny_results, tmp_path, monkeypatch):
+    """The embed device defaults to a visible GPU, but never for the int8 CPU path (the workflow
+    passes no device: an int8 study on a GPU node must not stop with the GPU error)."""
+    import torch
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    s = run_embed(tiny_results / "tiny" / "cohort.parquet", "notes", "minilm", {**_spec("minilm"), "precision": "int8"},
+                  tmp_path / "int8.h5", progress=False)
+    assert s["device"] == "cpu" and (tmp_path / "int8.h5").exists()
+
+
 def test_image_encoder_counts_bad_files(tmp_path, tiny_raw):
     good = sorted((tiny_raw / "files").rglob("*.jpg"))[0]
     (tmp_path / "empty.jpg").write_bytes(b"")

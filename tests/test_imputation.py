@@ -56,6 +56,22 @@ def test_knn_imputes_the_mean_of_the_nearest_training_patients_who_have_the_inpu
             assert torch.allclose(fills[j][i], want, atol=1e-5), (i, j)
 
 
+def test_knn_distances_stay_fp32_under_bf16_autocast():
+    """Training on a GPU runs under bf16 autocast: the neighbour search must neither fail (an
+    in-place fp32 update of a bf16 matmul) nor lose precision; its fill equals the fp32 one."""
+    X, M = _data()
+    model = _knn(k=3)
+    model.fit_inputs(X, M, torch.arange(20), norm={})
+    flat = [x[20:] for m in DIMS for x in X[m]]
+    present = torch.cat([M[m][20:] for m in DIMS], 1)
+    want = model.fill(flat, present, {}, train=False)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = model.fill(flat, present, {}, train=False)
+        out = model({"x": {m: [x[20:] for x in xs] for m, xs in X.items()}, "mask": {m: v[20:] for m, v in M.items()}})
+    assert all(g.dtype == torch.float32 and torch.equal(g, w) for g, w in zip(got, want))
+    assert torch.isfinite(out["logit"]).all()
+
+
 def test_knn_never_takes_a_training_sample_as_its_own_neighbour():
     X, M = _data()
     for m in M:                                               # every row has every input

@@ -45,7 +45,8 @@ def evaluate_run(run: str | Path, cohort: str | Path, caches: Caches, rates: lis
     every subset of the dataset's modalities; with `mechanisms`, under each missingness mechanism
     (medmix.masks.ampute) at each rate too. Masks and sample sets come from the cohort (and, for an
     MNAR driver `outcome`, its labels) only, so every method sees the same masks: pass one `memo`
-    dict to the calls of a job and each mask is drawn once, not once per run."""
+    dict to the calls of a job on one cohort and each mask is drawn once, not once per run (its key
+    holds the availability and labels, not the MAR driver columns: never share it across cohorts)."""
     r = Run.load(run)
     co = cohort_mod.read(cohort)
     test = (co["split"] == "test").to_numpy()
@@ -74,6 +75,7 @@ def evaluate_run(run: str | Path, cohort: str | Path, caches: Caches, rates: lis
         if key not in memo:
             memo[key] = (test_masks(avail, rate, mask_seed) if spec is None
                          else ampute(test_cohort, dmods, spec, rate, mask_seed, outcome=y))
+            memo[key].flags.writeable = False  # shared by every run of the job
         return memo[key]
 
     everyone = np.ones(len(y), dtype=bool)

@@ -160,6 +160,10 @@ class ImputeKNN(_Imputer):
         bmask = self.bank_mask
         if len(bmask) == 0:
             return [torch.zeros_like(e) for e in x]
+        with torch.autocast(x[0].device.type, enabled=False):  # distances in fp32 (bf16 cancels badly)
+            return self._nearest_fill([q.float() for q in x], present, own, [b.float() for b in banks], bmask)
+
+    def _nearest_fill(self, x, present, own, banks, bmask):
         a, ab = present.float(), bmask.float()                                 # (B, J), (N, J)
         dims = torch.tensor([q.shape[1] for q in x], dtype=a.dtype, device=a.device)
         qq = torch.stack([(q * q).sum(1) for q in x], 1)                        # (B, J)

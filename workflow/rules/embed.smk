@@ -28,7 +28,7 @@ rule embed:
     params:
         job=embed_job,
     shell:
-        "OMP_NUM_THREADS={threads} $MEDMIX_PY -m medmix embed --cohort {input.cohort} --modality {wildcards.modality} "
+        "OMP_NUM_THREADS={threads} RAYON_NUM_THREADS={threads} $MEDMIX_PY -m medmix embed --cohort {input.cohort} --modality {wildcards.modality} "
         "--encoder {wildcards.encoder} --out {output} --job {params.job:q} --workers {resources.workers} --quiet > {log} 2>&1"
 
 
@@ -58,7 +58,7 @@ rule embed_shard:
     params:
         job=embed_job,
     shell:
-        "OMP_NUM_THREADS={threads} $MEDMIX_PY -m medmix embed --cohort {input.cohort} --modality {wildcards.modality} "
+        "OMP_NUM_THREADS={threads} RAYON_NUM_THREADS={threads} $MEDMIX_PY -m medmix embed --cohort {input.cohort} --modality {wildcards.modality} "
         "--encoder {wildcards.encoder} --out {output} --shard {wildcards.shard}/{wildcards.nshards} "
         "--job {params.job:q} --workers {resources.workers} --quiet > {log} 2>&1"
 
