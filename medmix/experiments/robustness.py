@@ -62,7 +62,7 @@ def evaluate_run(run: str | Path, cohort: str | Path, caches: Caches, rates: lis
            "rates": {}, "test_sets": {}, "subsets": {}}
 
     def predict(keep: np.ndarray, rows: np.ndarray) -> dict:
-        kept = {m: M[m] & torch.from_numpy(keep[:, dmods.index(m)])[:, None] for m in M}
+        kept = {m: M[m] & torch.from_numpy(keep[:, dmods.index(m)].copy())[:, None] for m in M}
         p, _ = r.predict(X, kept)
         res = task_metrics(r.task.kind, y[rows], np.asarray(p, dtype=np.float64)[rows], thr=r.thresholds)
         return {**{k: res[k]["value"] for k in METRICS[r.task.kind]}, "n": int(rows.sum())}
