@@ -155,69 +155,51 @@ def main() -> None:
 
 
 def seeds_together(args, inp, method, fcfg, yt, tr_t, dl_sps: float) -> None:
-    """Per-seed throughput of S seeds trained together, two ways, against the plain loop (one seed).
+    """Throughput of S seeds trained together against the plain loop (one seed), in seed-samples per
+    second (training samples × seeds / wall time): what a train job of S seeds gets done per second.
 
-    - one after another in one process (what `medmix train --seeds` does): the interpreter, torch
-      and the caches are loaded once; each seed's epochs are train_epoch's;
-    - vectorised over seeds with torch.func: parameters stacked (`stack_module_state`), one
-      `vmap(grad(functional_call))` step for all seeds, one fused AdamW over the stacked tensors.
-      Dropout off and a plain BCE loss on both sides (vmap would draw dropout from one generator for
-      every seed, and medmix's masked losses select rows, which vmap cannot batch), so the two do
-      the same arithmetic. The demo's task is binary."""
-    import copy
-    from torch.func import functional_call, grad_and_value, stack_module_state, vmap
-    bce = torch.nn.functional.binary_cross_entropy_with_logits
-    S, steps = args.seeds, max(1, args.epochs * -(-len(tr_t) // args.batch_size))
-    n = len(tr_t)
+    - one after another in one process: each seed's epochs are train_epoch's on its own network
+      (what a job does for a network that cannot be stacked);
+    - as one seed ensemble (medmix.model.ensemble, what a train job does for MedMIX): the S networks
+      stacked, `train_epoch_seeds` (each seed its own batch order, masks and dropout), one fused
+      AdamW over the stacked tensors; also with S = 1 (a one-seed job)."""
+    from medmix.model.ensemble import stack_seeds
+    from medmix.train import SeedTables, train_epoch_seeds
+    S, n = args.seeds, len(tr_t)
 
     def one_by_one() -> float:
         t = time.perf_counter()
         for s in range(S):
             torch.manual_seed(s)
-            model = create_model(method, inp.dims, fcfg).eval()
+            model = create_model(method, inp.dims, fcfg)
             opt = adamw(model.parameters(), 1e-3, 0.01)
             gen = torch.Generator().manual_seed(s)
-            for i in range(steps):
-                idx = tr_t[torch.randint(n, (args.batch_size,), generator=gen)]
-                loss = bce(model(make_batch(inp.X, inp.M, idx))["logit"][:, 0], yt[idx])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-        return steps * args.batch_size / (time.perf_counter() - t)   # per seed
+            for _ in range(args.epochs):
+                train_epoch(model, opt, (inp.X, inp.M, None, None), yt, tr_t, args.batch_size, gen)
+        return S * args.epochs * n / (time.perf_counter() - t)
 
-    def vectorised() -> float:
+    def ensemble(k: int) -> float:
+        t = time.perf_counter()
         models = []
-        for s in range(S):
+        for s in range(k):
             torch.manual_seed(s)
             models.append(create_model(method, inp.dims, fcfg))
-        params, buffers = stack_module_state(models)
-        base = copy.deepcopy(models[0]).to("meta").eval()
-        opt = adamw(list(params.values()), 1e-3, 0.01)
+        ens = stack_seeds(models)
+        ens._seed_gens[:] = [torch.Generator().manual_seed(100 + s) for s in range(k)]
+        opt = adamw(ens.parameters(), 1e-3, 0.01)
+        gens = [torch.Generator().manual_seed(s) for s in range(k)]
+        tables = SeedTables([(inp.X, inp.M, None, None)] * k, len(yt))
+        for _ in range(args.epochs):
+            train_epoch_seeds(ens, opt, tables, list(range(k)), yt, [tr_t] * k, args.batch_size, gens, [None] * k)
+        return k * args.epochs * n / (time.perf_counter() - t)
 
-        def loss_fn(p, b, idx):
-            out = functional_call(base, (p, b), (make_batch(inp.X, inp.M, idx),))
-            return bce(out["logit"][:, 0], yt[idx])
-        step = vmap(grad_and_value(loss_fn), in_dims=(0, 0, 0))
-        gens = [torch.Generator().manual_seed(s) for s in range(S)]
-        t = time.perf_counter()
-        for i in range(steps):
-            idx = torch.stack([tr_t[torch.randint(n, (args.batch_size,), generator=g)] for g in gens])
-            grads, _ = step(params, buffers, idx)
-            for k, v in params.items():
-                v.grad = grads[k]
-            opt.step()
-        return steps * args.batch_size / (time.perf_counter() - t)   # per seed
-
-    seq = vec = 0.0
-    try:
-        for _ in range(args.repeats):
-            seq, vec = max(seq, one_by_one()), max(vec, vectorised())
-    except RuntimeError as e:   # an operation vmap cannot batch
-        print(f"{S} seeds vectorised with torch.func: not possible for this model ({str(e).splitlines()[0]})")
-    print(f"{S} seeds in one process, one after another:  {seq:8.0f} samples/s per seed   x{seq / dl_sps:.2f} the plain loop")
-    if vec:
-        print(f"{S} seeds vectorised (torch.func vmap+grad): {vec:8.0f} samples/s per seed   x{vec / dl_sps:.2f} the plain "
-              f"loop, x{vec / seq:.2f} one after another")
+    seq = ens1 = ens = 0.0
+    for _ in range(args.repeats):
+        seq, ens1, ens = max(seq, one_by_one()), max(ens1, ensemble(1)), max(ens, ensemble(S))
+    print(f"{S} seeds one after another (train_epoch):    {seq:8.0f} seed-samples/s   x{seq / dl_sps:.2f} the plain loop")
+    print(f"1 seed as a one-seed ensemble (a 1-seed job): {ens1:8.0f} seed-samples/s   x{ens1 / dl_sps:.2f} the plain loop")
+    print(f"{S} seeds as one seed ensemble (a {S}-seed job): {ens:8.0f} seed-samples/s   x{ens / dl_sps:.2f} the plain loop, "
+          f"x{ens / seq:.2f} one after another")
 
 
 def memory(args) -> None:

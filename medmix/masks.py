@@ -39,19 +39,34 @@ def cohort_availability(cohort: pl.DataFrame, mods: list[str]) -> np.ndarray:
 
 
 def keep_at_least_one(mask, p: float, gen=None):
-    """Drop each True entry of the bool tensor `mask` (B, T) with prob p; a row that had any True keeps one."""
+    """Drop each True entry of the bool tensor `mask` (B, T) with prob p; a row that had any True keeps one.
+    `gen`: a generator, or one per seed of a seed ensemble (medmix.model.ensemble: rows seed-major),
+    each seed's draws then made from its own generator exactly as they would be for that seed alone."""
     import torch
     import torch.nn.functional as F
     if p <= 0:
         return mask
-    drop = torch.rand(mask.shape, generator=gen, device=mask.device) < p
+    gens = gen if isinstance(gen, (list, tuple)) else None
+    drop = _rand(mask, gens, gen) < p
     kept = mask & ~drop
     lost = mask.any(1) & ~kept.any(1)
     if lost.any():
-        score = torch.rand(mask.shape, generator=gen, device=mask.device).masked_fill(~mask, -1)
+        score = _rand(mask, gens, gen, lost).masked_fill(~mask, -1)
         pick = F.one_hot(score.argmax(1), mask.shape[1]).bool()
         kept = torch.where(lost.unsqueeze(1), pick, kept)
     return kept
+
+
+def _rand(mask, gens, gen, need=None):
+    """Uniform draws shaped like `mask`: from `gen`, or seed by seed from `gens` (a seed whose rows of
+    `need` are all False draws nothing, as it would not alone)."""
+    import torch
+    if gens is None:
+        return torch.rand(mask.shape, generator=gen, device=mask.device)
+    n = mask.shape[0] // len(gens)
+    wants = [True] * len(gens) if need is None else need.reshape(len(gens), n).any(1).tolist()
+    return torch.cat([torch.rand((n, *mask.shape[1:]), generator=g, device=mask.device) if w else
+                      torch.zeros((n, *mask.shape[1:]), device=mask.device) for g, w in zip(gens, wants)])
 
 
 def parse_drop(text: str) -> dict:

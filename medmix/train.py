@@ -31,6 +31,7 @@ from medmix.masks import TrainDrop, dataset_modalities
 from medmix.methods import MethodSpec, method_spec
 from medmix.metrics import primary_score, task_metrics, thresholds
 from medmix.model import create_model, fusion_config, weight_columns
+from medmix.model.ensemble import NotStackable, keep_seeds, member, seed_chunk, seed_state, stack_seeds
 from medmix.model.losses import cox_loss
 from medmix.model.registry import model_class
 from medmix.tasks import Task
@@ -119,6 +120,85 @@ def train_epoch(model, opt, data: tuple, yt: torch.Tensor, tr: torch.Tensor, bs:
             for k, v in part.items():
                 parts[k] = parts.get(k, 0.0) + v * len(idx)
     return tot
+
+
+class SeedTables:
+    """The tensors (X, M, TX, TM) of E seeds, to gather one seed-major batch from (medmix.model.ensemble):
+    a tensor every seed shares is indexed by each seed's rows as they are; tensors that differ (a
+    seed's train-time drop) are concatenated once, seed e's rows offset by e·N."""
+
+    def __init__(self, datas: list[tuple], n_rows: int):
+        self.n = n_rows
+
+        def merge(vals):
+            v0 = vals[0]
+            if v0 is None:
+                return None
+            if isinstance(v0, dict):
+                return {k: merge([v[k] for v in vals]) for k in v0}
+            if isinstance(v0, list):
+                return [merge([v[i] for v in vals]) for i in range(len(v0))]
+            return (v0, False) if all(v is v0 for v in vals) else (torch.cat(vals), True)
+        self.data = [merge([d[j] for d in datas]) for j in range(4)]
+
+    def batch(self, idx: list[torch.Tensor], seeds: list[int]) -> dict:
+        """The batch of rows idx[i] of seed seeds[i] (positions in the tables), seed after seed."""
+        flat = torch.cat(idx)
+        off = torch.cat([i + s * self.n for i, s in zip(idx, seeds)])
+
+        def take(v):
+            if v is None:
+                return None
+            if isinstance(v, dict):
+                return {k: take(x) for k, x in v.items()}
+            if isinstance(v, list):
+                return [take(x) for x in v]
+            t, per_seed = v
+            return t[off] if per_seed else t[flat]
+        X, M, TX, TM = (take(v) for v in self.data)
+        b = {"x": X, "mask": M, "row": flat}
+        if TX:
+            b["tx"], b["tmask"] = TX, TM
+        return b
+
+
+def seed_losses(model, o: dict, ys: list[torch.Tensor], pos_weights: list) -> tuple[list[torch.Tensor], list[dict]]:
+    """Each seed's loss on its rows of a seed ensemble's outputs, with its own parameters (member(e))."""
+    E = len(ys)
+    losses, parts = [], []
+    for e in range(E):
+        model.pos_weight = pos_weights[e]
+        with member(e):
+            loss, part = model.loss(seed_chunk(o, e, E), ys[e])
+        losses.append(loss)
+        parts.append(part)
+    return losses, parts
+
+
+def train_epoch_seeds(ens, opt, tables: SeedTables, seeds: list[int], yt: torch.Tensor, trs: list[torch.Tensor],
+                      bs: int, gens: list[torch.Generator], pos_weights: list, amp: bool = False,
+                      parts: list[dict] | None = None) -> list[float]:
+    """train_epoch for a seed ensemble (medmix.model.ensemble): each seed shuffles its own training
+    rows `trs[i]` with its own generator and draws its masks from it; one step updates every seed.
+    Returns each seed's summed loss; `parts[i]` accumulates seed i's loss terms."""
+    ens.train()
+    perms = [tr[torch.randperm(len(tr), generator=g, device=tr.device)] for tr, g in zip(trs, gens)]
+    tots = [0.0] * len(trs)
+    for s in range(0, len(perms[0]), bs):
+        idx = [p[s:s + bs] for p in perms]
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+            o = ens(tables.batch(idx, seeds), train=True, gen=gens)
+            losses, part = seed_losses(ens, o, [yt[i] for i in idx], pos_weights)
+        opt.zero_grad(set_to_none=True)
+        sum(losses).backward()
+        opt.step()
+        for e, (loss, pe) in enumerate(zip(losses, part)):
+            n = len(idx[e])
+            tots[e] += loss.item() * n
+            if parts is not None:
+                for k, v in pe.items():
+                    parts[e][k] = parts[e].get(k, 0.0) + v * n
+    return tots
 
 
 def _val_score(kind: str, y: np.ndarray, p: np.ndarray, loss: float) -> float:
@@ -310,20 +390,48 @@ def fit(p: Prepared, seed: int, train: TrainParams | None = None, C: float | Non
     """One fit of a prepared job: (probabilities on every row, model outputs, student state, info).
     `train`: the train settings (default the job's); `C`: a linear model's L2 strength (default:
     the best of 0.001-1 on validation)."""
-    train = train or p.job.train
-    if _fitted(p.method):
-        p_all, state, more = _fit_logreg(p.exp, p.task, p.y, p.split, seed, C)
-        logits, o_all = more.pop("logits"), {}
-    else:
-        cfg = fusion_config(p.method, train, p.task.kind)
-        p_all, o_all, state, more = _fit_neural(p.job, p.method, cfg, train, p.task, p.exp, p.tea, p.y, p.split,
-                                                seed, device, progress)
-        logits = o_all["logit"].float().cpu().numpy()
-    if train.calibrate == "temperature" and p.task.kind != "survival":
-        va = p.split == "val"
-        more["temperature"] = fit_temperature(p.task, logits[va], p.y[va])
-        p_all = p.task.predictions(logits / more["temperature"])
-    return p_all, o_all, state, more
+    return fit_seeds([p], [seed], train, C, device, progress)[0]
+
+
+def fit_seeds(preps: list[Prepared], seeds: list[int], train: TrainParams | None = None, C: float | None = None,
+              device: str = "cpu", progress: bool = False) -> list[tuple[np.ndarray, dict, dict, dict]]:
+    """fit for each (prepared inputs, seed) of one job: networks that allow it train as one seed
+    ensemble (medmix.model.ensemble; seeds with as many training rows share one), the others one
+    seed after another. A seed's result is the same whichever seeds are fitted with it."""
+    p0 = preps[0]
+    train = train or p0.job.train
+    out: dict[int, tuple] = {}
+    if not _fitted(p0.method):
+        cfg = fusion_config(p0.method, train, p0.task.kind)
+        groups: dict[int, list[int]] = {}
+        for i, p in enumerate(preps):   # seeds train in lockstep: the same number of batches per epoch
+            groups.setdefault(int(((p.split == "train") & p.task.labelled(p.y)).sum()), []).append(i)
+        for g in groups.values():
+            try:
+                res = _fit_together(p0.job, p0.method, cfg, train, p0.task, [preps[i] for i in g],
+                                    [seeds[i] for i in g], device, progress)
+            except NotStackable:
+                break
+            out.update(zip(g, res))
+    for i, (p, seed) in enumerate(zip(preps, seeds)):
+        if i in out:
+            continue
+        if _fitted(p.method):
+            p_all, state, more = _fit_logreg(p.exp, p.task, p.y, p.split, seed, C)
+            out[i] = (p_all, {"logits": more.pop("logits")}, state, more)
+        else:
+            cfg = fusion_config(p.method, train, p.task.kind)
+            out[i] = _fit_neural(p.job, p.method, cfg, train, p.task, p.exp, p.tea, p.y, p.split, seed, device, progress)
+    results = []
+    for i, p in enumerate(preps):
+        p_all, o_all, state, more = out[i]
+        logits = o_all.pop("logits") if "logits" in o_all else o_all["logit"].float().cpu().numpy()
+        if train.calibrate == "temperature" and p.task.kind != "survival":
+            va = p.split == "val"
+            more["temperature"] = fit_temperature(p.task, logits[va], p.y[va])
+            p_all = p.task.predictions(logits / more["temperature"])
+        results.append((p_all, o_all, state, more))
+    return results
 
 
 def fit_temperature(task: Task, logits: np.ndarray, y: np.ndarray) -> float:
@@ -376,8 +484,9 @@ def train_seeds(job: TrainJob | dict, seeds: list[int], out: str | Path, cohort:
                 device: str | None = None, progress: bool = True, tuned: dict | None = None,
                 tuning_budget: dict | None = None) -> list[dict]:
     """Train every seed of one (dataset, method[, train-time drop]) in this process: the caches are
-    read once, then each seed is fitted on its own (`torch.manual_seed(seed)`, its own generator),
-    so a seed's run is the same whichever seeds share its job. Writes model.pt, metrics.json and
+    read once, then the seeds are fitted together as one seed ensemble where the network allows
+    (fit_seeds), each with its own initialisation (`torch.manual_seed(seed)`), generators and early
+    stop, so a seed's run is the same whichever seeds share its job. Writes model.pt, metrics.json and
     predictions.parquet per seed in `out/seed{s}/` (the workflow's layout).
 
     `cohort` and `caches`: the files the train rule declares (default: the workflow's layout under
@@ -402,19 +511,21 @@ def _train(job: TrainJob | dict, runs: list[tuple[int, Path]], cohort, caches, r
     caches = caches or Caches.under(results, job.dataset)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     shared = read_shared(job, cpath, caches)
-    read_s = time.perf_counter() - t_start
-    out_metrics = []
-    for seed, run_dir in runs:
-        t_seed = time.perf_counter()
+    preps, infos = [], []
+    for seed, _ in runs:
         p = prepare(job, seed, cpath, caches, shared)
         info = dict(p.info)
         if tuned:
             info["tuned"] = tuned
         if tuning_budget:
             info["tuning_budget"] = tuning_budget
-        p_all, o_all, state, more = fit(p, seed, C=C, device=device, progress=progress)
+        preps.append(p)
+        infos.append(info)
+    fits = fit_seeds(preps, seeds, C=C, device=device, progress=progress)
+    seconds = (time.perf_counter() - t_start) / len(seeds)   # the job's time, shared alike by its seeds
+    out_metrics = []
+    for (seed, run_dir), p, info, (p_all, o_all, state, more) in zip(runs, preps, infos, fits):
         info.update(more)
-        seconds = read_s / len(seeds) + time.perf_counter() - t_seed
         out_metrics.append(_write_run(p, seed, run_dir, p_all, o_all, state, info, device, seconds))
     return out_metrics
 
@@ -476,12 +587,7 @@ def _fit_neural(job: TrainJob, method: MethodSpec, cfg, tcfg: TrainParams, task:
     yt = torch.from_numpy(y.astype(np.float32)).to(device)
     tr_rows = (split == "train") & task.labelled(y)
     tr = torch.from_numpy(np.flatnonzero(tr_rows)).to(device)
-    if tcfg.pos_weight and task.kind in ("binary", "multilabel"):
-        # negatives/positives per label on the train split (1 where a label has no positive)
-        yy = y[tr_rows].reshape(int(tr_rows.sum()), -1)
-        pos, neg = np.nansum(yy, 0), np.nansum(1 - yy, 0)
-        model.pos_weight = torch.tensor(np.where(pos > 0, neg / np.maximum(pos, 1), 1.0), dtype=torch.float32,
-                                        device=device)
+    model.pos_weight = _pos_weight(tcfg, task, y, tr_rows, device)
     va = np.flatnonzero(split == "val")
     amp = device.startswith("cuda")  # bf16 autocast on GPU; full precision on CPU (deterministic)
     fit = _Fit(task, y, yt, tr, tcfg, gen, amp, device, progress)
@@ -515,6 +621,135 @@ def _fit_neural(job: TrainJob, method: MethodSpec, cfg, tcfg: TrainParams, task:
     info.update({"best_epoch": best_epoch, "epochs": len(history), "history": history,
                  "n_params": sum(p.numel() for n, p in model.named_parameters() if not n.startswith(("teacher", "align")))})
     return p_all, o_all, student, info
+
+
+def _pos_weight(tcfg: TrainParams, task: Task, y: np.ndarray, tr_rows: np.ndarray, device: str):
+    """`pos_weight`: negatives/positives per label on the training rows (1 where a label has no
+    positive); None unless the train block asks for it (binary, multilabel)."""
+    if not (tcfg.pos_weight and task.kind in ("binary", "multilabel")):
+        return None
+    yy = y[tr_rows].reshape(int(tr_rows.sum()), -1)
+    pos, neg = np.nansum(yy, 0), np.nansum(1 - yy, 0)
+    return torch.tensor(np.where(pos > 0, neg / np.maximum(pos, 1), 1.0), dtype=torch.float32, device=device)
+
+
+def _fit_together(job: TrainJob, method: MethodSpec, cfg, tcfg: TrainParams, task: Task, preps: list[Prepared],
+                  seeds: list[int], device: str, progress: bool) -> list[tuple]:
+    """_fit_neural for several seeds at once, as one seed ensemble (medmix.model.ensemble): each seed
+    has its own initialisation (`torch.manual_seed(seed)`), generators, batch order, masks, dropout
+    and early stop on validation; a seed that stops leaves the ensemble. The same per-seed results
+    as fitting the seeds in any other grouping (tested). Raises NotStackable for a network that
+    cannot be stacked, or for the two-stage schedule (fitted seed by seed)."""
+    E, p0 = len(seeds), preps[0]
+    y = p0.y
+    tdims = p0.tea.dims if p0.tea is not None and p0.tea.X else None
+    if method.teacher and tdims and tcfg.teacher_schedule == "two_stage":
+        raise NotStackable("the two-stage schedule")
+    models, gens, dgens = [], [], []
+    for s in seeds:
+        torch.manual_seed(s)
+        gens.append(torch.Generator(device=device).manual_seed(s))
+        models.append(create_model(method, p0.exp.dims, cfg, teacher_dims=tdims, n_out=task.n_out).to(device))
+        # the seed's dropout stream, drawn from its global generator after its initialisation
+        dgens.append(torch.Generator(device=device).manual_seed(int(torch.randint(2 ** 62, (1,)))))
+    ens = stack_seeds(models)
+    ens._seed_gens[:] = dgens
+    on_device: dict = {}   # one copy per tensor, however many seeds share it
+
+    def dev(d):
+        if d is None:
+            return None
+        move = lambda t: on_device.setdefault(id(t), (t, t.to(device)))[1]  # noqa: E731
+        return {m: [move(x) for x in v] if isinstance(v, list) else move(v) for m, v in d.items()}
+    datas = [(dev(p.exp.X), dev(p.exp.M), dev(p.tea.X) if tdims else None, dev(p.tea.M) if tdims else None)
+             for p in preps]
+    N = len(y)
+    tables = SeedTables(datas, N)
+    yt = torch.from_numpy(y.astype(np.float32)).to(device)
+    tr_rows = [(p.split == "train") & task.labelled(y) for p in preps]
+    trs = [torch.from_numpy(np.flatnonzero(r)).to(device) for r in tr_rows]
+    pws = [_pos_weight(tcfg, task, y, r, device) for r in tr_rows]
+    va = np.flatnonzero(p0.split == "val")
+    amp = device.startswith("cuda")
+    # the joint schedule's teacher, scored per epoch on the validation rows each seed has a teacher for
+    t_vas = [va[_with_teacher(d[3], va)] for d in datas] if tdims else None
+    t_tables = SeedTables([(d[2], d[3], None, None) for d in datas], N) if tdims else None
+    opt = adamw(ens.parameters(), tcfg.lr, tcfg.weight_decay, device)
+    active = list(range(E))                       # the seeds (positions) still in the ensemble
+    hist: list[list[dict]] = [[] for _ in seeds]
+    best = [(-np.inf, None, 0, 0)] * E            # (score, state, epoch, epochs without gain)
+
+    def scores(model, tabs: SeedTables, rows: list[np.ndarray]) -> list[tuple[float, float]]:
+        """(validation score, loss) of each active seed on its `rows`: one forward when every seed
+        scores the same rows, else one per seed (member(i))."""
+        model.eval()
+        n = len(active)
+        same = all(np.array_equal(r, rows[0]) for r in rows)
+        groups = [list(range(n))] if same else [[i] for i in range(n)]
+        out = []
+        for g in groups:
+            r = torch.from_numpy(rows[g[0]]).to(device)
+            with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+                if same:
+                    o = model(tabs.batch([r] * n, active), train=False)
+                    losses, _ = seed_losses(model, o, [yt[r]] * n, [pws[a] for a in active])
+                else:
+                    with member(g[0]):
+                        o = model(tabs.batch([r], [active[g[0]]]), train=False)
+                    losses, _ = seed_losses(model, o, [yt[r]], [pws[active[g[0]]]])
+            for j, loss in enumerate(losses):
+                p = task.predictions(seed_chunk(o["logit"], j, len(losses)).float().cpu().numpy())
+                out.append((_val_score(task.kind, y[rows[g[0]]], p, float(loss)), float(loss)))
+        return out
+
+    desc = f"train {job.dataset}/{job.method}/seed{','.join(map(str, seeds))}"
+    bar = tqdm(range(tcfg.max_epochs), desc=desc, disable=not progress, mininterval=2)
+    for epoch in bar:
+        if hasattr(ens, "teacher_weight"):
+            ens.teacher_weight = min(1.0, (epoch + 1) / tcfg.kd_warmup) if tcfg.kd_warmup else 1.0
+        parts: list[dict] = [{} for _ in active]
+        tots = train_epoch_seeds(ens, opt, tables, active, yt, [trs[a] for a in active], tcfg.batch_size,
+                                 [gens[a] for a in active], [pws[a] for a in active], amp, parts)
+        val = scores(ens, tables, [va] * len(active))
+        t_val = None
+        if tdims and all(len(t_vas[a]) for a in active):
+            t_val = scores(ens.teacher_stage(), t_tables, [t_vas[a] for a in active])
+        stop = []
+        for i, a in enumerate(active):
+            n = max(len(trs[a]), 1)
+            score, l_va = val[i]
+            row = {"epoch": epoch, "train_loss": tots[i] / n, "val_loss": l_va, "val_score": score,
+                   **{f"loss_{k}": v / n for k, v in parts[i].items()}}
+            if t_val:
+                row["teacher_val_score"] = t_val[i][0]
+            hist[a].append(row)
+            b_score, b_state, b_epoch, bad = best[a]
+            if score > b_score + 1e-6:
+                best[a] = (score, seed_state(ens, i), epoch, 0)
+            else:
+                best[a] = (b_score, b_state, b_epoch, bad + 1)
+                if bad + 1 >= tcfg.patience:
+                    stop.append(i)
+        bar.set_postfix(val=" ".join(f"{v[0]:.3f}" for v in val))
+        if stop:
+            keep = [i for i in range(len(active)) if i not in stop]
+            active = [active[i] for i in keep]
+            if not active:
+                break
+            keep_seeds(ens, keep, opt)
+    bar.close()
+    out = []
+    for a, (p, s) in enumerate(zip(preps, seeds)):   # each seed's best state in a network of its own
+        model = create_model(method, p.exp.dims, cfg, teacher_dims=tdims, n_out=task.n_out).to(device)
+        model.load_state_dict(best[a][1])
+        model.pos_weight = pws[a]
+        fit = _Fit(task, y, yt, trs[a], tcfg, gens[a], amp, device, False)
+        p_all, _, o_all = fit.predict(model, datas[a][:2], np.arange(N))
+        student = {k: v.cpu() for k, v in best[a][1].items() if not k.startswith(("teacher", "align"))}
+        info = {"best_epoch": best[a][2], "epochs": len(hist[a]), "history": hist[a],
+                "n_params": sum(q.numel() for n, q in model.named_parameters() if not n.startswith(("teacher", "align")))}
+        out.append((p_all, o_all, student, info))
+    return out
 
 
 def _with_teacher(TM: dict | None, rows: np.ndarray) -> np.ndarray:

@@ -34,7 +34,7 @@ from medmix.methods import MethodSpec, method_spec
 from medmix.metrics import PRIMARY, primary_score
 from medmix.model import TRAINER_KEYS
 from medmix.model.registry import model_class
-from medmix.train import _fitted, apply_tuning, fit, prepare
+from medmix.train import _fitted, apply_tuning, fit_seeds, prepare
 
 GROUPS = ("neural", "medmix", "teacher", "linear")
 
@@ -91,8 +91,7 @@ def tune(job: TrainJob | dict, cohort: str | Path, caches: Caches, tuning: dict,
         tjob, C = apply_tuning(job, params)
         t0 = time.perf_counter()
         scores = []
-        for s in seeds:
-            p_all, _, _, _ = fit(p0, s, train=tjob.train, C=C, device=device)
+        for p_all, _, _, _ in fit_seeds([p0] * len(seeds), seeds, train=tjob.train, C=C, device=device):
             v = primary_score(kind, p0.y[va], p_all[va])
             scores.append(None if np.isnan(v) else float(v))
         ok = [v for v in scores if v is not None]

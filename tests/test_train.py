@@ -67,7 +67,42 @@ def test_a_seed_trained_with_others_equals_it_trained_alone(tiny_results, tmp_pa
         train_seeds(job, [1, 1], tmp_path / "twice", results=tiny_results, progress=False)
 
 
-def test_undefined_metric_is_null_with_reason():
+@pytest.mark.parametrize("method,train", [("medmix", {"lambda_kd": 1.0, "kd_weight": "confidence", "align_on": "both"}),
+                                          ("medmix_reliability", {}), ("medmix_inter_concat", {"pos_weight": True})])
+def test_seeds_train_as_one_ensemble_each_with_its_own_early_stop(tiny_results, tmp_path, monkeypatch, method, train):
+    """MedMIX's seeds train as one seed ensemble (medmix.model.ensemble); seeds stop at different
+    epochs and leave it; seed 2 is the same run, bit for bit, beside 0, 1, 3 as alone."""
+    import medmix.train as train_mod
+    stacked = []
+    real = train_mod.stack_seeds
+    monkeypatch.setattr(train_mod, "stack_seeds", lambda models: stacked.append(len(models)) or real(models))
+    job = _spec(method, max_epochs=25, patience=2, **train)
+    together = train_seeds(job, [0, 1, 2, 3], tmp_path / "together", results=tiny_results, progress=False)
+    alone = train_seeds(job, [2], tmp_path / "alone", results=tiny_results, progress=False)
+    assert stacked == [4, 1]
+    assert len({m["epochs"] for m in together}) > 1, "every seed stopped at the same epoch: no seed left the ensemble"
+    strip = lambda m: {k: v for k, v in m.items() if k != "seconds"}   # noqa: E731
+    assert strip(together[2]) == strip(alone[0])
+    a, b = (pl.read_parquet(tmp_path / d / "seed2" / "predictions.parquet") for d in ("together", "alone"))
+    assert a.equals(b)
+    ca, cb = (torch.load(tmp_path / d / "seed2" / "model.pt", weights_only=False) for d in ("together", "alone"))
+    assert ca["history"] == cb["history"] and all(torch.equal(ca["state_dict"][k], cb["state_dict"][k]) for k in ca["state_dict"])
+
+
+def test_a_network_that_cannot_be_stacked_trains_seed_by_seed(tiny_results, tmp_path):
+    from medmix.model.ensemble import NotStackable, stack_seeds
+    from medmix.model import create_model, fusion_config
+    from medmix.methods import method_spec
+    for name in ("medfuse", "sparse_moe", "impute_mean"):
+        m = method_spec(name)
+        with pytest.raises(NotStackable):
+            stack_seeds([create_model(m, {"a": [4, 3]}, fusion_config(m, {})) for _ in range(2)])
+    together = train_seeds(_spec("sparse_moe", max_epochs=3), [0, 1], tmp_path / "t", results=tiny_results, progress=False)
+    alone = train_seeds(_spec("sparse_moe", max_epochs=3), [1], tmp_path / "a", results=tiny_results, progress=False)
+    assert together[1]["test"] == alone[0]["test"]
+
+
+
     m = task_metrics("binary", np.array([0., 0., 0., np.nan]), np.array([0.1, 0.2, 0.3, 0.4]), n_boot=10)
     assert m["n"] == 3 and m["auroc"] == {"value": None, "reason": "only one class in this split (0: 3 samples)"}
 

@@ -13,6 +13,8 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
+from medmix.model.ensemble import seed_param
+
 _FUSIONS: dict[tuple[str, str], type[nn.Module]] = {}
 
 
@@ -52,6 +54,7 @@ def _uniform(mask: torch.Tensor) -> torch.Tensor:
 
 class _Gate(nn.Module):
     """score_i = wᵀ tanh(U t_i)."""
+    seed_stackable = True   # row-wise (medmix.model.ensemble)
 
     def __init__(self, d: int):
         super().__init__()
@@ -64,6 +67,7 @@ class _Gate(nn.Module):
 
 @register_fusion("intra", "gated")
 class IntraGated(nn.Module):
+    seed_stackable = True   # row-wise (medmix.model.ensemble)
     def __init__(self, d, k):
         super().__init__()
         self.gate = _Gate(d)
@@ -75,6 +79,7 @@ class IntraGated(nn.Module):
 
 @register_fusion("intra", "mean")
 class IntraMean(nn.Module):
+    seed_stackable = True   # row-wise (medmix.model.ensemble)
     def __init__(self, d, k):
         super().__init__()
 
@@ -103,6 +108,7 @@ class IntraAttention(nn.Module):
 
 @register_fusion("intra", "concat")
 class IntraConcat(nn.Module):
+    seed_stackable = True   # row-wise (medmix.model.ensemble)
     def __init__(self, d, k):
         super().__init__()
         self.proj = nn.Linear(k * d, d)
@@ -115,6 +121,7 @@ class IntraConcat(nn.Module):
 @register_fusion("inter", "gated")
 class InterGated(nn.Module):
     """β = softmax over available modalities of vᵀ tanh(Q (z_m + e_m)); u = Σ β_m z_m."""
+    seed_stackable = True
 
     def __init__(self, d, m):
         super().__init__()
@@ -122,7 +129,7 @@ class InterGated(nn.Module):
         self.gate = _Gate(d)
 
     def forward(self, z, avail):  # z (B, M, d), avail (B, M)
-        beta = masked_softmax(self.gate(z + self.emb), avail)  # scores of the modality tokens z_m + e_m
+        beta = masked_softmax(self.gate(z + seed_param(self.emb, z)), avail)  # scores of the modality tokens z_m + e_m
         return (beta.unsqueeze(-1) * z).sum(1), beta
 
 
@@ -133,6 +140,7 @@ class InterReliability(nn.Module):
     estimates how likely the model's head is right from modality m alone (its true-class probability,
     Corbière et al. 2019; as in Han et al. 2022's confidence-aware multimodal fusion). MedMIX trains
     c_m toward that probability and the head on each modality alone (medmix.model.medmix.reliability_loss)."""
+    seed_stackable = True
 
     def __init__(self, d, m):
         super().__init__()
@@ -144,13 +152,14 @@ class InterReliability(nn.Module):
         return torch.sigmoid(self.conf(z).squeeze(-1))
 
     def forward(self, z, avail):
-        score = self.gate(z + self.emb) + torch.log(self.confidence(z).clamp_min(1e-6))
+        score = self.gate(z + seed_param(self.emb, z)) + torch.log(self.confidence(z).clamp_min(1e-6))
         beta = masked_softmax(score, avail)
         return (beta.unsqueeze(-1) * z).sum(1), beta
 
 
 @register_fusion("inter", "mean")
 class InterMean(nn.Module):
+    seed_stackable = True   # row-wise (medmix.model.ensemble)
     def __init__(self, d, m):
         super().__init__()
 
@@ -162,6 +171,7 @@ class InterMean(nn.Module):
 @register_fusion("inter", "concat")
 class InterConcat(nn.Module):
     """Zero-filled missing modalities, concatenated and projected (the ablation)."""
+    seed_stackable = True
 
     def __init__(self, d, m):
         super().__init__()

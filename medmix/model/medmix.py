@@ -66,6 +66,7 @@ def mlp(d_in: int, hidden: int, d_out: int, dropout: float) -> nn.Module:
 
 class Branch(nn.Module):
     """Expert projection → intra fusion per modality → inter fusion over available modalities."""
+    seed_stackable = True   # row-wise (medmix.model.ensemble), as every fusion it is built from must be
 
     def __init__(self, dims: dict[str, list[int]], cfg: FusionConfig):
         super().__init__()
@@ -100,7 +101,11 @@ class MedMIX(nn.Module):
     Trainer-set attributes (training only, not part of the weights): `pos_weight`; `teacher_weight`,
     the factor on the alignment and distillation terms (the warm-up ramp); `teacher_frozen`, set by
     the two-stage schedule: the teacher branch is trained first (`teacher_stage`), then its outputs
-    come precomputed in the batch (`t_logit`, `tu`, `tz`, `tavail`) and its task loss is left out."""
+    come precomputed in the batch (`t_logit`, `tu`, `tz`, `tavail`) and its task loss is left out.
+
+    Seeds train together (medmix.model.ensemble) when every fusion it holds is row-wise: the forward
+    is; the loss is computed per seed by the trainer."""
+    seed_stackable = True
 
     def __init__(self, dims: dict[str, list[int]], cfg: FusionConfig, n_out: int = 1,
                  teacher_dims: dict[str, list[int]] | None = None):
@@ -219,6 +224,7 @@ def reliability_loss(kind: str, head: nn.Module, inter: nn.Module, z: torch.Tens
 
 
 class _TeacherStage(nn.Module):
+    seed_stackable = True
     def __init__(self, model: MedMIX):
         super().__init__()
         self.branch, self.head, self.cfg = model.teacher, model.teacher_head, model.cfg
