@@ -677,7 +677,7 @@ def _fit_together(job: TrainJob, method: MethodSpec, cfg, tcfg: TrainParams, tas
     opt = adamw(ens.parameters(), tcfg.lr, tcfg.weight_decay, device)
     active = list(range(E))                       # the seeds (positions) still in the ensemble
     hist: list[list[dict]] = [[] for _ in seeds]
-    best = [(-np.inf, None, 0, 0)] * E            # (score, state, epoch, epochs without gain)
+    best = [_EarlyStop(tcfg.patience) for _ in seeds]
 
     def scores(model, tabs: SeedTables, rows: list[np.ndarray]) -> list[tuple[float, float]]:
         """(validation score, loss) of each active seed on its `rows`: one forward when every seed
@@ -706,7 +706,7 @@ def _fit_together(job: TrainJob, method: MethodSpec, cfg, tcfg: TrainParams, tas
     bar = tqdm(range(tcfg.max_epochs), desc=desc, disable=not progress, mininterval=2)
     for epoch in bar:
         if hasattr(ens, "teacher_weight"):
-            ens.teacher_weight = min(1.0, (epoch + 1) / tcfg.kd_warmup) if tcfg.kd_warmup else 1.0
+            ens.teacher_weight = _ramp(tcfg, epoch)
         parts: list[dict] = [{} for _ in active]
         tots = train_epoch_seeds(ens, opt, tables, active, yt, [trs[a] for a in active], tcfg.batch_size,
                                  [gens[a] for a in active], [pws[a] for a in active], amp, parts)
@@ -716,20 +716,13 @@ def _fit_together(job: TrainJob, method: MethodSpec, cfg, tcfg: TrainParams, tas
             t_val = scores(ens.teacher_stage(), t_tables, [t_vas[a] for a in active])
         stop = []
         for i, a in enumerate(active):
-            n = max(len(trs[a]), 1)
             score, l_va = val[i]
-            row = {"epoch": epoch, "train_loss": tots[i] / n, "val_loss": l_va, "val_score": score,
-                   **{f"loss_{k}": v / n for k, v in parts[i].items()}}
+            row = _epoch_row(epoch, tots[i], len(trs[a]), l_va, score, parts[i])
             if t_val:
                 row["teacher_val_score"] = t_val[i][0]
             hist[a].append(row)
-            b_score, b_state, b_epoch, bad = best[a]
-            if score > b_score + 1e-6:
-                best[a] = (score, seed_state(ens, i), epoch, 0)
-            else:
-                best[a] = (b_score, b_state, b_epoch, bad + 1)
-                if bad + 1 >= tcfg.patience:
-                    stop.append(i)
+            if best[a].update(score, epoch, lambda: seed_state(ens, i)):
+                stop.append(i)
         bar.set_postfix(val=" ".join(f"{v[0]:.3f}" for v in val))
         if stop:
             keep = [i for i in range(len(active)) if i not in stop]
@@ -741,12 +734,12 @@ def _fit_together(job: TrainJob, method: MethodSpec, cfg, tcfg: TrainParams, tas
     out = []
     for a, (p, s) in enumerate(zip(preps, seeds)):   # each seed's best state in a network of its own
         model = create_model(method, p.exp.dims, cfg, teacher_dims=tdims, n_out=task.n_out).to(device)
-        model.load_state_dict(best[a][1])
+        model.load_state_dict(best[a].state)
         model.pos_weight = pws[a]
         fit = _Fit(task, y, yt, trs[a], tcfg, gens[a], amp, device, False)
         p_all, _, o_all = fit.predict(model, datas[a][:2], np.arange(N))
-        student = {k: v.cpu() for k, v in best[a][1].items() if not k.startswith(("teacher", "align"))}
-        info = {"best_epoch": best[a][2], "epochs": len(hist[a]), "history": hist[a],
+        student = {k: v.cpu() for k, v in best[a].state.items() if not k.startswith(("teacher", "align"))}
+        info = {"best_epoch": best[a].epoch, "epochs": len(hist[a]), "history": hist[a],
                 "n_params": sum(q.numel() for n, q in model.named_parameters() if not n.startswith(("teacher", "align")))}
         out.append((p_all, o_all, student, info))
     return out
@@ -757,6 +750,36 @@ def _with_teacher(TM: dict | None, rows: np.ndarray) -> np.ndarray:
     if not TM:
         return np.zeros(len(rows), bool)
     return torch.stack([v.any(1) for v in TM.values()], 1).any(1).cpu().numpy()[rows]
+
+
+def _ramp(tcfg: TrainParams, epoch: int) -> float:
+    """The teacher terms' weight in an epoch: the `kd_warmup` ramp from 0 to 1 (1 without one)."""
+    return min(1.0, (epoch + 1) / tcfg.kd_warmup) if tcfg.kd_warmup else 1.0
+
+
+def _epoch_row(epoch: int, tot: float, n_train: int, l_va: float, score: float, parts: dict) -> dict:
+    """One epoch of a run's history: mean train loss and loss terms, validation loss and score."""
+    n = max(n_train, 1)
+    return {"epoch": epoch, "train_loss": tot / n, "val_loss": l_va, "val_score": score,
+            **{f"loss_{k}": v / n for k, v in parts.items()}}
+
+
+@dataclass
+class _EarlyStop:
+    """Early stopping on the validation score: the best state so far and the epochs without a gain."""
+    patience: int
+    best: float = -np.inf
+    state: dict | None = None
+    epoch: int = 0
+    bad: int = 0
+
+    def update(self, score: float, epoch: int, state) -> bool:
+        """Record an epoch's score (`state()` is called on a gain); True when training should stop."""
+        if score > self.best + 1e-6:
+            self.best, self.state, self.epoch, self.bad = score, state(), epoch, 0
+            return False
+        self.bad += 1
+        return self.bad >= self.patience
 
 
 @dataclass
@@ -792,27 +815,21 @@ class _Fit:
         rows): also record that model's validation score per epoch (the joint schedule's teacher)."""
         tcfg = self.tcfg
         opt = adamw(params, tcfg.lr, tcfg.weight_decay, self.device)
-        best, best_state, best_epoch, bad = -np.inf, None, 0, 0
+        stop = _EarlyStop(tcfg.patience)
         history = []
         bar = tqdm(range(tcfg.max_epochs), desc=f"train {desc}", disable=not self.progress, mininterval=2)
         for epoch in bar:
             if hasattr(model, "teacher_weight"):
-                model.teacher_weight = min(1.0, (epoch + 1) / tcfg.kd_warmup) if tcfg.kd_warmup else 1.0
+                model.teacher_weight = _ramp(tcfg, epoch)
             parts: dict = {}
             tot = train_epoch(model, opt, train_data or data, self.yt, self.tr, tcfg.batch_size, self.gen, self.amp, parts)
             score, l_va = self.score(model, data, va)
-            n = max(len(self.tr), 1)
-            row = {"epoch": epoch, "train_loss": tot / n, "val_loss": l_va, "val_score": score,
-                   **{f"loss_{k}": v / n for k, v in parts.items()}}
+            row = _epoch_row(epoch, tot, len(self.tr), l_va, score, parts)
             if watch is not None:
                 row["teacher_val_score"] = self.score(watch[0], watch[1:3], watch[3])[0]
             history.append(row)
             bar.set_postfix(val=f"{score:.3f}")
-            if score > best + 1e-6:
-                best, best_state, best_epoch, bad = score, copy.deepcopy(model.state_dict()), epoch, 0
-            else:
-                bad += 1
-                if bad >= tcfg.patience:
-                    break
-        model.load_state_dict(best_state)
-        return history, best_epoch
+            if stop.update(score, epoch, lambda: copy.deepcopy(model.state_dict())):
+                break
+        model.load_state_dict(stop.state)
+        return history, stop.epoch

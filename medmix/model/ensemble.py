@@ -44,7 +44,7 @@ def member(e: int):
         _member = prev
 
 
-def seed_param(p: torch.Tensor, like: torch.Tensor | None = None) -> torch.Tensor:
+def seed_param(p: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """A module's own parameter as its forward uses it. Not stacked: `p`. Stacked (E, *shape): inside
     member(e) p[e]; otherwise each seed's copy repeated over that seed's rows of `like` (seed-major)."""
     stacked = getattr(p, "_seed_stacked", False)
@@ -103,8 +103,9 @@ class SeedLayerNorm(nn.Module):
 
 class SeedDropout(nn.Module):
     """Dropout drawing each seed's noise from that seed's generator (`gens`, shared by the ensemble's
-    dropout layers and set by the trainer): keep where U(0, 1) < 1 − p, scaled by 1 / (1 − p) (uniform
-    draws and a compare: half the time of CPU `bernoulli_` for the same distribution)."""
+    dropout layers and set by the trainer): keep where U(0, 1) < 1 − p, scaled by 1 / (1 − p). Uniform
+    draws and a compare cost half of CPU `bernoulli_` for the same distribution (136 vs 265 µs on a
+    128 × 3 × 32 tensor, one thread, 2,000 calls each: `torch.rand(...) < 0.8` vs `bernoulli_(0.8)`)."""
 
     def __init__(self, p: float, gens: list):
         super().__init__()
@@ -151,7 +152,6 @@ def stack_seeds(models: list[nn.Module]) -> nn.Module:
 
     ens = convert(models)
     ens._seed_gens = gens
-    ens.n_seeds = len(models)
     return ens
 
 
@@ -171,7 +171,6 @@ def keep_seeds(ens: nn.Module, keep: list[int], opt=None) -> None:
             st = opt.state[p]
             opt.state[p] = (st[0], st[1][idx.to(old.device)].contiguous(), st[2][idx.to(old.device)].contiguous())
     ens._seed_gens[:] = [ens._seed_gens[i] for i in keep]
-    ens.n_seeds = len(keep)
 
 
 def seed_chunk(x, e: int, n_seeds: int):
