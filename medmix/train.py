@@ -515,7 +515,7 @@ def _train(job: TrainJob | dict, runs: list[tuple[int, Path]], cohort, caches, r
     for seed, _ in runs:
         p = prepare(job, seed, cpath, caches, shared)
         info = dict(p.info)
-        if tuned:
+        if tuned is not None:   # {}: the search kept the defaults (trial 0)
             info["tuned"] = tuned
         if tuning_budget:
             info["tuning_budget"] = tuning_budget

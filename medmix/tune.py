@@ -1,9 +1,11 @@
 """The tune stage: every method gets the same search budget on the validation split.
 
 One process per (dataset, method): the job's inputs are read once (medmix.train.prepare), then a
-seeded Optuna TPE search runs `trials` fits (TPE samples its first 10 trials at random: a
-budget of 10 or fewer is a seeded random search), each scored by the task's primary metric on the
-validation split (mean over `seeds`). Test labels are never read: a fit uses the train rows and
+seeded search runs `trials` fits, each scored by the task's primary metric on the validation
+split (mean over `seeds`, trained together as one seed ensemble where the network allows). Trial 0
+is the shared defaults (the method's settings without tuning), so a search replaces them only by
+something better on validation; the other trials are Optuna TPE's (it samples its first 10 at
+random: a budget of 10 or fewer is a seeded random search). Ties keep the earlier trial. Test labels are never read: a fit uses the train rows and
 early-stops on validation rows, and the objective reads validation rows only. The search space of
 a method is the union of the config's `tuning.spaces` groups that apply to it, less the fusion
 settings its architecture does not read (a model class's `reads`, e.g. the imputers have no `d`):
@@ -66,6 +68,15 @@ def _suggest(trial, name: str, spec: dict):
     return trial.suggest_float(name, float(spec["low"]), float(spec["high"]), log=bool(spec.get("log")))
 
 
+def _distribution(spec: dict):
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+    if "choices" in spec:
+        return CategoricalDistribution(list(spec["choices"]))
+    if spec.get("int"):
+        return IntDistribution(int(spec["low"]), int(spec["high"]), log=bool(spec.get("log")))
+    return FloatDistribution(float(spec["low"]), float(spec["high"]), log=bool(spec.get("log")))
+
+
 def tune(job: TrainJob | dict, cohort: str | Path, caches: Caches, tuning: dict, out: str | Path,
          device: str | None = None, progress: bool = True) -> dict:
     """Search the method's space on validation with `tuning` = {trials, seeds, sampler_seed, spaces};
@@ -86,8 +97,7 @@ def tune(job: TrainJob | dict, cohort: str | Path, caches: Caches, tuning: dict,
     kind = p0.task.kind
     trials: list[dict] = []
 
-    def objective(trial) -> float:
-        params = {k: _suggest(trial, k, v) for k, v in space.items()}
+    def evaluate(params: dict, number: int, source: str) -> float | None:
         tjob, C = apply_tuning(job, params)
         t0 = time.perf_counter()
         scores = []
@@ -96,24 +106,39 @@ def tune(job: TrainJob | dict, cohort: str | Path, caches: Caches, tuning: dict,
             scores.append(None if np.isnan(v) else float(v))
         ok = [v for v in scores if v is not None]
         value = float(np.mean(ok)) if ok else None   # None: the metric is undefined on validation
-        trials.append({"number": trial.number, "params": params, "value": value, "per_seed": scores,
+        trials.append({"number": number, "source": source, "params": params, "value": value, "per_seed": scores,
                        "seconds": round(time.perf_counter() - t0, 2)})
         bar.update(1)
+        return value
+
+    def objective(trial) -> float:
+        value = evaluate({k: _suggest(trial, k, v) for k, v in space.items()}, len(trials), "tpe")
         return value if value is not None else -1e9  # Optuna ranks an undefined trial last
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize",
                                 sampler=optuna.samplers.TPESampler(seed=int(tuning["sampler_seed"])))
-    bar = tqdm(total=tuning["trials"], desc=f"tune {job.dataset}/{job.method}", disable=not progress, mininterval=2)
-    if space:
-        study.optimize(objective, n_trials=int(tuning["trials"]))
+    n = int(tuning["trials"]) if space else 0
+    bar = tqdm(total=n, desc=f"tune {job.dataset}/{job.method}", disable=not progress, mininterval=2)
+    if n:
+        # trial 0 is the shared defaults (the job's own settings): the search can only replace them by
+        # something better on validation, never do worse than not tuning on the seeds it is scored on
+        defaults = {k: getattr(job.train, k) for k in space if hasattr(job.train, k)}  # logreg: C=None, its own pick
+        value = evaluate(defaults, 0, "defaults")
+        try:    # told to TPE when the defaults lie inside the space (lambda_kd = 0, off, lies outside a log range)
+            study.add_trial(optuna.trial.create_trial(
+                params=defaults, distributions={k: _distribution(space[k]) for k in defaults},
+                value=value if value is not None else -1e9))
+        except ValueError:
+            pass
+        study.optimize(objective, n_trials=n - 1)
     bar.close()
     defined = [t for t in trials if t["value"] is not None]
     best = max(defined, key=lambda t: t["value"]) if defined else \
         {"params": trials[0]["params"] if trials else {}, "value": None, "number": trials[0]["number"] if trials else None}
     res = {"dataset": job.dataset, "method": job.method,
            "objective": f"validation {PRIMARY[kind]} (mean over seeds {seeds}); test rows are never read",
-           "budget": {"trials": int(tuning["trials"]) if space else 0, "seeds": seeds, "sampler": "optuna TPE",
+           "budget": {"trials": n, "seeds": seeds, "sampler": "optuna TPE", "first": "the shared defaults",
                       "sampler_seed": int(tuning["sampler_seed"])},
            "space": space, "best": {"params": best["params"], "value": best["value"], "trial": best["number"]},
            "trials": trials, "medmix_version": __version__}

@@ -40,7 +40,10 @@ def test_tuning_is_seeded_and_blind_to_the_test_labels(method, tiny_results, tmp
     cohort = tiny_results / "tiny" / "cohort.parquet"
     a = tune(job, cohort, caches, _tuning(), tmp_path / "a.json", progress=False)
     assert a["budget"]["trials"] == 3 and len(a["trials"]) == 3
-    assert set(a["best"]["params"]) == set(a["space"]) and a["best"]["value"] == max(t["value"] for t in a["trials"])
+    assert [t["number"] for t in a["trials"]] == [0, 1, 2] and [t["source"] for t in a["trials"]] == ["defaults", "tpe", "tpe"]
+    assert all(set(t["params"]) == set(a["space"]) for t in a["trials"][1:])
+    assert a["best"]["value"] == max(t["value"] for t in a["trials"])
+    assert a["best"]["params"] == a["trials"][a["best"]["trial"]]["params"]
     assert json.loads((tmp_path / "a.json").read_text())["best"] == a["best"]
     # the test split's labels turned upside down: the same search, trial by trial
     garbage = tmp_path / "g"
@@ -108,3 +111,21 @@ def test_search_spaces_are_checked_against_the_train_settings():
     for spaces, msg in bad:
         with pytest.raises(config.MedmixError, match=msg):
             config.validate({**TINY_CONFIG, "tuning": {"spaces": spaces}})
+
+
+@pytest.mark.parametrize("method", ["medmix", "logreg_concat"])
+def test_trial_zero_is_the_untuned_run(method, tiny_results, tmp_path):
+    """Trial 0 trains with the shared defaults: its score on each seed is the validation metric of the
+    untuned train job of that seed, so the best trial is never worse than not tuning on those seeds."""
+    from medmix.train import train_seeds
+    cfg = config.validate(TINY_CONFIG)
+    job = config.train_job(cfg, "tiny", method)
+    caches = Caches.under(tiny_results, "tiny")
+    tuning = {**_tuning(2), "seeds": [0, 1]}
+    rec = tune(job, tiny_results / "tiny" / "cohort.parquet", caches, tuning, tmp_path / "t.json", progress=False)
+    t0 = rec["trials"][0]
+    assert t0["source"] == "defaults"
+    assert t0["params"] == ({} if method == "logreg_concat" else {k: job["train"][k] for k in rec["space"]})
+    runs = train_seeds(job, [0, 1], tmp_path / "runs", results=tiny_results, progress=False)
+    assert t0["per_seed"] == [r["val"]["auroc"]["value"] for r in runs]
+    assert rec["best"]["value"] >= t0["value"]

@@ -116,8 +116,9 @@ def tuning_note(result: dict) -> str:
     same = {json.dumps(b, sort_keys=True) for b in budgets.values()}
     if len(same) == 1:
         b = next(iter(budgets.values()))
-        return (f"Every method tuned with the same budget: {b['trials']} {b['sampler']} trials on the validation "
-                f"split (seeds {b['seeds']}).")
+        first = f"trial 0 {b['first']}, then " if b.get("first") else ""
+        return (f"Every method tuned with the same budget: {b['trials']} trials on the validation split "
+                f"({first}{b['sampler']}; each scored on seeds {b['seeds']}).")
     return "Tuning budgets differ: " + "; ".join(f"{m}: {b['trials'] if b else 'none'}" for m, b in budgets.items()) + "."
 
 
