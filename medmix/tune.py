@@ -5,8 +5,9 @@ seeded search runs `trials` fits, each scored by the task's primary metric on th
 split (mean over `seeds`, trained together as one seed ensemble where the network allows). Trial 0
 is the shared defaults (the method's settings without tuning), so a search replaces them only by
 something better on validation; the other trials are Optuna TPE's (it samples its first 10 at
-random: a budget of 10 or fewer is a seeded random search). Ties keep the earlier trial. Test labels are never read: a fit uses the train rows and
-early-stops on validation rows, and the objective reads validation rows only. The search space of
+random: a budget of 10 or fewer is a seeded random search), asked and told one at a time. Ties
+keep the earlier trial. Test labels are never read: a fit uses the train rows and early-stops on
+validation rows, and the objective reads validation rows only. The search space of
 a method is the union of the config's `tuning.spaces` groups that apply to it, less the fusion
 settings its architecture does not read (a model class's `reads`, e.g. the imputers have no `d`):
 
@@ -60,14 +61,6 @@ def method_space(method: MethodSpec, spaces: dict) -> dict:
     return {k: v for k, v in out.items() if k not in fixed and (reads is None or k in reads or k in TRAINER_KEYS)}
 
 
-def _suggest(trial, name: str, spec: dict):
-    if "choices" in spec:
-        return trial.suggest_categorical(name, list(spec["choices"]))
-    if spec.get("int"):
-        return trial.suggest_int(name, int(spec["low"]), int(spec["high"]), log=bool(spec.get("log")))
-    return trial.suggest_float(name, float(spec["low"]), float(spec["high"]), log=bool(spec.get("log")))
-
-
 def _distribution(spec: dict):
     from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
     if "choices" in spec:
@@ -97,7 +90,8 @@ def tune(job: TrainJob | dict, cohort: str | Path, caches: Caches, tuning: dict,
     kind = p0.task.kind
     trials: list[dict] = []
 
-    def evaluate(params: dict, number: int, source: str) -> float | None:
+    def evaluate(params: dict, source: str) -> float:
+        """Score `params` on the validation seeds, record the trial; Optuna's value (an undefined one last)."""
         tjob, C = apply_tuning(job, params)
         t0 = time.perf_counter()
         scores = []
@@ -106,14 +100,10 @@ def tune(job: TrainJob | dict, cohort: str | Path, caches: Caches, tuning: dict,
             scores.append(None if np.isnan(v) else float(v))
         ok = [v for v in scores if v is not None]
         value = float(np.mean(ok)) if ok else None   # None: the metric is undefined on validation
-        trials.append({"number": number, "source": source, "params": params, "value": value, "per_seed": scores,
+        trials.append({"number": len(trials), "source": source, "params": params, "value": value, "per_seed": scores,
                        "seconds": round(time.perf_counter() - t0, 2)})
         bar.update(1)
-        return value
-
-    def objective(trial) -> float:
-        value = evaluate({k: _suggest(trial, k, v) for k, v in space.items()}, len(trials), "tpe")
-        return value if value is not None else -1e9  # Optuna ranks an undefined trial last
+        return value if value is not None else -1e9
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize",
@@ -124,14 +114,16 @@ def tune(job: TrainJob | dict, cohort: str | Path, caches: Caches, tuning: dict,
         # trial 0 is the shared defaults (the job's own settings): the search can only replace them by
         # something better on validation, never do worse than not tuning on the seeds it is scored on
         defaults = {k: getattr(job.train, k) for k in space if hasattr(job.train, k)}  # logreg: C=None, its own pick
-        value = evaluate(defaults, 0, "defaults")
+        value = evaluate(defaults, "defaults")
+        dists = {k: _distribution(v) for k, v in space.items()}
         try:    # told to TPE when the defaults lie inside the space (lambda_kd = 0, off, lies outside a log range)
-            study.add_trial(optuna.trial.create_trial(
-                params=defaults, distributions={k: _distribution(space[k]) for k in defaults},
-                value=value if value is not None else -1e9))
+            study.add_trial(optuna.trial.create_trial(params=defaults, distributions={k: dists[k] for k in defaults},
+                                                      value=value))
         except ValueError:
             pass
-        study.optimize(objective, n_trials=n - 1)
+        for _ in range(n - 1):   # Optuna's ask-and-tell: one TPE sample per trial
+            trial = study.ask(dists)
+            study.tell(trial, evaluate(trial.params, "tpe"))
     bar.close()
     defined = [t for t in trials if t["value"] is not None]
     best = max(defined, key=lambda t: t["value"]) if defined else \

@@ -72,7 +72,8 @@ def test_metrics_main_table_and_logs(dag):
     assert (wd / "results/tiny/logs/embed/notes/bert_head.log").exists()
     table = (wd / "results/tables/main.md").read_text()
     assert all(m in table for m in TINY_CONFIG["methods"]) and "**" in table
-    assert "Every method tuned with the same budget: 2 trials on the validation split (trial 0 the shared defaults, then optuna TPE" in table
+    assert ("Every method tuned with the same budget: 2 trials on the validation split "
+            "(trial 0 the shared defaults, then optuna TPE") in table
     for m in TINY_CONFIG["methods"]:
         rec = json.loads((wd / f"results/tiny/tuning/{m}.json").read_text())
         assert rec["budget"]["trials"] == 2 and len(rec["trials"]) == 2
