@@ -86,6 +86,7 @@ def user_dag(hf_home, tmp_path_factory) -> Path:
         "datasets": {"demo": {"synth": {"n": 200, "seed": 0}}, "ccrcc": {"synth": {"n": 100, "seed": 0}}},
         "methods": ["medmix", "teacher_deployed"], "seeds": [0],
         "train": {"max_epochs": 4, "patience": 2, "bootstrap": 20},
+        "tuning": {"trials": 2, "seeds": [0]},   # the shipped preset's tune stage, on a small budget
         "encoders": {s: {"shards": 1} for s in pool if ENCODERS[s].get("shards")},
     }
     (wd / "small.yaml").write_text(yaml.safe_dump(small))
