@@ -79,6 +79,9 @@ def test_metrics_main_table_and_logs(dag):
         assert rec["budget"]["trials"] == 2 and len(rec["trials"]) == 2
         run = json.loads((wd / f"results/tiny/runs/{m}/seed0/metrics.json").read_text())
         assert run["tuned"] == rec["best"]["params"]
+        assert res["methods"][m]["tuned"] == rec["best"]["params"]
+    settings = (wd / "results/tiny/metrics.md").read_text().split("Settings chosen by each method's search")[1]
+    assert all(f"| {m} | " in settings for m in TINY_CONFIG["methods"])
 
 
 def test_paper_experiments_figures_and_tables(dag):

@@ -71,6 +71,7 @@ def aggregate(dataset: str, runs: list[str | Path], out: str | Path, cohort_json
                                                          [p[ok] for _, p in preds], n_boot, 0, thrs)
         entry["n_params"] = ms[0]["n_params"]
         entry["tuning"] = ms[0].get("tuning_budget")  # None: the shared `train` block, no search
+        entry["tuned"] = ms[0].get("tuned")           # the settings its search chose (the same for every seed)
         entry["train_seconds"] = float(np.mean([m["seconds"] for m in ms]))
         result["methods"][method] = entry
     if cohort_json and Path(cohort_json).exists():
@@ -105,7 +106,22 @@ def markdown_table(result: dict) -> str:
     t = next(iter(result["methods"].values()))["test"] if result["methods"] else {"n": 0, "positives": 0}
     what = {"survival": "events", "multiclass": "per class", "multilabel": "positive labels"}.get(kind, "positive")
     rows += ["", f"Test split: {t['n']} samples, {t['positives']} {what}. {tuning_note(result)}", ""]
-    return "\n".join(rows)
+    return "\n".join(rows + tuned_settings(result, order))
+
+
+def tuned_settings(result: dict, order: list[str]) -> list[str]:
+    """The settings each method's search chose (results/{dataset}/tuning/{method}.json has every trial),
+    as Markdown lines; none without tuning. logreg_concat without C: it kept its own pick on validation."""
+    tuned = {m: result["methods"][m].get("tuned") for m in order if result["methods"][m].get("tuning")}
+    if not tuned:
+        return []
+
+    def fmt(v):
+        return f"{v:.3g}" if isinstance(v, float) else str(v)
+    rows = ["Settings chosen by each method's search on validation:", "", "| method | settings |", "| --- | --- |"]
+    rows += [f"| {m} | " + (", ".join(f"{k}={fmt(v)}" for k, v in sorted((p or {}).items())) or "the defaults")
+             + " |" for m, p in tuned.items()]
+    return rows + [""]
 
 
 def tuning_note(result: dict) -> str:
