@@ -71,6 +71,7 @@ class EncoderSpec:
     max_features: int = _default("encoder", "max_features")
     ngram_max: int = _default("encoder", "ngram_max")
     batch_size: int = _default("encoder", "batch_size")
+    token_budget: int = _default("encoder", "token_budget")
     dtype: str = _default("encoder", "dtype")
     shards: int = _default("encoder", "shards")          # run-only (RUN_KEYS): not part of the cache identity
     workers: int = _default("encoder", "workers")        # run-only

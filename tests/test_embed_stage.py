@@ -114,6 +114,18 @@ def test_llm_pooling_and_instruction_change_the_embedding():
     np.testing.assert_allclose(alone[0], e_last[0], atol=1e-5)
 
 
+def test_token_budget_bounds_each_batch_and_leaves_the_embeddings_unchanged():
+    texts = [f"note {i} " + "word " * (i * 3) for i in range(12)]
+    ref = create_encoder(_full({**KINDS["hf_text"], "batch_size": 64, "token_budget": 10**6}))
+    enc = create_encoder(_full({**KINDS["hf_text"], "batch_size": 64, "token_budget": 64}))
+    plan = enc.prepare(texts)
+    lens = [max(len(plan.state[i]) for i in b) for b in plan.batches]
+    assert len(plan.batches) > len(ref.prepare(texts).batches) == 1
+    assert all(len(b) * n <= 64 or len(b) == 1 for b, n in zip(plan.batches, lens))   # rows x padded length
+    assert sorted(np.concatenate(plan.batches).tolist()) == list(range(len(texts)))    # every text, once
+    np.testing.assert_allclose(enc.encode(texts).emb, ref.encode(texts).emb, atol=1e-5)
+
+
 def test_out_of_memory_halves_the_batch_and_retries():
     spec = _full({**KINDS["hf_text"], "batch_size": 8})
     ref = create_encoder(spec).encode(TEXTS * 2).emb

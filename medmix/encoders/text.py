@@ -132,8 +132,13 @@ class _HFTextBase(BatchedEncoder):
         for i, t in zip(keep, ids):
             tokens[i] = t
         order = np.array(keep, dtype=np.int64)[np.argsort([-len(t) for t in ids], kind="stable")] if keep else np.array([], np.int64)
-        bs = self.batch_size()
-        return Plan([order[s:s + bs] for s in range(0, len(order), bs)], skipped, tokens)
+        # longest first: each batch as many rows as `token_budget` allows at its first (longest) row's length
+        bs, budget, batches, s = self.batch_size(), self.cfg.token_budget, [], 0
+        while s < len(order):
+            n = max(1, min(bs, budget // max(1, len(tokens[order[s]]))))
+            batches.append(order[s:s + n])
+            s += n
+        return Plan(batches, skipped, tokens)
 
     def iter_batches(self, items, plan, todo, workers=0):
         tok, _ = self.load()
