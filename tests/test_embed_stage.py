@@ -124,6 +124,8 @@ def test_token_budget_bounds_each_batch_and_leaves_the_embeddings_unchanged():
     assert all(len(b) * n <= 64 or len(b) == 1 for b, n in zip(plan.batches, lens))   # rows x padded length
     assert sorted(np.concatenate(plan.batches).tolist()) == list(range(len(texts)))    # every text, once
     np.testing.assert_allclose(enc.encode(texts).emb, ref.encode(texts).emb, atol=1e-5)
+    enc.device = "cuda:0"                                  # (model loaded above) a GPU takes `batch_size` rows
+    assert [len(b) for b in enc.prepare(texts).batches] == [12]
 
 
 def test_out_of_memory_halves_the_batch_and_retries():

@@ -132,8 +132,10 @@ class _HFTextBase(BatchedEncoder):
         for i, t in zip(keep, ids):
             tokens[i] = t
         order = np.array(keep, dtype=np.int64)[np.argsort([-len(t) for t in ids], kind="stable")] if keep else np.array([], np.int64)
-        # longest first: each batch as many rows as `token_budget` allows at its first (longest) row's length
-        bs, budget, batches, s = self.batch_size(), self.cfg.token_budget, [], 0
+        # longest first: on CPU each batch as many rows as `token_budget` allows at its first (longest) row's
+        # length; on a GPU `batch_size` rows
+        bs, batches, s = self.batch_size(), [], 0
+        budget = bs * max((len(t) for t in ids), default=1) if self.device.startswith("cuda") else self.cfg.token_budget
         while s < len(order):
             n = max(1, min(bs, budget // max(1, len(tokens[order[s]]))))
             batches.append(order[s:s + n])
