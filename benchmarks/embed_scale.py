@@ -12,7 +12,8 @@ interpreter start, model load, plan, encode, cache write. The cohorts are the de
   hot: on a cluster's network file system reading costs more). Encoder `clip_teacher` by default.
 
 Per-item cost = job wall time / N; the ratio of the per-item costs at the largest and the smallest N
-says whether cost grows linearly (1.0) or faster. Shards: the same work as 4 shard jobs one after the
+says whether cost grows linearly (1.0, or below it as the job's fixed cost is spread) or faster. The
+line through the two sizes splits a job into a marginal cost per item and a fixed cost per job. Shards: the same work as 4 shard jobs one after the
 other plus the merge job; overhead = (sum of the shard jobs − the unsharded job) / 3 per extra job.
 
     PYTHONPATH=. python benchmarks/embed_scale.py --n 2000 20000
@@ -140,8 +141,12 @@ def main() -> None:
     for kind in ("text", "image"):
         rs = [r for r in results if r["kind"] == kind]
         if len(rs) > 1:
-            print(f"{kind}: per-item cost at {rs[-1]['n_items']} items / at {rs[0]['n_items']}: "
-                  f"{rs[-1]['per_item_ms'] / rs[0]['per_item_ms']:.2f}x")
+            a, b = rs[0], rs[-1]
+            marginal = 1e3 * (b["unsharded_s"] - a["unsharded_s"]) / (b["n_items"] - a["n_items"])
+            fixed = a["unsharded_s"] - marginal * a["n_items"] / 1e3
+            print(f"{kind}: per-item cost at {b['n_items']} items / at {a['n_items']}: "
+                  f"{b['per_item_ms'] / a['per_item_ms']:.2f}x; marginal {marginal:.2f} ms per item, "
+                  f"fixed {fixed:.1f} s per job (start, model load, write)")
 
 
 if __name__ == "__main__":

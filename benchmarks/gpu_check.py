@@ -1,4 +1,5 @@
-"""GPU check of the embed stage (< 5 minutes on one GPU): bf16 vs fp32 throughput and the OOM-halving path.
+"""GPU check of the embed and train stages (< 5 minutes on one GPU): bf16 vs fp32 throughput, the
+OOM-halving path, texts/s and the seed ensemble's train samples/s.
 
     PYTHONPATH=. python benchmarks/gpu_check.py            # on a GPU machine (ViT-B/16-sized tower)
     PYTHONPATH=. python benchmarks/gpu_check.py --cpu      # smoke run on CPU (tiny tower, few items)
@@ -11,6 +12,13 @@
 3. The OOM path for real: caps the process's GPU memory (set_per_process_memory_fraction) so a
    large batch cannot fit, and checks that the runner halves the batch and still returns the
    embeddings of an uncapped run. On CPU the out-of-memory error is injected instead.
+4. Texts: a randomly initialised BERT-base-sized `hf_text` encoder (768 wide, 12 layers: the size of
+   Bio_ClinicalBERT and MedCPT) on `--texts` synthetic notes of 20-500 tokens, length-sorted batches
+   of `batch_size` rows, bf16 autocast: texts/s and the fraction of bf16 peak (2 x 85 M weights x
+   tokens + attention, counted from the real token lengths).
+5. Training: MedMIX without teacher as a 5-seed ensemble (medmix.model.ensemble, the trainer's
+   `train_epoch_seeds`, bf16 autocast as a GPU train job runs) on random tensors of the demo's expert
+   widths, 20,000 training rows: seed-samples/s at batch 128 and at 1024.
 Prints one JSON line per step and a summary.
 """
 
@@ -55,6 +63,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=None, help="images (default 3000 on GPU, 64 on CPU)")
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--workers", type=int, default=8)
+    ap.add_argument("--texts", type=int, default=None, help="texts (default 20000 on GPU, 64 on CPU)")
     ap.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak of the GPU (H200/H100 SXM: 989)")
     args = ap.parse_args()
     gpu = torch.cuda.is_available() and not args.cpu
@@ -136,10 +145,85 @@ def main() -> None:
         summary["oom_max_abs_diff"] = round(err, 5)
         print(json.dumps({"step": "oom_halving", "start_batch": big, "final_cap": res.batch_cap, "max_abs_diff": err,
                           "seconds": round(time.perf_counter() - t, 1)}), flush=True)
+    summary.update(text_step(device, gpu, args))
+    summary.update(train_step(device, gpu))
     ok = summary["oom_batch_cap"] is not None and summary["bf16_vs_fp32_min_cosine"] > 0.99
     summary["ok"] = bool(ok)
     print(json.dumps(summary))
     raise SystemExit(0 if ok else 1)
+
+
+def _sync(gpu: bool) -> None:
+    if gpu:
+        torch.cuda.synchronize()
+
+
+def text_step(device: str, gpu: bool, args) -> dict:
+    arch = ({"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072,
+             "max_position_embeddings": 512} if gpu else
+            {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64,
+             "max_position_embeddings": 512})
+    n = args.texts or (20000 if gpu else 64)
+    rng = np.random.default_rng(0)
+    words = [f"w{i}" for i in range(500)]
+    texts = [" ".join(rng.choice(words, int(rng.integers(20, 500)))) for _ in range(n)]
+    spec = {"kind": "hf_text", "arch": arch, "max_length": 512, "batch_size": 128 if gpu else 16, "precision": "bf16"}
+    enc = create_encoder(spec, device)
+    enc.encode(texts[:256])                                   # warm-up: model load, kernels
+    _sync(gpu)
+    t = time.perf_counter()
+    plan = enc.prepare(texts)
+    res = enc.encode(texts)
+    _sync(gpu)
+    dt = time.perf_counter() - t
+    L, H = arch["num_hidden_layers"], arch["hidden_size"]
+    w = L * (4 * H * H + 2 * H * arch["intermediate_size"])   # weights of the layers (the embeddings are lookups)
+    lens = np.array([len(t) for t in plan.state if t is not None], dtype=np.float64)
+    flops = float((2 * w * lens + 4 * L * H * lens ** 2).sum())
+    out = {"texts_bf16_items_per_s": round(n / dt, 1), "texts_mean_tokens": round(float(lens.mean()), 1)}
+    if gpu:
+        out["texts_fraction_of_bf16_peak"] = round(flops / dt / 1e12 / args.peak_tflops, 3)
+    print(json.dumps({"step": "texts_bf16", **out, "present": int(res.present.sum())}), flush=True)
+    return out
+
+
+def train_step(device: str, gpu: bool) -> dict:
+    from medmix.config import TrainParams
+    from medmix.methods import method_spec
+    from medmix.model import create_model, fusion_config
+    from medmix.model.ensemble import stack_seeds
+    from medmix.train import SeedTables, adamw, train_epoch_seeds
+    dims = {"ehr": [32, 384], "notes": [384, 384], "cxr": [64, 64]}   # the demo's expert widths
+    n, E = (20000, 5) if gpu else (2000, 5)
+    g = torch.Generator().manual_seed(0)
+    X = {m: [torch.randn(n, d, generator=g).to(device) for d in ds] for m, ds in dims.items()}
+    M = {m: (torch.rand(n, len(ds), generator=g) < 0.8).to(device) for m, ds in dims.items()}
+    yt = (torch.rand(n, generator=g) < 0.2).float().to(device)
+    tr = torch.arange(n, device=device)
+    method = method_spec("medmix_noteacher")
+    cfg = fusion_config(method, TrainParams())
+    out = {}
+    for bs in (128, 1024):
+        models = []
+        for s in range(E):
+            torch.manual_seed(s)
+            models.append(create_model(method, dims, cfg).to(device))
+        ens = stack_seeds(models)
+        ens._seed_gens[:] = [torch.Generator(device=device).manual_seed(100 + s) for s in range(E)]
+        gens = [torch.Generator(device=device).manual_seed(s) for s in range(E)]
+        opt = adamw(ens.parameters(), 1e-3, 0.01, device)
+        tables = SeedTables([(X, M, None, None)] * E, n)
+        args = (ens, opt, tables, list(range(E)), yt, [tr] * E, bs, gens, [None] * E)
+        train_epoch_seeds(*args, amp=gpu)                     # warm-up
+        _sync(gpu)
+        t = time.perf_counter()
+        epochs = 3 if gpu else 1
+        for _ in range(epochs):
+            train_epoch_seeds(*args, amp=gpu)
+        _sync(gpu)
+        out[f"train_{E}seeds_bs{bs}_seed_samples_per_s"] = round(E * epochs * n / (time.perf_counter() - t))
+    print(json.dumps({"step": "train_seed_ensemble", **out}), flush=True)
+    return out
 
 
 if __name__ == "__main__":
