@@ -156,6 +156,9 @@ def embed_threads(wildcards):
 # Every cache before any training: a train job waits on all of its method's caches, so a late
 # cache (the demo's teacher ViT, 13 s) otherwise holds up the longest train jobs at the end.
 EMBED_PRIORITY = 10
+# Then the main table's train jobs and the efficiency measurement (it waits on every method's first
+# seed, then runs ~20 s alone at the end if the robustness retraining took the cores first).
+MAIN_PRIORITY = 5
 
 
 def seed_files(run_dir, name, seeds):

@@ -73,6 +73,7 @@ rule efficiency:
         "results/{dataset}/logs/efficiency.log",
     benchmark:
         "results/{dataset}/benchmarks/efficiency.tsv"
+    priority: MAIN_PRIORITY
     conda:
         "../../envs/medmix.yaml"
     threads: config["efficiency"]["threads"]

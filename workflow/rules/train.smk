@@ -36,6 +36,7 @@ rule train:
         "results/{dataset}/logs/train/{method}.log",
     benchmark:
         "results/{dataset}/benchmarks/train/{method}.tsv"
+    priority: MAIN_PRIORITY
     conda:
         "../../envs/medmix.yaml"
     threads: 1
