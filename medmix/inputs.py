@@ -68,6 +68,20 @@ def standardise(emb: np.ndarray, present: np.ndarray, mu: np.ndarray, sd: np.nda
     return emb
 
 
+def check_finite(emb: np.ndarray, present: np.ndarray, path, ids: list[str]) -> None:
+    """Refuse a cache with NaN or inf on a present row (naming the file, the row, its sample and
+    the column): the model reads every present input, and the trainer's batches rely on finite
+    inputs (`finite` in medmix.train.make_batch). Absent rows are not read (they become 0). A row's
+    float64 sum is finite exactly when its float32 values are, so the check costs one pass and no copy."""
+    bad = present & ~np.isfinite(emb.sum(1, dtype=np.float64))
+    if bad.any():
+        r = int(np.flatnonzero(bad)[0])
+        c = int(np.flatnonzero(~np.isfinite(emb[r]))[0])
+        raise MedmixError(f"{path}: row {r} (sample_id {ids[r]!r}), column {c} of the embedding is "
+                          f"{emb[r, c]} ({int(bad.sum())} present row(s) with NaN or inf); re-run the "
+                          f"embed step of this encoder and check what it read for that sample")
+
+
 def train_statistics(emb: np.ndarray, fit: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Mean and sd of the rows `fit` (present, train split); sd 1 for a constant column."""
     mu = emb[fit].mean(0)
@@ -112,6 +126,7 @@ def load_role(caches: Caches, job: TrainJob, cohort: pl.DataFrame, role: str, mo
         xs, ms, kept, stats = [], [], [], []
         for slug in job.modalities[m][role]:
             emb, present = read_cache(caches[m, slug], expect=expected_attrs(job, slug, cohort, m), ids=ids)
+            check_finite(emb, present, caches[m, slug], ids)
             if rows is not None:
                 present = present & rows
             fit = present & is_train

@@ -41,9 +41,11 @@ log = logging.getLogger("medmix.train")
 
 def make_batch(X, M, idx, TX=None, TM=None, pre=None) -> dict:
     """A batch of rows `idx` (kept as `row`): expert inputs, teacher inputs (TX, TM) and per-row
-    tensors `pre` (a frozen teacher's outputs), all index gathers."""
+    tensors `pre` (a frozen teacher's outputs), all index gathers. `finite`: the inputs are finite
+    everywhere (medmix.inputs: absent rows are 0, present ones checked), so a model need not mask
+    its absent inputs before projecting them (medmix.model.medmix.Branch)."""
     b = {"x": {m: [x[idx] for x in xs] for m, xs in X.items()}, "mask": {m: v[idx] for m, v in M.items()},
-         "row": idx}
+         "row": idx, "finite": True}
     if TX:
         b["tx"] = {m: [x[idx] for x in xs] for m, xs in TX.items()}
         b["tmask"] = {m: v[idx] for m, v in TM.items()}
@@ -156,7 +158,7 @@ class SeedTables:
             t, per_seed = v
             return t[off] if per_seed else t[flat]
         X, M, TX, TM = (take(v) for v in self.data)
-        b = {"x": X, "mask": M, "row": flat}
+        b = {"x": X, "mask": M, "row": flat, "finite": True}   # as make_batch
         if TX:
             b["tx"], b["tmask"] = TX, TM
         return b

@@ -191,3 +191,19 @@ def test_fused_adamw_is_torch_adamw_bit_for_bit_without_dynamo():
             "o = adamw([p], 0.1, 0.0); p.sum().backward(); o.step(); print('torch._dynamo' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_a_non_finite_embedding_on_a_present_row_is_refused_by_file_row_sample_and_column():
+    from medmix.inputs import check_finite
+    from medmix.io import MedmixError
+    emb = np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32)
+    present = np.array([True, True, False, True, True])
+    ids = ["a", "b", "c", "d", "e"]
+    emb[2, 1] = np.nan                       # an absent row is never read: accepted
+    check_finite(emb, present, "x/notes/enc.h5", ids)
+    emb[3, 2] = np.inf
+    emb[4, 0] = np.nan
+    with pytest.raises(MedmixError, match=r"x/notes/enc.h5: row 3 \(sample_id 'd'\), column 2 .* inf \(2 present"):
+        check_finite(emb, present, "x/notes/enc.h5", ids)
+    big = np.full((2, 3), np.finfo(np.float32).max, dtype=np.float32)   # huge but finite: no overflow
+    check_finite(big, np.array([True, True]), "big.h5", ["p", "q"])
