@@ -200,6 +200,49 @@ def seeds_together(args, inp, method, fcfg, yt, tr_t, dl_sps: float) -> None:
     print(f"1 seed as a one-seed ensemble (a 1-seed job): {ens1:8.0f} seed-samples/s   x{ens1 / dl_sps:.2f} the plain loop")
     print(f"{S} seeds as one seed ensemble (a {S}-seed job): {ens:8.0f} seed-samples/s   x{ens / dl_sps:.2f} the plain loop, "
           f"x{ens / seq:.2f} one after another")
+    step_breakdown(args, inp, method, fcfg, yt, tr_t)
+
+
+def step_breakdown(args, inp, method, fcfg, yt, tr_t) -> None:
+    """Where an S-seed ensemble step goes: the body of `train_epoch_seeds` with a clock between its
+    phases (batch gather, forward, per-seed losses, backward, optimiser), mean ms per step over
+    `--epochs` epochs. One thread runs torch's operators in order, so the clock needs no sync."""
+    from medmix.model.ensemble import stack_seeds
+    from medmix.train import SeedTables, seed_losses
+    S = args.seeds
+    models = []
+    for s in range(S):
+        torch.manual_seed(s)
+        models.append(create_model(method, inp.dims, fcfg))
+    ens = stack_seeds(models).train()
+    ens._seed_gens[:] = [torch.Generator().manual_seed(100 + s) for s in range(S)]
+    opt = adamw(ens.parameters(), 1e-3, 0.01)
+    gens = [torch.Generator().manual_seed(s) for s in range(S)]
+    tables = SeedTables([(inp.X, inp.M, None, None)] * S, len(yt))
+    names = ("gather", "forward", "loss", "backward", "optimiser")
+    tot, steps = dict.fromkeys(names, 0.0), 0
+    for _ in range(args.epochs):
+        perms = [tr_t[torch.randperm(len(tr_t), generator=g)] for g in gens]
+        for s in range(0, len(tr_t), args.batch_size):
+            idx = [p[s:s + args.batch_size] for p in perms]
+            t0 = time.perf_counter()
+            batch = tables.batch(idx, list(range(S)))
+            t1 = time.perf_counter()
+            o = ens(batch, train=True, gen=gens)
+            t2 = time.perf_counter()
+            losses, _ = seed_losses(ens, o, [yt[i] for i in idx], [None] * S)
+            t3 = time.perf_counter()
+            opt.zero_grad(set_to_none=True)
+            sum(losses).backward()
+            t4 = time.perf_counter()
+            opt.step()
+            t5 = time.perf_counter()
+            for k, a, b in zip(names, (t0, t1, t2, t3, t4), (t1, t2, t3, t4, t5)):
+                tot[k] += b - a
+            steps += 1
+    ms = {k: 1e3 * v / steps for k, v in tot.items()}
+    print(f"a {S}-seed step, {S} x {args.batch_size} rows: {sum(ms.values()):.2f} ms = "
+          + ", ".join(f"{k} {v:.2f}" for k, v in ms.items()))
 
 
 def memory(args) -> None:
